@@ -1,0 +1,299 @@
+"""Checkpoints: read the Hugging Face layout and Google's original TF release; write the Hugging Face layout.
+
+One declarative table, `KEY_MAP`, says where each of our tensors lives in both foreign formats (litgpt's approach).
+Every foreign tensor is either mapped, known to be redundant (tied weights, optimizer slots, step counters), or an
+error naming it: nothing is silently ignored. Google's `kernel`s are [in, out] and are transposed; our fused QKV
+projection is the concatenation of the three foreign ones.
+
+References: google-research/bert modeling.py, run_pretraining.py, run_classifier.py (TF names);
+transformers/models/bert/modeling_bert.py (HF names).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .config import BertConfig, find_preset
+from .errors import CheckpointError
+from .fileio import atomic_path, atomic_write_text
+from .model import BertForPreTraining, BertForSequenceClassification, BertModel
+from .tokenizer import BUILTIN_VOCAB, WordPieceTokenizer
+
+Q, K, V = "query", "key", "value"
+
+# (ours, Hugging Face, Google TF). "{i}" stands for the layer index; a tuple of foreign names is concatenated along
+# dim 0 into our tensor (and split back on save).
+KEY_MAP: list[tuple[str, str | tuple[str, ...], str | tuple[str, ...]]] = [
+    ("bert.embeddings.word.weight", "bert.embeddings.word_embeddings.weight", "bert/embeddings/word_embeddings"),
+    ("bert.embeddings.position.weight", "bert.embeddings.position_embeddings.weight", "bert/embeddings/position_embeddings"),
+    ("bert.embeddings.token_type.weight", "bert.embeddings.token_type_embeddings.weight", "bert/embeddings/token_type_embeddings"),
+    ("bert.embeddings.norm.weight", "bert.embeddings.LayerNorm.weight", "bert/embeddings/LayerNorm/gamma"),
+    ("bert.embeddings.norm.bias", "bert.embeddings.LayerNorm.bias", "bert/embeddings/LayerNorm/beta"),
+    ("bert.layers.{i}.attn.qkv.weight",
+     tuple(f"bert.encoder.layer.{{i}}.attention.self.{p}.weight" for p in (Q, K, V)),
+     tuple(f"bert/encoder/layer_{{i}}/attention/self/{p}/kernel" for p in (Q, K, V))),
+    ("bert.layers.{i}.attn.qkv.bias",
+     tuple(f"bert.encoder.layer.{{i}}.attention.self.{p}.bias" for p in (Q, K, V)),
+     tuple(f"bert/encoder/layer_{{i}}/attention/self/{p}/bias" for p in (Q, K, V))),
+    ("bert.layers.{i}.attn.out.weight", "bert.encoder.layer.{i}.attention.output.dense.weight", "bert/encoder/layer_{i}/attention/output/dense/kernel"),
+    ("bert.layers.{i}.attn.out.bias", "bert.encoder.layer.{i}.attention.output.dense.bias", "bert/encoder/layer_{i}/attention/output/dense/bias"),
+    ("bert.layers.{i}.norm1.weight", "bert.encoder.layer.{i}.attention.output.LayerNorm.weight", "bert/encoder/layer_{i}/attention/output/LayerNorm/gamma"),
+    ("bert.layers.{i}.norm1.bias", "bert.encoder.layer.{i}.attention.output.LayerNorm.bias", "bert/encoder/layer_{i}/attention/output/LayerNorm/beta"),
+    ("bert.layers.{i}.fc.weight", "bert.encoder.layer.{i}.intermediate.dense.weight", "bert/encoder/layer_{i}/intermediate/dense/kernel"),
+    ("bert.layers.{i}.fc.bias", "bert.encoder.layer.{i}.intermediate.dense.bias", "bert/encoder/layer_{i}/intermediate/dense/bias"),
+    ("bert.layers.{i}.proj.weight", "bert.encoder.layer.{i}.output.dense.weight", "bert/encoder/layer_{i}/output/dense/kernel"),
+    ("bert.layers.{i}.proj.bias", "bert.encoder.layer.{i}.output.dense.bias", "bert/encoder/layer_{i}/output/dense/bias"),
+    ("bert.layers.{i}.norm2.weight", "bert.encoder.layer.{i}.output.LayerNorm.weight", "bert/encoder/layer_{i}/output/LayerNorm/gamma"),
+    ("bert.layers.{i}.norm2.bias", "bert.encoder.layer.{i}.output.LayerNorm.bias", "bert/encoder/layer_{i}/output/LayerNorm/beta"),
+    ("bert.pooler.weight", "bert.pooler.dense.weight", "bert/pooler/dense/kernel"),
+    ("bert.pooler.bias", "bert.pooler.dense.bias", "bert/pooler/dense/bias"),
+    ("mlm.dense.weight", "cls.predictions.transform.dense.weight", "cls/predictions/transform/dense/kernel"),
+    ("mlm.dense.bias", "cls.predictions.transform.dense.bias", "cls/predictions/transform/dense/bias"),
+    ("mlm.norm.weight", "cls.predictions.transform.LayerNorm.weight", "cls/predictions/transform/LayerNorm/gamma"),
+    ("mlm.norm.bias", "cls.predictions.transform.LayerNorm.bias", "cls/predictions/transform/LayerNorm/beta"),
+    ("mlm.bias", "cls.predictions.bias", "cls/predictions/output_bias"),
+    ("nsp.weight", "cls.seq_relationship.weight", "cls/seq_relationship/output_weights"),
+    ("nsp.bias", "cls.seq_relationship.bias", "cls/seq_relationship/output_bias"),
+    ("classifier.weight", "classifier.weight", "output_weights"),  # run_classifier.py's names
+    ("classifier.bias", "classifier.bias", "output_bias"),
+]
+
+# Foreign tensors that carry no information of their own.
+REDUNDANT = {
+    "hf": re.compile(r"^(bert\.)?embeddings\.position_ids$|^cls\.predictions\.decoder\.(weight|bias)$"),  # buffer; tied
+    "tf": re.compile(r"(^|/)global_step$|/adam_[mv]$|^bad_steps$|^loss_scale$|^good_steps$"),  # step; Adam slots
+}
+HEAD_PREFIXES = ("mlm.", "nsp.", "classifier.")
+
+
+@dataclass
+class Checkpoint:
+    """Weights under our names, the config, and the vocabulary, whatever layout they came from."""
+
+    config: BertConfig
+    state: dict[str, torch.Tensor]
+    vocab_dir: Path  # holds vocab.txt (and maybe tokenizer_config.json)
+    source: str
+
+    def has_head(self, prefix: str) -> bool:
+        return any(k.startswith(prefix) for k in self.state)
+
+
+def _expand(name: str | tuple[str, ...], layer: int) -> tuple[str, ...]:
+    names = (name,) if isinstance(name, str) else name
+    return tuple(n.format(i=layer) for n in names)
+
+
+def _entries(num_layers: int):
+    """(ours, hf names, tf names) for every concrete tensor of a model with `num_layers` layers."""
+    for ours, hf, tf in KEY_MAP:
+        for i in range(num_layers) if "{i}" in ours else [0]:
+            yield ours.format(i=i), _expand(hf, i), _expand(tf, i)
+
+
+def from_foreign(foreign: dict[str, torch.Tensor], fmt: str, num_layers: int, where: str) -> dict[str, torch.Tensor]:
+    """Map a foreign state dict ("hf" or "tf") to our names. Leftover foreign tensors are an error."""
+    if fmt == "hf" and not any(k.startswith("bert.") for k in foreign):  # a bare BertModel checkpoint
+        foreign = {(k if k.startswith(("cls.", "classifier.")) else "bert." + k): v for k, v in foreign.items()}
+    used, state = set(), {}
+    for ours, hf, tf in _entries(num_layers):
+        names = hf if fmt == "hf" else tf
+        present = [n for n in names if n in foreign]
+        if not present:
+            continue
+        if len(present) != len(names):
+            raise CheckpointError(f"{where}: {ours} needs {list(names)} but only {present} are present")
+        parts = [foreign[n].t() if n.endswith("/kernel") else foreign[n] for n in names]
+        state[ours] = torch.cat(parts, 0) if len(parts) > 1 else parts[0]
+        used.update(names)
+    leftover = sorted(k for k in foreign if k not in used and not REDUNDANT[fmt].search(k))
+    if leftover:
+        more = f" (and {len(leftover) - 5} more)" if len(leftover) > 5 else ""
+        raise CheckpointError(f"{where}: unknown variables {leftover[:5]}{more} (wrong number of layers in the config?)")
+    return state
+
+
+def to_hf(state: dict[str, torch.Tensor], num_layers: int) -> dict[str, torch.Tensor]:
+    """Our names -> Hugging Face names (encoder-only models lose the `bert.` prefix, as BertModel saves)."""
+    out = {}
+    for ours, hf, _ in _entries(num_layers):
+        if ours not in state:
+            continue
+        for name, part in zip(hf, state[ours].chunk(len(hf), 0)):
+            out[name] = part.contiguous()
+    if not any(k.startswith(HEAD_PREFIXES) for k in state):
+        out = {k.removeprefix("bert."): v for k, v in out.items()}
+    return out
+
+
+# --- reading --------------------------------------------------------------------------------------------------
+
+def read_checkpoint(src: str | Path) -> Checkpoint:
+    """A Hugging Face directory (config.json + model.safetensors | pytorch_model.bin) or a Google TF release
+    directory (bert_config.json + bert_model.ckpt.index/.data-*)."""
+    src = Path(src)
+    if not src.is_dir():
+        raise CheckpointError(f"{src}: not a directory (expected a Hugging Face or Google TF model directory)")
+    if (src / "config.json").is_file():
+        return _read_hf(src)
+    if (src / "bert_config.json").is_file():
+        return _read_tf(src)
+    raise CheckpointError(f"{src}: no config.json (Hugging Face layout) or bert_config.json (Google TF layout) found")
+
+
+def _read_hf(src: Path) -> Checkpoint:
+    cfg = BertConfig.from_hf_json(src / "config.json")
+    if (src / "model.safetensors").is_file():
+        path = src / "model.safetensors"
+        foreign = load_file(path)
+    elif (src / "pytorch_model.bin").is_file():
+        path = src / "pytorch_model.bin"
+        try:
+            foreign = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # torch raises several types for corrupt or unsafe pickles
+            raise CheckpointError(f"{path}: cannot be read as a weights-only PyTorch file ({type(e).__name__})") from None
+    else:
+        raise CheckpointError(f"{src}: neither model.safetensors nor pytorch_model.bin found")
+    state = from_foreign(foreign, "hf", cfg.num_layers, str(path))
+    return Checkpoint(cfg, state, src, str(src))
+
+
+def _read_tf(src: Path) -> Checkpoint:
+    from .tf_checkpoint import read_tf_checkpoint
+
+    cfg = BertConfig.from_google_json(src / "bert_config.json")
+    indexes = sorted(src.glob("*.ckpt*.index"))
+    if not indexes:
+        raise CheckpointError(f"{src}: no TF checkpoint (*.ckpt.index) next to bert_config.json")
+    prefix = indexes[-1].with_suffix("")  # e.g. bert_model.ckpt (the latest of model.ckpt-N when several)
+    foreign = {k: torch.from_numpy(v.copy()) for k, v in read_tf_checkpoint(prefix).items()}
+    state = from_foreign(foreign, "tf", cfg.num_layers, str(prefix))
+    if "classifier.weight" in state:  # run_classifier.py's output layer: its width is the number of labels
+        cfg = cfg.with_task([str(i) for i in range(state["classifier.weight"].shape[0])], regression=False)
+    return Checkpoint(cfg, state, src, str(src))
+
+
+# --- building models ------------------------------------------------------------------------------------------
+
+def load_state(model: nn.Module, state: dict[str, torch.Tensor], where: str, allow_new: tuple[str, ...] = ()) -> list[str]:
+    """Copy `state` (our names) into `model`; names starting with `allow_new` may be missing (a new head).
+    Returns the names that were newly initialised. Wrong shapes and leftovers are errors."""
+    if isinstance(model, BertModel):
+        state = {k.removeprefix("bert."): v for k, v in state.items() if k.startswith("bert.")}
+    expected = model.state_dict()
+    for name, tensor in state.items():
+        if name not in expected:
+            raise CheckpointError(f"{where}: tensor {name} has no place in the model")
+        if tuple(tensor.shape) != tuple(expected[name].shape):
+            raise CheckpointError(
+                f"{where}: tensor {name} has shape {tuple(tensor.shape)}, the model expects {tuple(expected[name].shape)}"
+            )
+    missing = [k for k in expected if k not in state]
+    not_allowed = [k for k in missing if not k.startswith(allow_new)]
+    if not_allowed:
+        raise CheckpointError(f"{where}: missing tensors {not_allowed[:5]}")
+    model.load_state_dict(state, strict=False)
+    return missing
+
+
+def resolve(model: str | Path) -> Checkpoint:
+    """A model directory, or a preset name (random initialisation with the built-in uncased vocab)."""
+    path = Path(model)
+    if path.exists():
+        return read_checkpoint(path)
+    preset = find_preset(str(model))
+    if preset is None:
+        raise CheckpointError(f"{model}: neither a model directory nor a preset (try `miniberts models`)")
+    return Checkpoint(preset.config(), {}, BUILTIN_VOCAB.parent, f"preset {preset.name}")
+
+
+def load_tokenizer(ckpt: Checkpoint) -> WordPieceTokenizer:
+    if ckpt.vocab_dir == BUILTIN_VOCAB.parent:
+        return WordPieceTokenizer(BUILTIN_VOCAB)
+    tokenizer = WordPieceTokenizer.from_dir(ckpt.vocab_dir)
+    if len(tokenizer) != ckpt.config.vocab_size:
+        raise CheckpointError(
+            f"{ckpt.vocab_dir / 'vocab.txt'}: {len(tokenizer)} tokens, but the model's vocab_size is {ckpt.config.vocab_size}"
+        )
+    return tokenizer
+
+
+def load_encoder(model: str | Path) -> tuple[BertModel, WordPieceTokenizer]:
+    ckpt = resolve(model)
+    encoder = BertModel(ckpt.config)
+    if ckpt.state:
+        load_state(encoder, ckpt.state, ckpt.source)
+    return encoder, load_tokenizer(ckpt)
+
+
+def load_pretraining(model: str | Path, nsp: bool = False) -> tuple[BertForPreTraining, WordPieceTokenizer]:
+    """For pre-training: the MLM (and NSP) heads are new when the checkpoint has none."""
+    ckpt = resolve(model)
+    net = BertForPreTraining(ckpt.config, nsp=nsp)
+    if ckpt.state:
+        state = {k: v for k, v in ckpt.state.items() if not k.startswith("classifier.") and (nsp or not k.startswith("nsp."))}
+        load_state(net, state, ckpt.source, allow_new=("mlm.", "nsp.", "bert.pooler."))
+    return net, load_tokenizer(ckpt)
+
+
+def load_classifier(model: str | Path, id2label: list[str] | None = None, regression: bool | None = None
+                    ) -> tuple[BertForSequenceClassification, WordPieceTokenizer]:
+    """A classifier; its head is new unless the checkpoint has one with the same labels."""
+    ckpt = resolve(model)
+    cfg = ckpt.config
+    if id2label is not None or regression is not None:
+        cfg = cfg.with_task(id2label or [], bool(regression))
+    net = BertForSequenceClassification(cfg)
+    state = {k: v for k, v in ckpt.state.items() if not k.startswith(("mlm.", "nsp."))}
+    same_head = ckpt.has_head("classifier.") and (ckpt.config.id2label, ckpt.config.regression) == (cfg.id2label, cfg.regression)
+    if not same_head:
+        state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
+    if state:
+        load_state(net, state, ckpt.source, allow_new=("classifier.", "bert.pooler."))
+    return net, load_tokenizer(ckpt)
+
+
+# --- writing --------------------------------------------------------------------------------------------------
+
+ARCHITECTURES = {BertModel: "BertModel", BertForPreTraining: "BertForPreTraining", BertForSequenceClassification: "BertForSequenceClassification"}
+
+
+def save_hf(model: nn.Module, tokenizer: WordPieceTokenizer, out_dir: str | Path) -> Path:
+    """Write the Hugging Face layout: config.json, model.safetensors, vocab + tokenizer files. Each file is
+    written atomically; `transformers.*.from_pretrained(out_dir)` loads it unchanged."""
+    out_dir = Path(out_dir)
+    model = getattr(model, "module", model)  # unwrap DDP
+    model = getattr(model, "_orig_mod", model)  # unwrap torch.compile
+    cfg = model.cfg
+    state = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
+    if isinstance(model, BertModel):
+        state = {"bert." + k: v for k, v in state.items()}
+    arch = ARCHITECTURES[type(model)]
+    if arch == "BertForPreTraining" and model.nsp is None:
+        arch = "BertForMaskedLM"
+    tensors = to_hf(state, cfg.num_layers)
+    with atomic_path(out_dir / "model.safetensors") as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+    atomic_write_text(out_dir / "config.json", json.dumps(cfg.to_hf_dict([arch]), indent=2))
+    tokenizer.save(out_dir)
+    return out_dir
+
+
+def convert(src: str | Path, out: str | Path) -> Path:
+    """Any layout we read -> Hugging Face layout, keeping whatever heads the source has."""
+    ckpt = read_checkpoint(src)
+    if ckpt.has_head("classifier."):
+        model: nn.Module = BertForSequenceClassification(ckpt.config)
+    elif ckpt.has_head("mlm."):
+        model = BertForPreTraining(ckpt.config, nsp=ckpt.has_head("nsp."))
+    else:
+        model = BertModel(ckpt.config)
+    load_state(model, ckpt.state, ckpt.source, allow_new=("bert.pooler.",))
+    return save_hf(model, load_tokenizer(ckpt), out)

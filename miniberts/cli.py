@@ -1,0 +1,83 @@
+"""`miniberts <command>`: one small module per command under miniberts/commands/.
+
+Each command module has HELP (one line), `add_arguments(parser)` and `run(args) -> int | None`. A MinibertsError
+reaches the user as one line on stderr with exit status 2, never as a stack trace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import json
+import logging
+import sys
+
+from .errors import MinibertsError
+
+COMMANDS = ["models", "convert", "embed"]
+
+
+def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> None:
+    """One `--flag` per dataclass field (underscores become dashes), its default and help from the field."""
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        help_text = f.metadata.get("help", "")
+        if f.type in ("bool", bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+        elif isinstance(default, list):
+            parser.add_argument(flag, nargs="+", default=default, help=help_text)
+        else:
+            kind = type(default) if default is not None else str
+            parser.add_argument(flag, type=kind, default=default, help=f"{help_text} (default: {default})")
+
+
+def dataclass_from_args(cls, args: argparse.Namespace):
+    """Fill `cls` from parsed flags, after any `--config file.json` values (flags given explicitly win)."""
+    values = {}
+    if getattr(args, "config", None):
+        values.update(json.loads(open(args.config, encoding="utf-8").read()))
+    names = {f.name for f in dataclasses.fields(cls)}
+    for name in names:
+        if hasattr(args, name) and (name not in values or getattr(args, name) != _default(cls, name)):
+            values[name] = getattr(args, name)
+    unknown = set(values) - names
+    if unknown:
+        raise MinibertsError(f"{args.config}: unknown settings {sorted(unknown)}")
+    return cls(**values)
+
+
+def _default(cls, name):
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="miniberts", description="The BERT miniatures: pre-train, distill, fine-tune, serve.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        module = importlib.import_module(f"miniberts.commands.{name.replace('-', '_')}")
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(p)
+        p.set_defaults(run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args) or 0
+    except MinibertsError as e:
+        print(f"miniberts {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"miniberts {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

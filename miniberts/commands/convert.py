@@ -1,0 +1,17 @@
+"""`miniberts convert SRC OUT`: Hugging Face or Google TF directory -> Hugging Face layout."""
+
+import logging
+
+from ..checkpoint import convert
+
+HELP = "Convert a Hugging Face or Google TF checkpoint directory to the Hugging Face layout."
+
+
+def add_arguments(parser):
+    parser.add_argument("src", help="a Hugging Face directory (config.json) or Google TF directory (bert_config.json)")
+    parser.add_argument("out", help="output directory (Hugging Face layout: config.json, model.safetensors, vocab)")
+
+
+def run(args):
+    out = convert(args.src, args.out)
+    logging.info("wrote %s", out)

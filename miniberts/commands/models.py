@@ -1,0 +1,39 @@
+"""`miniberts models`: the 24 presets as a table or JSON."""
+
+import json
+
+from ..config import PRESETS, param_count
+
+HELP = "List the 24 BERT miniature presets (L layers x H hidden)."
+
+
+def add_arguments(parser):
+    parser.add_argument("--json", action="store_true", help="print a JSON list, one object per preset")
+
+
+def rows() -> list[dict]:
+    out = []
+    for preset in PRESETS.values():
+        cfg = preset.config()
+        out.append({
+            "name": preset.name,
+            "aliases": preset.aliases,
+            "layers": cfg.num_layers,
+            "hidden": cfg.hidden_size,
+            "heads": cfg.num_heads,
+            "intermediate": cfg.intermediate_size,
+            "params": param_count(cfg),
+        })
+    return out
+
+
+def run(args):
+    table = rows()
+    if args.json:
+        print(json.dumps(table, indent=2))
+        return
+    print(f"{'name':<7} {'alias':<7} {'layers':>6} {'hidden':>6} {'heads':>5} {'ffn':>5} {'params':>12}  released as")
+    for r in table:
+        nick = r["aliases"][0] if len(r["aliases"]) > 1 else ""
+        print(f"{r['name']:<7} {nick:<7} {r['layers']:>6} {r['hidden']:>6} {r['heads']:>5} {r['intermediate']:>5} "
+              f"{r['params']:>12,}  google/{r['aliases'][-1]}")

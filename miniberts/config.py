@@ -1,0 +1,188 @@
+"""Model configuration and the 24 presets of the BERT miniatures.
+
+The grid is the one released with "Well-Read Students Learn Better" (Turc et al., 2019): L in {2,4,6,8,10,12}
+layers x H in {128,256,512,768} hidden units, H/64 heads and a 4H feed-forward layer, uncased WordPiece vocab.
+`BertConfig` reads and writes both Google's `bert_config.json` (google-research/bert modeling.py) and the
+Hugging Face `config.json` (transformers BertConfig).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from .errors import CheckpointError
+
+LAYERS = (2, 4, 6, 8, 10, 12)
+HIDDEN = (128, 256, 512, 768)
+ALIASES = {"tiny": "2-128", "mini": "4-256", "small": "4-512", "medium": "8-512", "base": "12-768"}
+
+# Activation names: ours -> Hugging Face. Google's bert_config.json says "gelu" but its modeling.py computes the
+# tanh approximation, so a Google config maps to "gelu_tanh" (see `from_google_json`).
+HF_ACTIVATIONS = {"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh"}
+HF_ACTIVATIONS_IN = {"gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh", "gelu_fast": "gelu_tanh"}
+
+_SHARED_KEYS = {  # our field -> key used by both Google and HF configs
+    "vocab_size": "vocab_size",
+    "hidden_size": "hidden_size",
+    "num_layers": "num_hidden_layers",
+    "num_heads": "num_attention_heads",
+    "intermediate_size": "intermediate_size",
+    "max_position_embeddings": "max_position_embeddings",
+    "type_vocab_size": "type_vocab_size",
+    "hidden_dropout": "hidden_dropout_prob",
+    "attention_dropout": "attention_probs_dropout_prob",
+    "initializer_range": "initializer_range",
+}
+
+
+@dataclass
+class BertConfig:
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    intermediate_size: int = 3072
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    hidden_act: str = "gelu"  # "gelu" (exact, erf) or "gelu_tanh" (Google's approximation)
+    hidden_dropout: float = 0.1
+    attention_dropout: float = 0.1
+    layer_norm_eps: float = 1e-12
+    initializer_range: float = 0.02
+    pad_token_id: int = 0
+    # Task head, when the model has one: id2label[i] names class i; an empty list means regression (one score).
+    id2label: list[str] = field(default_factory=list)
+    regression: bool = False
+
+    def __post_init__(self):
+        if self.hidden_size % self.num_heads:
+            raise CheckpointError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        if self.hidden_act not in HF_ACTIVATIONS:
+            raise CheckpointError(f"hidden_act {self.hidden_act!r} is not one of {sorted(HF_ACTIVATIONS)}")
+
+    @property
+    def num_labels(self) -> int:
+        return 1 if self.regression else len(self.id2label)
+
+    # --- Google's bert_config.json -------------------------------------------------------------------------
+    @classmethod
+    def from_google_json(cls, path: Path) -> "BertConfig":
+        raw = _read_json(path)
+        kwargs = {ours: raw[theirs] for ours, theirs in _SHARED_KEYS.items() if theirs in raw}
+        act = raw.get("hidden_act", "gelu")
+        kwargs["hidden_act"] = "gelu_tanh" if act == "gelu" else HF_ACTIVATIONS_IN.get(act, act)
+        return cls(**kwargs)
+
+    def to_google_dict(self) -> dict:
+        d = {theirs: getattr(self, ours) for ours, theirs in _SHARED_KEYS.items()}
+        d["hidden_act"] = "gelu" if self.hidden_act == "gelu_tanh" else "gelu"
+        return d
+
+    # --- Hugging Face config.json ---------------------------------------------------------------------------
+    @classmethod
+    def from_hf_json(cls, path: Path) -> "BertConfig":
+        raw = _read_json(path)
+        if raw.get("model_type", "bert") != "bert":
+            raise CheckpointError(f"{path}: model_type is {raw['model_type']!r}, expected 'bert'")
+        kwargs = {ours: raw[theirs] for ours, theirs in _SHARED_KEYS.items() if theirs in raw}
+        act = raw.get("hidden_act", "gelu")
+        if act not in HF_ACTIVATIONS_IN:
+            raise CheckpointError(f"{path}: hidden_act {act!r} is not supported (expected one of {sorted(HF_ACTIVATIONS_IN)})")
+        kwargs["hidden_act"] = HF_ACTIVATIONS_IN[act]
+        kwargs["layer_norm_eps"] = raw.get("layer_norm_eps", 1e-12)
+        kwargs["pad_token_id"] = raw.get("pad_token_id", 0)
+        kwargs["regression"] = raw.get("problem_type") == "regression"
+        id2label = raw.get("id2label")
+        if id2label and not kwargs["regression"]:
+            kwargs["id2label"] = [id2label[str(i)] for i in range(len(id2label))]
+        return cls(**kwargs)
+
+    def to_hf_dict(self, architectures: list[str]) -> dict:
+        d = {theirs: getattr(self, ours) for ours, theirs in _SHARED_KEYS.items()}
+        d.update(
+            model_type="bert",
+            architectures=architectures,
+            hidden_act=HF_ACTIVATIONS[self.hidden_act],
+            layer_norm_eps=self.layer_norm_eps,
+            pad_token_id=self.pad_token_id,
+            position_embedding_type="absolute",
+        )
+        if self.regression:
+            d.update(problem_type="regression", id2label={"0": "score"}, label2id={"score": 0})
+        elif self.id2label:
+            d.update(
+                problem_type="single_label_classification",
+                id2label={str(i): name for i, name in enumerate(self.id2label)},
+                label2id={name: i for i, name in enumerate(self.id2label)},
+            )
+        return d
+
+    def with_task(self, id2label: list[str], regression: bool) -> "BertConfig":
+        return replace(self, id2label=list(id2label), regression=regression)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Preset:
+    layers: int
+    hidden: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.layers}-{self.hidden}"
+
+    @property
+    def aliases(self) -> list[str]:
+        """Other names: the paper's nickname where it has one, and the released repo name."""
+        nick = [alias for alias, name in ALIASES.items() if name == self.name]
+        return nick + [f"bert_uncased_L-{self.layers}_H-{self.hidden}_A-{self.hidden // 64}"]
+
+    def config(self) -> BertConfig:
+        return BertConfig(
+            hidden_size=self.hidden,
+            num_layers=self.layers,
+            num_heads=self.hidden // 64,
+            intermediate_size=4 * self.hidden,
+        )
+
+
+PRESETS: dict[str, Preset] = {f"{l}-{h}": Preset(l, h) for l in LAYERS for h in HIDDEN}
+
+
+def find_preset(name: str) -> Preset | None:
+    """A preset by `L-H` name, nickname (`tiny`), `L/H`, or released repo name; None if it is not one."""
+    key = name.strip().lower().replace("/", "-")
+    key = ALIASES.get(key, key)
+    if key in PRESETS:
+        return PRESETS[key]
+    for preset in PRESETS.values():
+        if key in preset.aliases or key.endswith("/" + preset.aliases[-1]):
+            return preset
+    return None
+
+
+def param_count(cfg: BertConfig) -> int:
+    """Parameters of the encoder with pooler, counted as `transformers.BertModel` counts them."""
+    h, i, n = cfg.hidden_size, cfg.intermediate_size, cfg.num_layers
+    embeddings = (cfg.vocab_size + cfg.max_position_embeddings + cfg.type_vocab_size) * h + 2 * h
+    layer = 4 * (h * h + h) + 2 * h + (h * i + i) + (i * h + h) + 2 * h
+    pooler = h * h + h
+    return embeddings + n * layer + pooler
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: file not found")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    missing = [k for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size") if k not in raw]
+    if missing:
+        raise CheckpointError(f"{path}: missing config keys {missing}")
+    return raw
+

@@ -1,0 +1,1 @@
+"""Data: built-in corpora, pre-training shards, task files."""

@@ -1,0 +1,84 @@
+"""Batched inference: read texts, run the encoder in length-sorted batches, return results in input order.
+
+Sorting by length before batching keeps padding small; together with the model's unpadded execution almost no
+work is spent on padding. Results are put back in the order of the input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .device import autocast
+from .errors import DataError
+from .tokenizer import WordPieceTokenizer
+
+
+def read_lines(path: str | Path) -> list[str]:
+    """One text per line; lines are split on '\\n' only (a trailing '\\r' is dropped). Errors name the line."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    lines = path.read_bytes().split(b"\n")
+    if lines[-1] == b"":
+        lines.pop()
+    if not lines:
+        raise DataError(f"{path}: the file is empty (expected one text per line)")
+    texts = []
+    for number, raw in enumerate(lines, 1):
+        try:
+            texts.append(raw.decode("utf-8").removesuffix("\r"))
+        except UnicodeDecodeError as e:
+            raise DataError(f"{path}:{number}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+    return texts
+
+
+def length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length (longest first, so memory peaks early)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def run_batches(tokenizer: WordPieceTokenizer, texts: list[str], pairs: list[str] | None, max_length: int,
+                batch_size: int, step: Callable[[dict[str, torch.Tensor]], torch.Tensor], device: torch.device,
+                dtype: torch.dtype, desc: str = "") -> torch.Tensor:
+    """Tokenize, batch by length, apply `step` (batch -> [b, ...] tensor) under autocast; rows in input order."""
+    ids, type_ids = tokenizer.encode(texts, pairs, max_length)
+    results: list[torch.Tensor | None] = [None] * len(texts)
+    batches = length_batches([len(x) for x in ids], batch_size)
+    with torch.inference_mode(), autocast(device, dtype):
+        for batch in tqdm(batches, desc=desc, unit="batch", disable=not desc, leave=False):
+            inputs = tokenizer.pad_batch([ids[i] for i in batch], [type_ids[i] for i in batch])
+            out = step({k: v.to(device) for k, v in inputs.items()}).float().cpu()
+            for row, i in enumerate(batch):
+                results[i] = out[row]
+    return torch.stack(results)
+
+
+def pool(hidden: torch.Tensor, pooled: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """'cls': the tanh-pooled [CLS] vector (BERT's pooled output); 'mean': average of the real tokens' states."""
+    if pooling == "cls":
+        return pooled
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # [B, S, 1]
+    return (hidden * mask).sum(1) / mask.sum(1)
+
+
+def embed(encoder, tokenizer: WordPieceTokenizer, texts: list[str], pooling: str = "cls", max_length: int = 512,
+          batch_size: int = 32, device: torch.device = torch.device("cpu"), dtype: torch.dtype = torch.float32,
+          progress: bool = False) -> np.ndarray:
+    """[N, H] float32 sentence embeddings, one row per text, in order."""
+    if pooling not in ("cls", "mean"):
+        raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
+    encoder.eval().to(device)
+
+    def step(batch):
+        hidden, pooled = encoder(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+        return pool(hidden, pooled, batch["attention_mask"], pooling)
+
+    out = run_batches(tokenizer, texts, None, max_length, batch_size, step, device, dtype, "embed" if progress else "")
+    return out.numpy()
+

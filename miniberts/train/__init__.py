@@ -1,0 +1,1 @@
+"""Training recipes: pretrain, finetune, distill, and what they share (common)."""

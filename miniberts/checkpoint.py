@@ -12,6 +12,7 @@ transformers/models/bert/modeling_bert.py (HF names).
 from __future__ import annotations
 
 import json
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +73,8 @@ REDUNDANT = {
 }
 HEAD_PREFIXES = ("mlm.", "nsp.", "classifier.")
 
+log = logging.getLogger("miniberts")
+
 
 @dataclass
 class Checkpoint:
@@ -111,6 +114,9 @@ def from_foreign(foreign: dict[str, torch.Tensor], fmt: str, num_layers: int, wh
         if len(present) != len(names):
             raise CheckpointError(f"{where}: {ours} needs {list(names)} but only {present} are present")
         parts = [foreign[n].t() if n.endswith("/kernel") else foreign[n] for n in names]
+        if len({tuple(p.shape) for p in parts}) > 1:  # else torch.cat raises a stack trace, or hides which part is wrong
+            shapes = {n: tuple(foreign[n].shape) for n in names}
+            raise CheckpointError(f"{where}: {ours} is joined from tensors that must share one shape, got {shapes}")
         state[ours] = torch.cat(parts, 0) if len(parts) > 1 else parts[0]
         used.update(names)
     leftover = sorted(k for k in foreign if k not in used and not REDUNDANT[fmt].search(k))
@@ -229,7 +235,9 @@ def load_encoder(model: str | Path) -> tuple[BertModel, WordPieceTokenizer]:
     ckpt = resolve(model)
     encoder = BertModel(ckpt.config)
     if ckpt.state:
-        load_state(encoder, ckpt.state, ckpt.source)
+        new = load_state(encoder, ckpt.state, ckpt.source, allow_new=("pooler.",))
+        if new:
+            log.warning("%s has no pooler (a masked-LM checkpoint): the pooled output is untrained", ckpt.source)
     return encoder, load_tokenizer(ckpt)
 
 
@@ -277,7 +285,9 @@ def save_hf(model: nn.Module, tokenizer: WordPieceTokenizer, out_dir: str | Path
         state = {"bert." + k: v for k, v in state.items()}
     arch = ARCHITECTURES[type(model)]
     if arch == "BertForPreTraining" and model.nsp is None:
+        # Masked LM alone never trains the pooler, and HF's BertForMaskedLM has none: leave it out.
         arch = "BertForMaskedLM"
+        state = {k: v for k, v in state.items() if not k.startswith("bert.pooler.")}
     tensors = to_hf(state, cfg.num_layers)
     with atomic_path(out_dir / "model.safetensors") as tmp:
         save_file(tensors, str(tmp), metadata={"format": "pt"})

@@ -1,10 +1,15 @@
-"""Uncased WordPiece tokenization, identical to Google's BERT tokenizer, run by the `tokenizers` library.
+"""Uncased WordPiece tokenization as Google's BERT tokenizer does it, run by the `tokenizers` library.
 
 Google's tokenization.py does: clean text (drop control characters, map whitespace to spaces), put spaces around
 CJK ideographs, lower-case, strip accents (NFD, drop combining marks), split on whitespace and punctuation, then
 greedy longest-match-first WordPiece with `##` continuations; words over 100 characters become [UNK]. `tokenizers`'
 BertNormalizer + BertPreTokenizer + WordPiece implement exactly that in Rust. Pairs are truncated `longest_first`
 and get token type ids 0 for `[CLS] A [SEP]` and 1 for `B [SEP]`.
+
+The ids equal `transformers`' BertTokenizer everywhere (tests/test_tokenizer.py). They differ from Google's Python
+tokenization.py in four corner cases, exactly as transformers' do: Greek final sigma (lower-cased per character),
+private-use characters (dropped), special tokens typed in the text ("[MASK]" stays one token), and which segment
+gives up the odd token when `longest_first` truncates a pair of equal length.
 """
 
 from __future__ import annotations

@@ -15,7 +15,15 @@ import sys
 
 from .errors import MinibertsError
 
-COMMANDS = ["models", "convert", "embed"]
+COMMANDS = [
+    "models",
+    "convert",
+    "embed",
+    "finetune",
+    "glue",
+    "predict",
+    "distill",
+]
 
 
 def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> None:

@@ -1,0 +1,99 @@
+"""Teacher soft targets for Pre-trained Distillation (Turc et al., 2019, section 3), and the distillation losses.
+
+The teacher labels the unlabeled transfer text once; its logits are cached on disk under a key made of the
+teacher's weights and config, the texts and the max length, so a sweep of students never recomputes them and any
+change to teacher or data invalidates the cache. Losses are computed in float32 (as torchtune does) whatever the
+autocast precision of the forward pass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .checkpoint import load_classifier
+from .device import pick_device, resolve_dtype
+from .errors import MinibertsError
+from .fileio import atomic_path, atomic_write_text
+from .predict import predict_logits
+from .tokenizer import WordPieceTokenizer
+
+log = logging.getLogger("miniberts")
+
+WEIGHT_FILES = ("config.json", "bert_config.json", "model.safetensors", "pytorch_model.bin")
+
+
+def teacher_fingerprint(teacher_dir: Path) -> str:
+    """sha256 over the teacher's config and weight files (TF shards included)."""
+    h = hashlib.sha256()
+    files = [p for p in sorted(Path(teacher_dir).iterdir()) if p.name in WEIGHT_FILES or ".ckpt" in p.name]
+    for path in files:
+        h.update(path.name.encode())
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def data_fingerprint(texts: list[str], pairs: list[str] | None, max_length: int) -> str:
+    h = hashlib.sha256(f"max_length={max_length};pairs={pairs is not None};n={len(texts)}".encode())
+    for i, text in enumerate(texts):
+        h.update(text.encode("utf-8") + b"\x00")
+        if pairs is not None:
+            h.update(pairs[i].encode("utf-8") + b"\x00")
+    return h.hexdigest()
+
+
+def check_same_vocab(teacher: WordPieceTokenizer, student: WordPieceTokenizer) -> None:
+    if teacher.vocab != student.vocab:
+        raise MinibertsError(
+            f"teacher vocab {teacher.vocab_path} ({len(teacher)} tokens) differs from student vocab "
+            f"{student.vocab_path} ({len(student)} tokens): distillation needs the same WordPiece vocabulary"
+        )
+
+
+def teacher_logits(teacher_dir: str | Path, texts: list[str], pairs: list[str] | None, max_length: int,
+                   cache_dir: Path, batch_size: int = 64, dtype: str = "auto") -> np.ndarray:
+    """[N, num_labels] float32 logits of the fine-tuned teacher on the transfer texts, cached on disk."""
+    teacher_dir = Path(teacher_dir)
+    key = hashlib.sha256((teacher_fingerprint(teacher_dir) + data_fingerprint(texts, pairs, max_length)).encode()).hexdigest()[:24]
+    path = Path(cache_dir) / f"{key}.npy"
+    if path.is_file():
+        log.info("teacher logits: cached %s", path)
+        return np.load(path)
+    model, tokenizer = load_classifier(teacher_dir)
+    if not model.cfg.id2label and not model.cfg.regression:
+        raise MinibertsError(f"{teacher_dir}: the teacher has no task head; fine-tune it first")
+    device = pick_device()
+    logits = predict_logits(model, tokenizer, texts, pairs, max_length, batch_size, device,
+                            resolve_dtype(dtype, device), desc="teacher").numpy()
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, logits)
+    atomic_write_text(path.with_suffix(".json"), json.dumps(
+        {"teacher": str(teacher_dir), "examples": len(texts), "max_length": max_length,
+         "id2label": model.cfg.id2label, "regression": model.cfg.regression}, indent=2))
+    return logits
+
+
+def soft_target_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Cross-entropy of the student against the teacher's tempered distribution, scaled by T^2 so gradients keep
+    their size across temperatures (Hinton et al., 2015). One output = regression: MSE to the teacher's score."""
+    s, t = student_logits.float(), teacher_logits.float()
+    if s.shape[-1] == 1:
+        return F.mse_loss(s.squeeze(-1), t.squeeze(-1))
+    target = F.softmax(t / temperature, dim=-1)
+    return -(target * F.log_softmax(s / temperature, dim=-1)).sum(-1).mean() * temperature**2
+
+
+def kl_to_teacher(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> float:
+    """Mean KL(teacher || student) at T=1, a measure of how well the student imitates the teacher."""
+    s, t = F.log_softmax(student_logits.float(), -1), F.log_softmax(teacher_logits.float(), -1)
+    return float(F.kl_div(s, t, log_target=True, reduction="batchmean"))
+

@@ -1,0 +1,542 @@
+"""Fine-tuning: a classification or regression head on the pooled [CLS] output, trained by an explicit loop.
+
+The recipe is BERT's (Devlin et al. 2019, sec. 4 and appendix A.3; google-research/bert run_classifier.py) as the
+miniatures' model card applies it: AdamW without decay on biases and LayerNorm, linear warmup over the first 10% of
+steps then linear decay to zero, gradient clipping at 1.0, evaluation on dev after every epoch, the best epoch kept.
+
+Three layers, each usable alone:
+- `load_task(cfg)` -> TaskData: a GLUE task (`data.tasks`), a built-in example task (`data.builtin`, materialized
+  into a cache folder once) or the user's CSV/TSV/JSONL files; with its label set and its GLUE-style metrics.
+- `Encoded` + `bucket_batches`: token ids plus *any* per-example target tensor (class ids, scores, or a teacher's
+  soft targets), cut into batches of similar length in shuffled order, so little compute goes to padding.
+- `train_classifier(model, train, loss_fn, cfg, evaluate)`: the loop. The loss is a function
+  `loss_fn(logits [B, C] float32, batch) -> scalar`, so distillation reuses the loop with a soft-target loss.
+
+`run(cfg)` joins them and writes RUN/: the best model in Hugging Face layout (`save_hf`), RUN/log.jsonl and, last,
+RUN/metrics.json (every epoch's dev metrics and the best). metrics.json exists only for a finished run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from ..checkpoint import load_classifier, save_hf
+from ..data.tasks import GLUE_TASKS, Example, TaskSpec, get_task, label_set, read_glue_split, read_user_file
+from ..device import autocast, pick_device, resolve_dtype
+from ..errors import DataError, MinibertsError
+from ..fileio import atomic_write_text
+from ..metrics import task_metrics
+from ..predict import decode, file_columns, format_predictions, predict_logits
+from ..tokenizer import WordPieceTokenizer
+from .common import JsonlLog, lr_at, make_optimizer, set_lr, set_seed, write_json
+
+log = logging.getLogger("miniberts")
+
+LossFn = Callable[[torch.Tensor, dict], torch.Tensor]
+
+
+# --- configuration --------------------------------------------------------------------------------------------
+
+@dataclass
+class LoopConfig:
+    """The knobs of `train_classifier`; recipes built on the loop (fine-tuning, distillation) extend it."""
+
+    batch_size: int = field(default=32, metadata={"help": "examples per optimizer step"})
+    lr: float = field(default=5e-5, metadata={"help": "peak learning rate (AdamW)"})
+    epochs: int = field(default=4, metadata={"help": "passes over the training set"})
+    warmup_ratio: float = field(default=0.1, metadata={"help": "fraction of steps of linear warmup"})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW decay on matrices and embeddings"})
+    clip_norm: float = field(default=1.0, metadata={"help": "global gradient-norm clip"})
+    seed: int = field(default=42, metadata={"help": "seed for head init, dropout and batch order"})
+    dtype: str = field(default="auto", metadata={"help": "auto (bf16 where native) | fp32 | bf16"})
+    max_steps: int = field(default=0, metadata={"help": "stop after this many steps (0 = all epochs)"})
+    log_every: int = field(default=50, metadata={"help": "steps between training-loss log records"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+
+
+@dataclass
+class FinetuneConfig(LoopConfig):
+    model: str = field(default="", metadata={"help": "model directory (HF or Google TF layout) or preset name"})
+    out: str = field(default="", metadata={"help": "run directory to write (HF model + metrics.json + log.jsonl)"})
+    task: str = field(default="", metadata={"help": "GLUE task (with --glue-dir) or built-in task: " + ", ".join(
+        ["rotten_tomatoes", "lee_similarity", "bbc_topics"])})
+    glue_dir: str = field(default="", metadata={"help": "the glue_data/ folder (one subfolder per task)"})
+    train: str = field(default="", metadata={"help": "your training file (.csv, .tsv or .jsonl)"})
+    dev: str = field(default="", metadata={"help": "your dev file, same columns"})
+    test: str = field(default="", metadata={"help": "optional test file: predicted, and scored if labeled"})
+    text_column: str = field(default="", metadata={"help": "column with the text"})
+    text_pair_column: str = field(default="", metadata={"help": "column with the second text of a pair"})
+    label_column: str = field(default="", metadata={"help": "column with the label"})
+    task_type: str = field(default="", metadata={"help": "classification | regression (default: from the labels)"})
+    max_length: int = field(default=128, metadata={"help": "tokens per example, [CLS]/[SEP] included"})
+    eval_batch_size: int = field(default=128, metadata={"help": "batch size for dev/test prediction"})
+    max_train_examples: int = field(default=0, metadata={"help": "use only the first N training examples (0 = all)"})
+    cache_dir: str = field(default="", metadata={"help": "where built-in tasks are written (default "
+                                                          "$MINIBERTS_CACHE or ~/.cache/miniberts)"})
+
+
+# --- tasks ----------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class BuiltinTask:
+    """A real labeled data set shipped by a PyPI package, written by `data.builtin.BUILTIN[name](dir)`."""
+
+    text_column: str
+    text_pair_column: str | None
+    label_column: str
+    task_type: str
+    metrics: tuple[str, ...]
+
+
+BUILTIN_TASKS = {
+    "rotten_tomatoes": BuiltinTask("sentence", None, "label", "classification", ("accuracy",)),
+    "lee_similarity": BuiltinTask("sentence1", "sentence2", "score", "regression", ("pearson", "spearman")),
+    "bbc_topics": BuiltinTask("text", None, "label", "classification", ("accuracy",)),
+}
+
+
+@dataclass
+class TaskData:
+    """One task's examples and how to score them. `spec.labels` is the label set (None = regression); the first
+    dev split selects the best epoch (MNLI: dev_matched), the others are reported beside it."""
+
+    spec: TaskSpec
+    train: list[Example]
+    dev: dict[str, list[Example]]
+    # Predicted (and scored, where labeled) after training. Left empty for GLUE: its tests are unlabeled and large,
+    # and `miniberts glue --submission` predicts them with the best run of a sweep.
+    test: dict[str, list[Example]] = field(default_factory=dict)
+    source: str = ""  # the folder the files came from
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def regression(self) -> bool:
+        return self.spec.is_regression
+
+    @property
+    def id2label(self) -> list[str]:
+        return [] if self.regression else list(self.spec.labels)
+
+
+def cache_root(cache_dir: str = "") -> Path:
+    return Path(cache_dir or os.environ.get("MINIBERTS_CACHE") or Path.home() / ".cache" / "miniberts")
+
+
+def builtin_task_dir(name: str, cache_dir: str = "") -> Path:
+    """The built-in task's train/dev/test.tsv, written on first use (SOURCES.md is written last: it marks done)."""
+    from ..data.builtin import BUILTIN
+
+    out = cache_root(cache_dir) / "tasks" / name
+    if not all((out / f).is_file() for f in ("train.tsv", "dev.tsv", "test.tsv", "SOURCES.md")):
+        log.info("writing built-in task %s to %s", name, out)
+        BUILTIN[name](out)
+    return out
+
+
+def builtin_name(task: str) -> str | None:
+    key = task.strip().lower().replace("-", "_")
+    return key if key in BUILTIN_TASKS else None
+
+
+def check_task_name(task: str) -> None:
+    """A GLUE or built-in task name, or a one-line error listing both."""
+    if builtin_name(task):
+        return
+    try:
+        get_task(task)
+    except DataError:
+        raise DataError(f"unknown task {task!r}; GLUE tasks: {', '.join(GLUE_TASKS)}; "
+                        f"built-in tasks: {', '.join(BUILTIN_TASKS)}") from None
+
+
+def _task_type(value: str) -> str | None:
+    if value not in ("", "classification", "regression"):
+        raise DataError(f"--task-type must be classification or regression, not {value!r}")
+    return value or None
+
+
+def _read_user_task(name: str, train: Path, dev: Path, test: Path | None, text_column: str, pair_column: str | None,
+                    label_column: str, task_type: str | None, metrics: tuple[str, ...] | None = None) -> TaskData:
+    """Train/dev(/test) files with a header; the label set comes from train, dev/test labels must be in it."""
+    for flag, value in (("--text-column", text_column), ("--label-column", label_column)):
+        if not value:
+            raise DataError(f"{train}: {flag} is required for your own files")
+    train_examples = read_user_file(train, text_column, pair_column, label_column, task_type)
+    labels = label_set(train_examples, task_type, source=train)  # None = regression
+    kind = "regression" if labels is None else "classification"
+    if labels is None:
+        train_examples = _as_scores(train_examples, train)
+    dev_examples = read_user_file(dev, text_column, pair_column, label_column, kind, labels)
+    tests = {}
+    if test is not None:
+        labeled = label_column in file_columns(test) if test.is_file() else True
+        tests["test"] = read_user_file(test, text_column, pair_column, label_column if labeled else None, kind, labels)
+    metrics = metrics or (("pearson", "spearman") if labels is None else ("accuracy",))
+    spec = TaskSpec(name, text_column, pair_column, label_column, labels, metrics)
+    return TaskData(spec, train_examples, {"dev": dev_examples}, tests, str(train.parent))
+
+
+def _as_scores(examples: list[Example], where: Path) -> list[Example]:
+    # label_set inferred regression from strings like "3.5"; the loss needs numbers.
+    try:
+        return [dataclasses.replace(ex, label=float(ex.label)) for ex in examples]
+    except ValueError as e:
+        raise DataError(f"{where}: {e}") from None
+
+
+def load_task(cfg: FinetuneConfig) -> TaskData:
+    """The task named by `cfg.task` (GLUE or built-in) or given by the user-file flags."""
+    user_flags = [f for f in ("train", "dev", "test") if getattr(cfg, f)]
+    if cfg.task and user_flags:
+        raise DataError(f"give either --task or your own files (--train/--dev), not both "
+                        f"(got --task and --{user_flags[0]})")
+    if cfg.task:
+        check_task_name(cfg.task)
+        name = builtin_name(cfg.task)
+        if name:
+            b = BUILTIN_TASKS[name]
+            folder = builtin_task_dir(name, cfg.cache_dir)
+            data = _read_user_task(name, folder / "train.tsv", folder / "dev.tsv", folder / "test.tsv", b.text_column,
+                                   b.text_pair_column, b.label_column, b.task_type, b.metrics)
+        else:
+            data = load_glue_task(cfg.task, cfg.glue_dir)
+    else:
+        if not (cfg.train and cfg.dev):
+            raise DataError("no task: give --task NAME (GLUE with --glue-dir, or built-in) or --train FILE --dev FILE")
+        test = Path(cfg.test) if cfg.test else None
+        data = _read_user_task(Path(cfg.train).stem, Path(cfg.train), Path(cfg.dev), test, cfg.text_column,
+                               cfg.text_pair_column or None, cfg.label_column, _task_type(cfg.task_type))
+    if cfg.max_train_examples:
+        data.train = data.train[: cfg.max_train_examples]
+    return data
+
+
+def load_glue_task(task: str, glue_dir: str | Path) -> TaskData:
+    spec = get_task(task)
+    if spec.model_task:
+        raise DataError(f"{spec.name} has no training data; it is predicted with the {spec.model_task} model "
+                        "(`miniberts glue --submission`)")
+    if not glue_dir:
+        raise DataError(f"the GLUE task {spec.name} needs --glue-dir (the glue_data/ folder)")
+    if not Path(glue_dir).is_dir():
+        raise DataError(f"{glue_dir}: GLUE folder not found")
+    train = read_glue_split(glue_dir, spec, "train")
+    dev = {s: read_glue_split(glue_dir, spec, s) for s in spec.splits if s.startswith("dev")}
+    return TaskData(spec, train, dev, {}, str(Path(glue_dir) / spec.directory))
+
+
+def targets_of(data: TaskData, examples: list[Example]) -> torch.Tensor:
+    """Hard targets: class ids [N] (long) or scores [N] (float32)."""
+    if data.regression:
+        return torch.tensor([float(ex.label) for ex in examples], dtype=torch.float32)
+    label2id = {name: i for i, name in enumerate(data.id2label)}
+    return torch.tensor([label2id[str(ex.label)] for ex in examples], dtype=torch.long)
+
+
+# --- data: token ids + targets, batched by length -------------------------------------------------------------
+
+@dataclass
+class Encoded:
+    """N tokenized examples and one target row per example.
+
+    `targets` is any tensor whose first dimension is N: class ids [N], scores [N], a teacher's probabilities or
+    logits [N, C], ... `batch(idx)` hands the rows of the batch to the loss as `batch["targets"]`.
+    """
+
+    tokenizer: WordPieceTokenizer
+    ids: list[list[int]]
+    type_ids: list[list[int]]
+    targets: torch.Tensor
+
+    def __post_init__(self):
+        if len(self.ids) != len(self.targets):
+            raise ValueError(f"{len(self.ids)} examples but {len(self.targets)} target rows")
+
+    @classmethod
+    def from_texts(cls, tokenizer: WordPieceTokenizer, texts: list[str], pairs: list[str] | None,
+                   targets: torch.Tensor, max_length: int) -> "Encoded":
+        ids, type_ids = tokenizer.encode(texts, pairs, max_length)
+        return cls(tokenizer, ids, type_ids, targets)
+
+    @classmethod
+    def from_examples(cls, tokenizer: WordPieceTokenizer, examples: list[Example], targets: torch.Tensor,
+                      max_length: int) -> "Encoded":
+        pairs = [ex.text_b or "" for ex in examples] if any(ex.text_b is not None for ex in examples) else None
+        return cls.from_texts(tokenizer, [ex.text_a for ex in examples], pairs, targets, max_length)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(x) for x in self.ids]
+
+    def batch(self, idx: list[int]) -> dict[str, torch.Tensor]:
+        """input_ids, attention_mask, token_type_ids [B, S]; targets [B, ...]; index [B] (rows of this data)."""
+        out = self.tokenizer.pad_batch([self.ids[i] for i in idx], [self.type_ids[i] for i in idx])
+        out["targets"] = self.targets[idx]
+        out["index"] = torch.tensor(idx)
+        return out
+
+
+def bucket_batches(lengths: list[int], batch_size: int, rng: random.Random, bucket: int = 50) -> list[list[int]]:
+    """One epoch of batches: shuffle, sort each window of `bucket` batches by length, cut, shuffle the batches.
+
+    Padding then costs little (neighbours in a window have similar lengths), while every epoch still sees new
+    batch compositions and a random batch order. ceil(N / batch_size) batches, whatever the shuffle.
+    """
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    window = batch_size * bucket
+    batches = []
+    for start in range(0, len(order), window):
+        part = sorted(order[start : start + window], key=lambda i: lengths[i])
+        batches += [part[i : i + batch_size] for i in range(0, len(part), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+# --- losses ---------------------------------------------------------------------------------------------------
+
+def cross_entropy_loss(logits: torch.Tensor, batch: dict) -> torch.Tensor:
+    """Hard labels: batch["targets"] holds class ids [B]."""
+    return F.cross_entropy(logits, batch["targets"])
+
+
+def mse_loss(logits: torch.Tensor, batch: dict) -> torch.Tensor:
+    """Regression: batch["targets"] holds scores [B]; the model has one output."""
+    return F.mse_loss(logits.squeeze(-1), batch["targets"])
+
+
+def default_loss(regression: bool) -> LossFn:
+    return mse_loss if regression else cross_entropy_loss
+
+
+# --- the loop -------------------------------------------------------------------------------------------------
+
+@dataclass
+class TrainResult:
+    history: list[dict]  # one record per epoch: epoch, step, train_loss, and what `evaluate` returned
+    best: dict | None  # the record of the kept epoch (highest "score"); None without evaluation
+    steps: int
+    seconds: float
+
+
+def _score(record: dict) -> float:
+    score = record.get("score", float("nan"))
+    return -math.inf if score is None or math.isnan(score) else score  # nan (e.g. a constant regressor) never wins
+
+
+def train_classifier(model: nn.Module, train: Encoded, loss_fn: LossFn, cfg: LoopConfig,
+                     evaluate: Callable[[nn.Module], dict] | None = None, logger: JsonlLog | None = None,
+                     device: torch.device | None = None) -> TrainResult:
+    """Train `model` (anything called as model(input_ids, attention_mask, token_type_ids) -> logits [B, C]).
+
+    Per step: a length-bucketed batch (`bucket_batches`), forward under bf16 autocast where native, then
+    `loss_fn(logits.float(), batch)` in float32 (batch holds input_ids, attention_mask, token_type_ids, the rows
+    `targets` of `train.targets` and `index`), backward, clip to `cfg.clip_norm`, AdamW step, warmup + linear
+    decay schedule. After each epoch `evaluate(model)` (called in eval mode, no grad) returns a dict with
+    "score", the number to maximize; the best epoch's weights are restored into `model` at the end (without
+    `evaluate`, the last epoch is kept).
+
+    For distillation pass soft targets and a soft loss, e.g. with teacher probabilities `P` [N, C]:
+        data = Encoded.from_examples(tokenizer, examples, P, max_length)
+        loss = lambda logits, batch: -(batch["targets"] * logits.log_softmax(-1)).sum(-1).mean()
+    or compute the teacher inside `loss_fn` from batch["input_ids"] (teacher in eval mode, under no_grad).
+    """
+    for name in ("batch_size", "epochs", "log_every"):
+        if getattr(cfg, name) < 1:
+            raise MinibertsError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
+    if len(train) == 0:
+        raise MinibertsError("no training examples")
+    device = device or pick_device()
+    dtype = resolve_dtype(cfg.dtype, device)
+    model.to(device).train()
+    rng = random.Random(cfg.seed)
+    lengths = train.lengths
+    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs
+    if cfg.max_steps:
+        total = min(total, cfg.max_steps)
+    warmup = round(cfg.warmup_ratio * total)
+    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    history, best, best_state = [], None, None
+    step, start = 0, time.time()
+    window_loss, window_tokens, window_start = 0.0, 0, time.time()  # since the last log record
+    bar = tqdm(total=total, desc="train", unit="step", disable=not cfg.progress, leave=False)
+    for epoch in range(1, cfg.epochs + 1):
+        epoch_loss, epoch_steps = 0.0, 0
+        for idx in bucket_batches(lengths, cfg.batch_size, rng):
+            if step >= total:
+                break
+            batch = {k: v.to(device, non_blocking=True) for k, v in train.batch(idx).items()}
+            lr = lr_at(step, total, warmup, cfg.lr)
+            set_lr(optimizer, lr)
+            with autocast(device, dtype):
+                logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+            loss = loss_fn(logits.float(), batch)  # float32 loss whatever the autocast dtype (as torchtune does)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip_norm)
+            optimizer.step()
+            step += 1
+            value = loss.item()
+            if not math.isfinite(value):
+                raise MinibertsError(f"training diverged at step {step} (loss {value}); try a lower --lr")
+            epoch_loss, epoch_steps, window_loss = epoch_loss + value, epoch_steps + 1, window_loss + value
+            window_tokens += int(batch["attention_mask"].sum())
+            bar.update(1)
+            bar.set_postfix(epoch=epoch, loss=f"{value:.4f}", lr=f"{lr:.2e}")
+            if logger and (step % cfg.log_every == 0 or step == total):
+                n = (step - 1) % cfg.log_every + 1
+                logger.write({"split": "train", "step": step, "epoch": epoch, "loss": window_loss / n, "lr": lr,
+                              "grad_norm": float(grad_norm),
+                              "tokens_per_s": window_tokens / (time.time() - window_start)})
+                window_loss, window_tokens, window_start = 0.0, 0, time.time()
+        record = {"epoch": epoch, "step": step, "train_loss": epoch_loss / max(1, epoch_steps)}
+        if evaluate is not None:
+            eval_start = time.time()
+            model.eval()
+            with torch.no_grad():
+                record.update(evaluate(model))
+            model.train()
+            window_start += time.time() - eval_start  # evaluation time is not training throughput
+            if best is None or _score(record) > _score(best):
+                best = record
+                best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        history.append(record)
+        if logger:
+            logger.write({"split": "dev", **record})
+        log.info("epoch %d: train loss %.4f%s", epoch, record["train_loss"],
+                 f", dev score {record['score']:.2f}" if "score" in record else "")
+        if step >= total:
+            break
+    bar.close()
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return TrainResult(history, best, step, time.time() - start)
+
+
+# --- evaluation -----------------------------------------------------------------------------------------------
+
+def evaluate_split(model: nn.Module, tokenizer: WordPieceTokenizer, data: TaskData, examples: list[Example],
+                   max_length: int, batch_size: int, device: torch.device, dtype: torch.dtype
+                   ) -> tuple[dict[str, float], torch.Tensor]:
+    """(the task's metrics in percent with "score", logits [N, C]) on labeled examples."""
+    logits = _logits(model, tokenizer, examples, max_length, batch_size, device, dtype)
+    preds = decode(logits, data.id2label, data.regression)
+    labels = [ex.label if data.regression else str(ex.label) for ex in examples]
+    return task_metrics(data.spec, preds, labels), logits
+
+
+def _logits(model, tokenizer, examples, max_length, batch_size, device, dtype) -> torch.Tensor:
+    pairs = [ex.text_b or "" for ex in examples] if any(ex.text_b is not None for ex in examples) else None
+    texts = [ex.text_a for ex in examples]
+    return predict_logits(model, tokenizer, texts, pairs, max_length, batch_size, device, dtype)
+
+
+# --- the recipe -----------------------------------------------------------------------------------------------
+
+def run(cfg: FinetuneConfig, data: TaskData | None = None) -> dict:
+    """Fine-tune `cfg.model` on the task; write RUN = cfg.out; return the contents of RUN/metrics.json.
+
+    `data` skips loading the task again (the GLUE sweep loads each task once for its many runs).
+    """
+    if not cfg.model:
+        raise MinibertsError("--model is required (a model directory or a preset name)")
+    if not cfg.out:
+        raise MinibertsError("--out is required (the run directory to write)")
+    for name in ("max_length", "eval_batch_size"):
+        if getattr(cfg, name) < 1:
+            raise MinibertsError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
+    data = data or load_task(cfg)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in ("metrics.json", "log.jsonl"):  # a restarted run starts clean; metrics.json means "finished"
+        (out / stale).unlink(missing_ok=True)
+
+    set_seed(cfg.seed)  # before the model: a preset's random init and the new head depend on it
+    model, tokenizer = load_classifier(cfg.model, data.id2label or None, data.regression)
+    if cfg.max_length > model.cfg.max_position_embeddings:
+        raise MinibertsError(f"--max-length {cfg.max_length} exceeds the model's "
+                             f"{model.cfg.max_position_embeddings} positions")
+    device = pick_device()
+    dtype = resolve_dtype(cfg.dtype, device)
+    train = Encoded.from_examples(tokenizer, data.train, targets_of(data, data.train), cfg.max_length)
+    logger = JsonlLog(out / "log.jsonl")
+    log.info("fine-tuning %s on %s: %d train examples, %s, batch %d, lr %g, %d epochs, %s on %s", cfg.model, data.name,
+             len(train), "regression" if data.regression else f"{len(data.id2label)} labels", cfg.batch_size, cfg.lr,
+             cfg.epochs, str(dtype).removeprefix("torch."), device)
+
+    def evaluate(m):
+        record = {}
+        for i, (split, examples) in enumerate(data.dev.items()):
+            record[split], _ = evaluate_split(m, tokenizer, data, examples, cfg.max_length, cfg.eval_batch_size,
+                                              device, dtype)
+            if i == 0:
+                record["score"] = record[split]["score"]
+        return record
+
+    result = train_classifier(model, train, default_loss(data.regression), cfg, evaluate, logger, device)
+    save_hf(model, tokenizer, out)  # the best epoch's weights (train_classifier restored them)
+
+    metrics = {
+        "task": data.name,
+        "model": cfg.model,
+        "data": data.source,
+        "labels": data.id2label or None,
+        "metric": "/".join(data.spec.metrics),
+        "selection": f"{next(iter(data.dev))} score",
+        "train_examples": len(train),
+        "steps": result.steps,
+        "seconds": round(result.seconds, 1),
+        "epochs": result.history,
+        "best": result.best,
+        "config": dataclasses.asdict(cfg),
+        "argv": sys.argv,
+        "versions": {"torch": torch.__version__, "python": sys.version.split()[0]},
+    }
+    if data.test:
+        metrics["test"] = _test_predictions(model, tokenizer, data, cfg, out, device, dtype)
+    write_json(out / "metrics.json", metrics)  # last: its presence marks a finished run
+    best = result.best
+    log.info("best epoch %d: dev %s -> %s", best["epoch"], _brief(best[next(iter(data.dev))]), out)
+    return metrics
+
+
+def _test_predictions(model, tokenizer, data: TaskData, cfg: FinetuneConfig, out: Path, device, dtype) -> dict:
+    """Predict each test split into RUN/predictions_<split>.tsv; score it where it carries labels."""
+    scores = {}
+    for split, examples in data.test.items():
+        if not examples:
+            continue
+        logits = _logits(model, tokenizer, examples, cfg.max_length, cfg.eval_batch_size, device, dtype)
+        text = format_predictions(logits, data.id2label, data.regression, "tsv", [ex.index for ex in examples])
+        atomic_write_text(out / f"predictions_{split}.tsv", text)
+        if all(ex.label is not None for ex in examples):
+            labels = [ex.label if data.regression else str(ex.label) for ex in examples]
+            scores[split] = task_metrics(data.spec, decode(logits, data.id2label, data.regression), labels)
+    return scores
+
+
+def _brief(metrics: dict) -> str:
+    return ", ".join(f"{k} {v:.2f}" for k, v in metrics.items() if k != "score")

@@ -163,7 +163,7 @@ def run(cfg: DistillConfig) -> dict:
         metrics["best"] = metrics["finetune"]["best"]
     save_hf(student, tokenizer, out)
     if data.test:
-        metrics["test"] = finetune._test_predictions(student, tokenizer, data, cfg, out, device, dtype)
+        metrics["test"] = finetune.predict_test_splits(student, tokenizer, data, cfg, out, device, dtype)
     write_json(out / "metrics.json", metrics)
     return metrics
 

@@ -516,14 +516,14 @@ def run(cfg: FinetuneConfig, data: TaskData | None = None) -> dict:
         "versions": {"torch": torch.__version__, "python": sys.version.split()[0]},
     }
     if data.test:
-        metrics["test"] = _test_predictions(model, tokenizer, data, cfg, out, device, dtype)
+        metrics["test"] = predict_test_splits(model, tokenizer, data, cfg, out, device, dtype)
     write_json(out / "metrics.json", metrics)  # last: its presence marks a finished run
     best = result.best
     log.info("best epoch %d: dev %s -> %s", best["epoch"], _brief(best[next(iter(data.dev))]), out)
     return metrics
 
 
-def _test_predictions(model, tokenizer, data: TaskData, cfg: FinetuneConfig, out: Path, device, dtype) -> dict:
+def predict_test_splits(model, tokenizer, data: TaskData, cfg: FinetuneConfig, out: Path, device, dtype) -> dict:
     """Predict each test split into RUN/predictions_<split>.tsv; score it where it carries labels."""
     scores = {}
     for split, examples in data.test.items():

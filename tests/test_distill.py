@@ -24,15 +24,6 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("scattertext") is None,
 SMALL = dict(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Hidden-32 models have too little work per op for a second OpenMP thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def task(tmp_path_factory):
     from miniberts.data.builtin import BUILTIN

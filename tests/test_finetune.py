@@ -10,11 +10,8 @@ import random
 import pytest
 import torch
 
-from miniberts.checkpoint import load_classifier, save_hf
+from miniberts.checkpoint import load_classifier
 from miniberts.cli import main
-from miniberts.config import BertConfig
-from miniberts.model import BertModel
-from miniberts.tokenizer import BUILTIN_VOCAB, WordPieceTokenizer
 from miniberts.train import finetune as ft
 
 GLUE = "tests/fixtures/glue_data"
@@ -22,24 +19,6 @@ POSITIVE = ["a wonderful, moving film", "great acting and a sharp script", "I lo
             "funny, warm and clever", "a beautiful and brilliant story", "superb direction, great cast"]
 NEGATIVE = ["a dull, boring mess", "terrible acting and a weak script", "I hated every minute of it",
             "tedious and far too long", "an ugly and stupid story", "awful direction, bad cast"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Hidden-32 models have too little work per op for a second thread; on a busy 2-core machine OpenMP's
-    waits made a tiny op 300x slower with 2 threads (35 ms vs 0.1 ms) than with 1."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """An HF-layout encoder: 2 layers, hidden 32, the real uncased vocab."""
-    torch.manual_seed(0)
-    cfg = BertConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
-    return str(save_hf(BertModel(cfg), WordPieceTokenizer(BUILTIN_VOCAB), tmp_path_factory.mktemp("tiny")))
 
 
 def write_csv(path, header, rows):

@@ -6,36 +6,15 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
-from miniberts.checkpoint import save_hf
 from miniberts.cli import main
-from miniberts.config import BertConfig
 from miniberts.data.submission import SUBMISSION_FILES, check_glue_submission
 from miniberts.data.tasks import GLUE_TASKS, read_glue_split
-from miniberts.model import BertModel
-from miniberts.tokenizer import BUILTIN_VOCAB, WordPieceTokenizer
 from miniberts.train import finetune
 from miniberts.train import glue
 
 GLUE = "tests/fixtures/glue_data"
 CARD_HEADER = "|Model|Score|CoLA|SST-2|MRPC|STS-B|QQP|MNLI-m|MNLI-mm|QNLI(v2)|RTE|WNLI|AX|"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one thread is faster, and much faster on a busy 2-core machine (see test_finetune.py)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    torch.manual_seed(0)
-    cfg = BertConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
-    return str(save_hf(BertModel(cfg), WordPieceTokenizer(BUILTIN_VOCAB), tmp_path_factory.mktemp("tiny")))
 
 
 def sweep_config(tiny, out, **kw):

@@ -31,16 +31,6 @@ LENGTHS = (16, 9, 4)  # one full row (no padding) and two padded ones
 PRESET_NAMES = list(PRESETS)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Batches here are a few dozen tokens: intra-op threads gain nothing and, on a busy machine, every op waits at a
-    barrier for a descheduled thread (this file ran 5-8x slower with 2 threads on a shared 2-core box)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def hf_config(name: str, **extra) -> transformers.BertConfig:
     """The preset's dimensions, stated independently of miniberts.config (H/64 heads, 4H feed-forward)."""
     layers, hidden = map(int, name.split("-"))

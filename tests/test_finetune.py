@@ -75,17 +75,18 @@ def test_train_classifier_takes_any_targets_and_a_custom_loss(tiny):
         seen.extend(batch["index"].tolist())
         return -(batch["targets"] * logits.log_softmax(-1)).sum(-1).mean()
 
-    cfg = ft.LoopConfig(batch_size=4, lr=3e-3, epochs=15, progress=False, dtype="fp32")
+    cfg = ft.LoopConfig(batch_size=4, lr=3e-3, epochs=30, progress=False, dtype="fp32")
     result = train_classifier_quiet(model, data, soft_ce, cfg)
-    assert sorted(seen) == sorted(list(range(12)) * 15)
-    assert result.steps == 45 and result.best is None and len(result.history) == 15
+    assert sorted(seen) == sorted(list(range(12)) * 30)
+    assert result.steps == 90 and result.best is None and len(result.history) == 30
     batch = tokenizer(texts, None, 32)
     model.eval()
     with torch.no_grad():
         probs = model(**batch).softmax(-1)
-    # From 0.5 towards the targets 0.9 and 0.8 (measured means 0.62 and 0.55 after these 45 steps), and every
-    # example of the first group above every one of the second.
-    assert probs[:6, 0].mean() > 0.58 and probs[6:, 1].mean() > 0.53, probs
+    # From 0.5 to near the targets 0.9 and 0.8 (measured means 0.88 and 0.81-0.83 after these 90 steps, over
+    # three seeds; after 45 steps they still depended on the dropout draws), and every example of the first group
+    # above every one of the second.
+    assert probs[:6, 0].mean() > 0.75 and probs[6:, 1].mean() > 0.7, probs
     assert probs[:6, 0].min() > probs[6:, 0].max(), probs
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"] - 0.05
 

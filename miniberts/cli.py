@@ -27,6 +27,8 @@ COMMANDS = [
     "data",
     "distill",
     "quickstart",
+    "export",
+    "bench",
 ]
 
 

@@ -8,7 +8,9 @@ gelu or its tanh approximation); `transformers` modeling_bert.py is the referenc
 Two things differ from the reference in *how* it computes, never in *what*:
 - Q, K and V come from one fused projection (`attn.qkv`); the checkpoint key maps split and join it.
 - Padded batches run "unpadded" (as ModernBERT/MosaicBERT do): the token-wise work (projections, feed-forward,
-  LayerNorm) runs only on real tokens, packed into one [T, H] matrix; only attention sees the padded [B, S] layout.
+  LayerNorm) runs only on real tokens, packed into one [T, H] matrix. Attention gathers the packed rows into a few
+  groups of sequences of similar length (`attention_groups`), each padded only to its own longest member, so a batch
+  that arrives with one long sentence among short ones does not pay S_max^2 attention for every row.
   `unpad=False` gives the plain path; positions that are padding come back as zeros on the unpadded path.
 """
 
@@ -25,13 +27,25 @@ from .errors import MinibertsError
 
 
 @dataclass
+class Group:
+    """Sequences whose attention runs together: `rows` sequences padded to `seq`, gathered from the packed tokens."""
+
+    rows: int
+    seq: int
+    gather: Tensor  # [rows * seq] packed-token index of each slot; padding slots repeat a real token of the row
+    key_mask: Tensor | None  # [rows, 1, 1, seq] True where a key is real; None when all rows have length `seq`
+    real: Tensor | None  # [T_group] the slots holding real tokens, in packed order; None when all are real
+
+
+@dataclass
 class Packing:
     """Where the real tokens of a padded [B, S] batch are, so token-wise layers can skip the padding."""
 
     indices: Tensor | None  # [T] flat positions of real tokens in B*S; None = every token is real (nothing to skip)
     batch: int
     seq: int
-    key_mask: Tensor | None  # [B, 1, 1, S] True where a key may be attended to; None = no padding at all
+    key_mask: Tensor | None  # padded path: [B, 1, 1, S] True where a key may be attended to; None = no padding
+    groups: list[Group] | None = None  # unpadded path: attention per group; the packed order is group by group
 
 
 def unpad(x: Tensor, indices: Tensor) -> Tensor:
@@ -46,12 +60,61 @@ def pad(x: Tensor, indices: Tensor, batch: int, seq: int) -> Tensor:
     return out.view(batch, seq, *x.shape[1:])
 
 
-def make_packing(attention_mask: Tensor | None, batch: int, seq: int, unpadded: bool) -> Packing:
+# What one more attention group costs (two gathers, the kernel call, the Python around them), in query-key scores:
+# GROUP_OVERHEAD / hidden of them (a score costs 4 FLOPs per hidden unit, QK^T and PV). Measured on a Zen 5 core with
+# Rotten Tomatoes batches of 32 in arrival order (bf16): anything from 1e5 to 3e6 gives the same speed within 5%
+# (Tiny: 3,300 sentences/s at 3e5, 5.6 groups per batch; Small: +35% over one group, Tiny: +90%).
+GROUP_OVERHEAD = 3e5
+
+
+def attention_groups(lengths: list[int], hidden: int) -> list[list[int]]:
+    """Rows (longest first, empty rows dropped) split into runs that minimise the padded attention work
+    sum(rows * longest^2) plus GROUP_OVERHEAD / hidden per run. An exact dynamic programme: B is small."""
+    order = sorted((b for b in range(len(lengths)) if lengths[b] > 0), key=lambda b: -lengths[b])
+    overhead = GROUP_OVERHEAD / hidden
+    best = [0.0] + [float("inf")] * len(order)  # best[j]: the cheapest split of order[:j]
+    cut = [0] * len(best)
+    for j in range(1, len(best)):
+        for i in range(j):  # the last run is order[i:j]; its longest member is order[i]
+            cost = best[i] + (j - i) * lengths[order[i]] ** 2 + overhead
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    runs, j = [], len(order)
+    while j > 0:
+        runs.append(order[cut[j] : j])
+        j = cut[j]
+    return runs[::-1]
+
+
+def make_packing(attention_mask: Tensor | None, batch: int, seq: int, unpadded: bool, hidden: int) -> Packing:
     if attention_mask is None or bool(attention_mask.all()):
         return Packing(None, batch, seq, None)  # no padding: SDPA may use its fastest kernel with no mask
-    key_mask = attention_mask.bool()[:, None, None, :]
-    indices = attention_mask.flatten().nonzero().squeeze(1) if unpadded else None
-    return Packing(indices, batch, seq, key_mask)
+    mask = attention_mask.bool()
+    if not unpadded or not mask.any():
+        return Packing(None, batch, seq, mask[:, None, None, :])
+    # The packed order is group by group, each row's real tokens in order, so that concatenating the groups'
+    # attention outputs gives the packed order back without a scatter. Any mask works, not only right padding: a
+    # row's real tokens sit left-aligned in its group, which attention cannot tell apart (positions are embedded).
+    lengths = mask.sum(1).tolist()
+    runs = attention_groups(lengths, hidden)
+    rows = torch.tensor([b for run in runs for b in run], device=mask.device)
+    r, col = mask[rows].nonzero(as_tuple=True)
+    indices = rows[r] * seq + col  # [T]
+    row_lengths = torch.tensor([lengths[b] for run in runs for b in run], device=mask.device)
+    starts = torch.cumsum(row_lengths, 0) - row_lengths  # packed offset of each row
+    groups, first = [], 0
+    for run in runs:
+        n, longest = len(run), lengths[run[0]]
+        lens, start = row_lengths[first : first + n, None], starts[first : first + n, None]  # [n, 1]
+        slot = torch.arange(longest, device=mask.device)
+        real = slot < lens  # [n, longest]
+        gather = torch.where(real, start + slot, start).flatten()
+        if lengths[run[-1]] == longest:
+            groups.append(Group(n, longest, gather, None, None))
+        else:
+            groups.append(Group(n, longest, gather, real[:, None, None, :], real.flatten().nonzero().squeeze(1)))
+        first += n
+    return Packing(indices, batch, seq, None, groups)
 
 
 def activation(name: str) -> nn.Module:
@@ -86,18 +149,22 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: Tensor, packing: Packing) -> Tensor:
         qkv = self.qkv(x)  # [B, S, 3H] or packed [T, 3H]
-        if packing.indices is not None:
-            qkv = pad(qkv, packing.indices, packing.batch, packing.seq)  # attention needs the [B, S] layout
+        if packing.groups is None:
+            return self.out(self._attend(qkv, packing.key_mask))
+        parts = []
+        for g in packing.groups:
+            y = self._attend(qkv.index_select(0, g.gather).view(g.rows, g.seq, -1), g.key_mask)  # [rows, seq, H]
+            y = y.flatten(0, 1)
+            parts.append(y if g.real is None else y.index_select(0, g.real))
+        return self.out(torch.cat(parts) if len(parts) > 1 else parts[0])  # [T, H]
+
+    def _attend(self, qkv: Tensor, key_mask: Tensor | None) -> Tensor:
+        """[B, S, 3H] -> [B, S, H]"""
         b, s, three_h = qkv.shape
         head_dim = three_h // 3 // self.num_heads
         q, k, v = qkv.view(b, s, 3, self.num_heads, head_dim).permute(2, 0, 3, 1, 4)  # 3 x [B, heads, S, head_dim]
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=packing.key_mask, dropout_p=self.dropout_p if self.training else 0.0
-        )
-        y = y.transpose(1, 2).reshape(b, s, three_h // 3)  # [B, S, H]
-        if packing.indices is not None:
-            y = unpad(y, packing.indices)  # [T, H]
-        return self.out(y)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, dropout_p=self.dropout_p if self.training else 0.0)
+        return y.transpose(1, 2).reshape(b, s, three_h // 3)
 
 
 class Layer(nn.Module):
@@ -136,7 +203,7 @@ class BertModel(nn.Module):
             raise MinibertsError(f"sequence length {s} exceeds the model's {self.cfg.max_position_embeddings} positions")
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
-        packing = make_packing(attention_mask, b, s, self.unpad)
+        packing = make_packing(attention_mask, b, s, self.unpad, self.cfg.hidden_size)
         x = self.embeddings(input_ids, token_type_ids, packing)
         for layer in self.layers:
             x = layer(x, packing)

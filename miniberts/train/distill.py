@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -145,12 +144,7 @@ def run(cfg: DistillConfig) -> dict:
         "student": cfg.student,
         "transfer_examples": len(transfer_texts),
         "labeled_examples": len(train_texts),
-        "steps": result.steps,
-        "seconds": round(result.seconds, 1),
-        "epochs": result.history,
-        "best": result.best,
-        "config": dataclasses.asdict(cfg),
-        "argv": sys.argv,
+        **finetune.run_record(result, cfg),
     }
     if cfg.finetune_after:
         distilled = out / "distilled"

@@ -507,6 +507,19 @@ def run(cfg: FinetuneConfig, data: TaskData | None = None) -> dict:
         "metric": "/".join(data.spec.metrics),
         "selection": f"{next(iter(data.dev))} score",
         "train_examples": len(train),
+        **run_record(result, cfg),
+    }
+    if data.test:
+        metrics["test"] = predict_test_splits(model, tokenizer, data, cfg, out, device, dtype)
+    write_json(out / "metrics.json", metrics)  # last: its presence marks a finished run
+    best = result.best
+    log.info("best epoch %d: dev %s -> %s", best["epoch"], _brief(best[next(iter(data.dev))]), out)
+    return metrics
+
+
+def run_record(result: TrainResult, cfg: LoopConfig) -> dict:
+    """What every metrics.json of a classifier run holds: the loop's history, the kept epoch, how it was run."""
+    return {
         "steps": result.steps,
         "seconds": round(result.seconds, 1),
         "epochs": result.history,
@@ -515,12 +528,6 @@ def run(cfg: FinetuneConfig, data: TaskData | None = None) -> dict:
         "argv": sys.argv,
         "versions": {"torch": torch.__version__, "python": sys.version.split()[0]},
     }
-    if data.test:
-        metrics["test"] = predict_test_splits(model, tokenizer, data, cfg, out, device, dtype)
-    write_json(out / "metrics.json", metrics)  # last: its presence marks a finished run
-    best = result.best
-    log.info("best epoch %d: dev %s -> %s", best["epoch"], _brief(best[next(iter(data.dev))]), out)
-    return metrics
 
 
 def predict_test_splits(model, tokenizer, data: TaskData, cfg: FinetuneConfig, out: Path, device, dtype) -> dict:

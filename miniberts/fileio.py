@@ -21,6 +21,9 @@ def atomic_path(path: Path):
     os.close(fd)
     try:
         yield Path(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes files private (0600); give the final file the usual mode
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -50,7 +50,8 @@ def run_batches(tokenizer: WordPieceTokenizer, texts: list[str], pairs: list[str
     ids, type_ids = tokenizer.encode(texts, pairs, max_length)
     results: list[torch.Tensor | None] = [None] * len(texts)
     batches = length_batches([len(x) for x in ids], batch_size)
-    with torch.inference_mode(), autocast(device, dtype):
+    # no_grad rather than inference_mode: autocast caches its bf16 weight casts only outside inference mode.
+    with torch.no_grad(), autocast(device, dtype):
         for batch in tqdm(batches, desc=desc, unit="batch", disable=not desc, leave=False):
             inputs = tokenizer.pad_batch([ids[i] for i in batch], [type_ids[i] for i in batch])
             out = step({k: v.to(device) for k, v in inputs.items()}).float().cpu()

@@ -8,6 +8,7 @@ autocast precision of the forward pass.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -30,10 +31,17 @@ WEIGHT_FILES = ("config.json", "bert_config.json", "model.safetensors", "pytorch
 
 
 def teacher_fingerprint(teacher_dir: Path) -> str:
-    """sha256 over the teacher's config and weight files (TF shards included)."""
-    h = hashlib.sha256()
+    """sha256 over the teacher's config and weight files (TF shards included). A run asks for it once per split,
+    so the hash is kept per (file, size, mtime): the weights are read once while they stay unchanged."""
     files = [p for p in sorted(Path(teacher_dir).iterdir()) if p.name in WEIGHT_FILES or ".ckpt" in p.name]
-    for path in files:
+    return _hash_files(tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files))
+
+
+@functools.lru_cache(maxsize=8)
+def _hash_files(stamps: tuple[tuple[str, int, int], ...]) -> str:
+    h = hashlib.sha256()
+    for name, _, _ in stamps:
+        path = Path(name)
         h.update(path.name.encode())
         with open(path, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):

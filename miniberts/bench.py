@@ -51,6 +51,7 @@ from .config import BertConfig, find_preset
 from .device import autocast, resolve_dtype
 from .errors import MinibertsError
 from .fast import for_inference
+from .figures import pyplot, save_figure
 from .fileio import atomic_write_text
 from .infer import length_batches
 from .model import BertForPreTraining, BertForSequenceClassification
@@ -958,13 +959,8 @@ def profile_markdown(p: dict) -> list[str]:
 
 
 def plot(report: dict, out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     names = [r["name"] for r in report["models"]]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    fig, axes = pyplot().subplots(1, 3, figsize=(15, 4.5))
     panels = [
         ("variable-length inference, arrival order\n(sentences/s)", lambda r, s: r["inference"]["arrival"].get(s, {}).get("per_s"), [OURS, HF, ORT32, ORT8]),
         ("variable-length inference, length-sorted\n(sentences/s)", lambda r, s: r["inference"]["sorted"].get(s, {}).get("per_s"), [OURS, HF, ORT32, ORT8]),
@@ -990,6 +986,4 @@ def plot(report: dict, out: Path) -> None:
     threads = report["torch_threads"]
     fig.suptitle(f"{report['cpu']}, {threads} thread{'s' if threads != 1 else ''}, torch {report['versions']['torch']} "
                  f"({report['date'][:10]}){' — machine busy' if any(r['machine']['busy'] for r in report['models']) else ''}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    save_figure(fig, out, dpi=110)

@@ -31,8 +31,8 @@ WEIGHT_FILES = ("config.json", "bert_config.json", "model.safetensors", "pytorch
 
 
 def teacher_fingerprint(teacher_dir: Path) -> str:
-    """sha256 over the teacher's config and weight files (TF shards included). A run asks for it once per split,
-    so the hash is kept per (file, size, mtime): the weights are read once while they stay unchanged."""
+    """sha256 over the teacher's config and weight files (TF shards included). Kept per (file, size, mtime): a sweep
+    of students over one teacher reads its weights once while they stay unchanged."""
     files = [p for p in sorted(Path(teacher_dir).iterdir()) if p.name in WEIGHT_FILES or ".ckpt" in p.name]
     return _hash_files(tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files))
 
@@ -66,28 +66,40 @@ def check_same_vocab(teacher: WordPieceTokenizer, student: WordPieceTokenizer) -
         )
 
 
-def teacher_logits(teacher_dir: str | Path, texts: list[str], pairs: list[str] | None, max_length: int,
-                   cache_dir: Path, batch_size: int = 64, dtype: str = "auto") -> np.ndarray:
-    """[N, num_labels] float32 logits of the fine-tuned teacher on the transfer texts, cached on disk."""
+Split = tuple[list[str], "list[str] | None"]  # (texts, second segments of pairs or None)
+
+
+def teacher_logits(teacher_dir: str | Path, splits: list[Split], max_length: int, cache_dir: Path,
+                   batch_size: int = 64, dtype: str = "auto") -> list[np.ndarray]:
+    """[N, num_labels] float32 logits of the fine-tuned teacher for each split, each cached on disk. The teacher is
+    loaded once, and only when some split is not cached yet."""
     teacher_dir = Path(teacher_dir)
-    key = hashlib.sha256((teacher_fingerprint(teacher_dir) + data_fingerprint(texts, pairs, max_length)).encode()).hexdigest()[:24]
-    path = Path(cache_dir) / f"{key}.npy"
-    if path.is_file():
-        log.info("teacher logits: cached %s", path)
-        return np.load(path)
-    model, tokenizer = load_classifier(teacher_dir)
-    if not model.cfg.id2label and not model.cfg.regression:
-        raise MinibertsError(f"{teacher_dir}: the teacher has no task head; fine-tune it first")
-    device = pick_device()
-    logits = predict_logits(model, tokenizer, texts, pairs, max_length, batch_size, device,
-                            resolve_dtype(dtype, device), desc="teacher").numpy()
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, logits)
-    atomic_write_text(path.with_suffix(".json"), json.dumps(
-        {"teacher": str(teacher_dir), "examples": len(texts), "max_length": max_length,
-         "id2label": model.cfg.id2label, "regression": model.cfg.regression}, indent=2))
-    return logits
+    weights = teacher_fingerprint(teacher_dir)
+    teacher = None
+    out = []
+    for texts, pairs in splits:
+        key = hashlib.sha256((weights + data_fingerprint(texts, pairs, max_length)).encode()).hexdigest()[:24]
+        path = Path(cache_dir) / f"{key}.npy"
+        if path.is_file():
+            log.info("teacher logits: cached %s", path)
+            out.append(np.load(path))
+            continue
+        if teacher is None:
+            teacher = load_classifier(teacher_dir)
+            if not teacher[0].cfg.id2label and not teacher[0].cfg.regression:
+                raise MinibertsError(f"{teacher_dir}: the teacher has no task head; fine-tune it first")
+        model, tokenizer = teacher
+        device = pick_device()
+        logits = predict_logits(model, tokenizer, texts, pairs, max_length, batch_size, device,
+                                resolve_dtype(dtype, device), desc="teacher").numpy()
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                np.save(f, logits)
+        atomic_write_text(path.with_suffix(".json"), json.dumps(
+            {"teacher": str(teacher_dir), "examples": len(texts), "max_length": max_length,
+             "id2label": model.cfg.id2label, "regression": model.cfg.regression}, indent=2))
+        out.append(logits)
+    return out
 
 
 def soft_target_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:

@@ -29,6 +29,7 @@ from .config import param_count
 from .data.builtin import BUILTIN
 from .device import pick_device, resolve_dtype
 from .errors import DataError
+from .figures import pyplot, save_figure
 from .fileio import atomic_write_text
 from .predict import load_predictor, predict_logits
 from .train import distill, finetune, pretrain
@@ -190,21 +191,11 @@ def write_results(results: Path, rows: list[dict], summary: dict, out: Path) -> 
 
 
 def bar_chart(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .fileio import atomic_path
-
-    fig, ax = plt.subplots(figsize=(8, 4.2))
+    fig, ax = pyplot().subplots(figsize=(8, 4.2))
     names = [r["model"] for r in rows]
     values = [r["test_accuracy"] for r in rows]
     colors = ["#555555" if n == "teacher" else "#1f77b4" if "PD" in n else "#9ecae1" for n in names]
     bars = ax.barh(names[::-1], values[::-1], color=colors[::-1])
     ax.bar_label(bars, fmt="%.1f", padding=3)
     ax.set(xlabel="test accuracy (%)", xlim=(min(values) - 10, 100), title="Rotten Tomatoes sentiment: Tiny students vs. teacher")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)

@@ -41,3 +41,10 @@ def tiny(tmp_path_factory):
     torch.manual_seed(0)
     cfg = BertConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
     return str(save_hf(BertModel(cfg), WordPieceTokenizer(BUILTIN_VOCAB), tmp_path_factory.mktemp("tiny")))
+
+
+@pytest.fixture
+def always_unpad(monkeypatch):
+    """`unpad=True` takes the unpadded path for any padding, not only where it pays (model.UNPAD_MIN_SAVING), so
+    parity tests on small, lightly padded batches compare the two paths rather than the padded one twice."""
+    monkeypatch.setattr("miniberts.model.UNPAD_MIN_SAVING", 0)

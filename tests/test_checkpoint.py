@@ -27,6 +27,8 @@ from miniberts.infer import embed, pool
 from miniberts.model import BertForPreTraining, BertForSequenceClassification
 from miniberts.tokenizer import BUILTIN_VOCAB, WordPieceTokenizer
 
+pytestmark = pytest.mark.usefixtures("always_unpad")
+
 ATOL_REAL = 1e-4
 ATOL_SAVED = 1e-5
 SENTENCES = [

@@ -91,16 +91,19 @@ def test_teacher_logits_are_cached_and_invalidated(tmp_path, monkeypatch):
     texts = ["a wonderful film", "a dull, boring mess", "funny and warm"]
     cache = tmp_path / "cache"
 
-    first = distill_targets.teacher_logits(teacher, texts, None, 32, cache, dtype="fp32")
-    again = distill_targets.teacher_logits(teacher, texts, None, 32, cache, dtype="fp32")
-    assert len(calls) == 1 and np.array_equal(first, again)  # the teacher ran once
+    label = lambda splits, max_length=32: distill_targets.teacher_logits(teacher, splits, max_length, cache,
+                                                                         dtype="fp32")
+    first, pair_split = label([(texts, None), (texts[:2], ["yes", "no"])])
+    assert len(calls) == 1 and first.shape == (3, 2) and pair_split.shape == (2, 2)  # one load for both splits
+    again, pair_again = label([(texts, None), (texts[:2], ["yes", "no"])])
+    assert len(calls) == 1 and np.array_equal(first, again) and np.array_equal(pair_split, pair_again)  # cached
 
-    distill_targets.teacher_logits(teacher, texts[:2], None, 32, cache, dtype="fp32")  # other data
+    label([(texts[:2], None)])  # other data
     assert len(calls) == 2
-    distill_targets.teacher_logits(teacher, texts, None, 16, cache, dtype="fp32")  # other max length
+    label([(texts, None)], max_length=16)  # other max length
     assert len(calls) == 3
     save_teacher(teacher, seed=7)  # the same directory, new weights
-    changed = distill_targets.teacher_logits(teacher, texts, None, 32, cache, dtype="fp32")
+    (changed,) = label([(texts, None)])
     assert len(calls) == 4 and not np.allclose(changed, first)
 
 

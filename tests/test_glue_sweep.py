@@ -90,7 +90,7 @@ def test_results_tables_heatmaps_pruning_and_submission(tiny, tmp_path):
         assert kept == [(out / best["dir"]).name]  # only the best run keeps its weights
 
     counts = check_glue_submission(sub, GLUE)  # names, header, one row per test index, label vocabularies
-    assert sorted(p.name for p in sub.iterdir()) == sorted(f"{n}.tsv" for n in SUBMISSION_FILES)
+    assert sorted(p.name for p in sub.iterdir()) == sorted([*(f"{n}.tsv" for n in SUBMISSION_FILES), "submission.zip"])
     for name, (task, split) in SUBMISSION_FILES.items():
         assert counts[name] == len(read_glue_split(GLUE, task, split))
         lines = (sub / f"{name}.tsv").read_text().splitlines()

@@ -26,7 +26,8 @@ from miniberts.model import BertForPreTraining
 FIXTURE = Path(__file__).parent / "fixtures" / "google_tf_tiny"
 ATOL = 1e-5
 
-pytestmark = pytest.mark.skipif(not (FIXTURE / "expected.npz").is_file(), reason=f"{FIXTURE} is not there")
+pytestmark = [pytest.mark.skipif(not (FIXTURE / "expected.npz").is_file(), reason=f"{FIXTURE} is not there"),
+              pytest.mark.usefixtures("always_unpad")]
 
 
 @pytest.fixture(scope="module")

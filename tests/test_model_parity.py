@@ -25,6 +25,8 @@ from miniberts.checkpoint import from_foreign, load_state
 from miniberts.config import PRESETS, param_count
 from miniberts.model import BertForPreTraining, BertForSequenceClassification
 
+pytestmark = pytest.mark.usefixtures("always_unpad")
+
 ATOL = 1e-5
 VOCAB = 2000  # see the module docstring; the real 30522 is tested in test_checkpoint.py with a real model
 LENGTHS = (16, 9, 4)  # one full row (no padding) and two padded ones

@@ -111,6 +111,16 @@ def test_run_writes_a_transformers_model_with_identical_logits(tmp_path):
     assert torch.allclose(got[real], expected[real], atol=1e-4, rtol=1e-4)
 
 
+def test_a_random_start_begins_at_the_unigram_baseline(tmp_path):
+    biased = run(config(tmp_path, steps=1, out=str(tmp_path / "biased")))
+    zeros = run(config(tmp_path, steps=1, out=str(tmp_path / "zeros"), unigram_bias=False))
+    baseline = biased["unigram_baseline_loss"]
+    assert zeros["unigram_baseline_loss"] == baseline
+    start = lambda metrics: metrics["eval_curve"][0]["mlm_loss"]  # held out, before the first step
+    assert abs(start(biased) - baseline) < 0.05
+    assert start(zeros) > baseline + 2  # zeros: about ln(30522) = 10.3
+
+
 def test_sentence_pairs_and_whole_word_masking_train_both_heads(tmp_path):
     metrics = run(config(tmp_path, steps=3, nsp=True, whole_word=True, eval_fraction=0.3))
     assert 0 <= metrics["eval_nsp_accuracy"] <= 1

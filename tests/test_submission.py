@@ -1,6 +1,7 @@
 """GLUE submission files: names, rows per test index, label vocabularies, and the refusals."""
 
 import re
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -50,7 +51,9 @@ def test_write_all_files_and_check_them(tmp_path):
     out = tmp_path / "submission"
     paths = write_glue_submission(out, fake_predictions(), GLUE_DIR)
     assert {p.name for p in paths} == EXPECTED_FILES
-    assert {p.name for p in out.iterdir()} == EXPECTED_FILES  # and no temp files left behind
+    assert {p.name for p in out.iterdir()} == EXPECTED_FILES | {"submission.zip"}  # and no temp files left behind
+    with zipfile.ZipFile(out / "submission.zip") as z:  # what is uploaded: the same 11 files at the root
+        assert {n: z.read(n) for n in z.namelist()} == {p.name: p.read_bytes() for p in paths}
     for name, (task, split) in SUBMISSION_FILES.items():
         rows = read_rows(out / f"{name}.tsv")
         test = read_glue_split(GLUE_DIR, task, split)

@@ -6,16 +6,17 @@ SUBMISSION_FILES (the names NYU's jiant writes in `jiant/scripts/benchmarks/benc
 row per test example. Predictions are label names as GLUE spells them (0/1 for CoLA, SST-2, MRPC,
 QQP, WNLI; strings for MNLI, AX, QNLI, RTE) and STS-B scores, which the server rejects outside
 [0, 5], so they are clipped. A submission missing a file or a test row is refused by the server after
-the upload; we check all of it before writing anything.
+the upload; we check all of it before writing anything. `submission.zip` holds the 11 files at its root.
 """
 
+import io
 import math
-import os
-import tempfile
+import zipfile
 from pathlib import Path
 
 from miniberts.data.tasks import TaskSpec, get_task, read_glue_split
 from miniberts.errors import DataError
+from miniberts.fileio import atomic_write_bytes, atomic_write_text
 
 # submission file stem -> (task, test split). AX is predicted by the MNLI model.
 SUBMISSION_FILES: dict[str, tuple[str, str]] = {
@@ -79,20 +80,10 @@ def _check_names(names, where: str) -> None:
         raise DataError(f"{where}: {'; '.join(parts)}; GLUE expects {', '.join(SUBMISSION_FILES)}")
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def write_glue_submission(out_dir: "str | Path", predictions: dict[str, list[tuple]],
                           glue_dir: "str | Path") -> list[Path]:
-    """Write `<out_dir>/<name>.tsv` for every name in SUBMISSION_FILES.
+    """Write `<out_dir>/<name>.tsv` for every name in SUBMISSION_FILES, and `<out_dir>/submission.zip` holding
+    them (the file to upload). Returns the paths of the TSVs.
 
     `predictions[name]` is a list of (test index, prediction) pairs; the indices are those of the
     test file in `glue_dir` (its `index` column, `id` for QQP) and must cover it exactly once.
@@ -113,7 +104,12 @@ def write_glue_submission(out_dir: "str | Path", predictions: dict[str, list[tup
     paths = []
     for name, text in files.items():
         paths.append(out_dir / f"{name}.tsv")
-        _atomic_write(paths[-1], text)
+        atomic_write_text(paths[-1], text)
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, text in files.items():
+            z.writestr(f"{name}.tsv", text)
+    atomic_write_bytes(out_dir / "submission.zip", archive.getvalue())
     return paths
 
 

@@ -109,14 +109,11 @@ def run(cfg: DistillConfig) -> dict:
     cache = finetune.cache_root(cfg.cache_dir) / "teacher-logits"
     train_texts = [ex.text_a for ex in data.train]
     train_pairs = [ex.text_b or "" for ex in data.train] if pairs else None
-    t_transfer = torch.from_numpy(teacher_logits(cfg.teacher, transfer_texts, transfer_pairs, cfg.max_length, cache,
-                                                 cfg.eval_batch_size, cfg.dtype))
-    t_train = torch.from_numpy(teacher_logits(cfg.teacher, train_texts, train_pairs, cfg.max_length, cache,
-                                              cfg.eval_batch_size, cfg.dtype))
     dev_name, dev_examples = next(iter(data.dev.items()))
-    t_dev = torch.from_numpy(teacher_logits(cfg.teacher, [ex.text_a for ex in dev_examples],
-                                            [ex.text_b or "" for ex in dev_examples] if pairs else None,
-                                            cfg.max_length, cache, cfg.eval_batch_size, cfg.dtype))
+    dev_split = ([ex.text_a for ex in dev_examples], [ex.text_b or "" for ex in dev_examples] if pairs else None)
+    t_transfer, t_train, t_dev = (torch.from_numpy(x) for x in teacher_logits(
+        cfg.teacher, [(transfer_texts, transfer_pairs), (train_texts, train_pairs), dev_split], cfg.max_length, cache,
+        cfg.eval_batch_size, cfg.dtype))
 
     gold = finetune.targets_of(data, data.train).float()
     missing = torch.full((len(transfer_texts),), float("nan") if data.regression else -1.0)

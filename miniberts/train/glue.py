@@ -31,7 +31,8 @@ from ..config import find_preset
 from ..data.submission import SUBMISSION_FILES, write_glue_submission
 from ..data.tasks import get_task, read_glue_split
 from ..errors import DataError, MinibertsError
-from ..fileio import atomic_path, atomic_write_text
+from ..figures import pyplot, save_figure
+from ..fileio import atomic_write_text
 from ..metrics import GLUE_SCORE_COLUMNS, glue_score
 from . import finetune
 from .common import write_json
@@ -305,12 +306,9 @@ def results_markdown(name: str, row: dict, per_task: dict, results: dict) -> str
 
 def heatmap(task: str, res: dict, batch_sizes: list[int], lrs: list[float], path: Path, model: str) -> Path:
     """Dev score (mean over seeds) per (batch size, lr) cell; unfinished cells blank, the best one framed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
+    plt = pyplot()
     grid = np.full((len(batch_sizes), len(lrs)), np.nan)
     for s in res["settings"]:
         if s["batch_size"] in batch_sizes and s["lr"] in lrs:
@@ -333,11 +331,7 @@ def heatmap(task: str, res: dict, batch_sizes: list[int], lrs: list[float], path
     if best and best["batch_size"] in batch_sizes and best["lr"] in lrs:
         i, j = batch_sizes.index(best["batch_size"]), lrs.index(best["lr"])
         ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 # --- submission -----------------------------------------------------------------------------------------------

@@ -100,12 +100,15 @@ class PretrainConfig:
     cache_dir: str = field(default="", metadata={"help": "token shards cache (default RUN/data)"})
     vocab_size: int = field(default=0, metadata={"help": "train a new uncased WordPiece vocabulary of this size on "
                                                           "the training files (random-init models only; 0 = keep)"})
+    unigram_bias: bool = field(default=True, metadata={
+        "help": "start a randomly initialised model's MLM output bias at the log unigram frequencies of the training "
+                "corpus, so step 0 already predicts at the unigram baseline (--no-unigram-bias: Google's zeros)"})
     progress: bool = field(default=True, metadata={"help": "progress bar on a terminal"})
 
 
 # Settings a resumed run must share with the checkpoint: they decide which batch comes at which step.
 RESUME_KEYS = ("train_files", "batch_size", "seq_len", "max_predictions", "nsp", "whole_word", "short_seq_prob",
-               "eval_files", "eval_fraction", "seed", "vocab_size")
+               "eval_files", "eval_fraction", "seed", "vocab_size", "unigram_bias")
 DATA_FIELDS = ("model", "train_files", "eval_files", "eval_fraction", "seq_len", "nsp", "short_seq_prob", "seed",
                "cache_dir", "vocab_size")
 
@@ -178,18 +181,23 @@ def eval_batches(collator: MaskingCollator, n: int, batch_size: int, seed: int) 
     return [collator(items[i:i + batch_size]) for i in range(0, len(items), batch_size)]
 
 
-def unigram_loss(collator: MaskingCollator, batches: list[dict]) -> float:
-    """The loss of the best context-free guess: cross-entropy of the training corpus' unigram distribution (add-one
-    smoothed, special tokens excluded) on the held-out masked targets. A model must beat it to use context. (When the
-    held-out documents come from the training files, --eval-fraction, their tokens are in the counts too.)"""
+def unigram_log_probs(collator: MaskingCollator) -> np.ndarray:
+    """log p(token) of the training corpus' unigram distribution, add-one smoothed, special tokens never predicted
+    counted as zero."""
     counts = np.zeros(collator.vocab_size, dtype=np.float64)
     tokens = collator.corpus.tokens
     for i in range(0, len(tokens), 1 << 24):  # chunks: the shard may be larger than memory
         counts += np.bincount(tokens[i:i + (1 << 24)], minlength=collator.vocab_size)
     counts[~collator.maskable] = 0
-    logp = np.log(counts + 1) - np.log(counts.sum() + collator.maskable.sum())
+    return np.log(counts + 1) - np.log(counts.sum() + collator.maskable.sum())
+
+
+def unigram_loss(log_probs: np.ndarray, batches: list[dict]) -> float:
+    """The loss of the best context-free guess: cross-entropy of the unigram distribution on the held-out masked
+    targets. A model must beat it to use context. (When the held-out documents come from the training files,
+    --eval-fraction, their tokens are in the counts too.)"""
     labels = torch.cat([b["mlm_labels"] for b in batches]).numpy()
-    return float(-logp[labels].mean())
+    return float(-log_probs[labels].mean())
 
 
 # --- evaluation, schedule, signals ----------------------------------------------------------------------------
@@ -336,6 +344,10 @@ def _run(cfg: PretrainConfig, rank: int, world: int, device: torch.device) -> di
                 d.rmdir()  # only when empty
         raise
 
+    log_probs = unigram_log_probs(data.train)
+    if cfg.unigram_bias and not Path(cfg.model).is_dir():
+        with torch.no_grad():  # a random start begins at the unigram baseline (a resumed run then loads its own)
+            model.mlm.bias.copy_(torch.from_numpy(log_probs))
     dtype = resolve_dtype(cfg.dtype, device)
     model.to(device).train()
     if cfg.dropout >= 0:
@@ -360,7 +372,7 @@ def _run(cfg: PretrainConfig, rank: int, world: int, device: torch.device) -> di
     held_out = unigram = None
     if rank == 0 and data.eval is not None:
         held_out = eval_batches(data.eval, cfg.eval_sequences, max(micro, 32), cfg.seed)
-        unigram = unigram_loss(data.train, held_out)
+        unigram = unigram_loss(log_probs, held_out)
 
     log_path = run_dir / "log.jsonl"
     if rank == 0:

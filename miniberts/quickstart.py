@@ -124,7 +124,7 @@ def run(cfg: QuickstartConfig) -> dict:
     pre = finished(pretrained) or pretrain.run(pretrain.PretrainConfig(
         model=cfg.student, train_files=[str(corpus / "train.txt")], eval_files=[str(corpus / "eval.txt")],
         out=str(pretrained), max_minutes=cfg.pretrain_minutes, eval_every_minutes=cfg.pretrain_minutes / 4,
-        seed=cfg.seed, progress=False, resume=(pretrained / "checkpoints").is_dir()))
+        dropout=0.0, seed=cfg.seed, progress=False, resume=(pretrained / "checkpoints").is_dir()))
 
     stage("[3/5] fine-tuning the teacher (MiniLM-L6-H384)")
     runs = {"teacher": finetuned("teacher", str(teacher_dir()), epochs=cfg.teacher_epochs, lr=5e-5)}

@@ -108,7 +108,7 @@ class PretrainConfig:
 
 # Settings a resumed run must share with the checkpoint: they decide which batch comes at which step.
 RESUME_KEYS = ("train_files", "batch_size", "seq_len", "max_predictions", "nsp", "whole_word", "short_seq_prob",
-               "eval_files", "eval_fraction", "seed", "vocab_size", "unigram_bias")
+               "eval_files", "eval_fraction", "seed", "vocab_size")
 DATA_FIELDS = ("model", "train_files", "eval_files", "eval_fraction", "seq_len", "nsp", "short_seq_prob", "seed",
                "cache_dir", "vocab_size")
 

@@ -99,13 +99,16 @@ def make_packing(attention_mask: Tensor | None, batch: int, seq: int, unpadded: 
     if attention_mask is None or bool(attention_mask.all()):
         return Packing(None, batch, seq, None)  # no padding: SDPA may use its fastest kernel with no mask
     mask = attention_mask.bool()
-    padding = 1.0 - float(mask.float().mean())
-    if not unpadded or padding * hidden < UNPAD_MIN_SAVING or not mask.any():
-        return Packing(None, batch, seq, mask[:, None, None, :])
+    padded = Packing(None, batch, seq, mask[:, None, None, :])
+    if not unpadded:
+        return padded
+    lengths = mask.sum(1).tolist()
+    real = sum(lengths)
+    if real == 0 or (1.0 - real / (batch * seq)) * hidden < UNPAD_MIN_SAVING:
+        return padded
     # The packed order is group by group, each row's real tokens in order, so that concatenating the groups'
     # attention outputs gives the packed order back without a scatter. Any mask works, not only right padding: a
     # row's real tokens sit left-aligned in its group, which attention cannot tell apart (positions are embedded).
-    lengths = mask.sum(1).tolist()
     runs = attention_groups(lengths, hidden)
     rows = torch.tensor([b for run in runs for b in run], device=mask.device)
     r, col = mask[rows].nonzero(as_tuple=True)

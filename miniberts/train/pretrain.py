@@ -344,9 +344,11 @@ def _run(cfg: PretrainConfig, rank: int, world: int, device: torch.device) -> di
                 d.rmdir()  # only when empty
         raise
 
-    log_probs = unigram_log_probs(data.train)
-    if cfg.unigram_bias and not Path(cfg.model).is_dir():
-        with torch.no_grad():  # a random start begins at the unigram baseline (a resumed run then loads its own)
+    bias_from_unigrams = cfg.unigram_bias and state is None and not Path(cfg.model).is_dir()  # random starts only
+    held_out_baseline = rank == 0 and data.eval is not None
+    log_probs = unigram_log_probs(data.train) if bias_from_unigrams or held_out_baseline else None  # a corpus pass
+    if bias_from_unigrams:
+        with torch.no_grad():  # a random start begins at the unigram baseline
             model.mlm.bias.copy_(torch.from_numpy(log_probs))
     dtype = resolve_dtype(cfg.dtype, device)
     model.to(device).train()
@@ -370,7 +372,7 @@ def _run(cfg: PretrainConfig, rank: int, world: int, device: torch.device) -> di
     micro = cfg.batch_size // (world * cfg.grad_accum)
     sampler = Sampler(len(data.train), cfg.seed)
     held_out = unigram = None
-    if rank == 0 and data.eval is not None:
+    if held_out_baseline:
         held_out = eval_batches(data.eval, cfg.eval_sequences, max(micro, 32), cfg.seed)
         unigram = unigram_loss(log_probs, held_out)
 

@@ -52,30 +52,30 @@ def main() -> None:
 def write_report(results: dict, out: Path, minutes: float) -> None:
     names = list(results)
     curves = {n: results[n][1]["eval_curve"] for n in names}
-    rows = ["| ≈ minutes | " + " | ".join(f"{n}, lr {results[n][0].lr:g}" for n in names) + " |",
-            "|---" * (len(names) + 1) + "|"]
-    for half in range(int(minutes * 2) + 1):
-        cells = []
-        for n in names:  # the evaluation nearest to this half-minute
-            e = min(curves[n], key=lambda r: abs(r["minutes"] - half / 2))
-            cells.append(f"{e['mlm_loss']:.3f} / {100 * e['mlm_accuracy']:.1f}% (step {e['step']})")
-        rows.append(f"| {half / 2:.1f} | " + " | ".join(cells) + " |")
     m = {n: results[n][1] for n in names}
+    rule = "|---" * (len(names) + 1) + "|"
+
+    def row(label: str, cell) -> str:
+        return f"| {label} | " + " | ".join(cell(n) for n in names) + " |"
+
+    def at(n: str, minute: float) -> str:  # the evaluation nearest to this minute
+        e = min(curves[n], key=lambda r: abs(r["minutes"] - minute))
+        return f"{e['mlm_loss']:.3f} / {100 * e['mlm_accuracy']:.1f}% (step {e['step']})"
+
+    rows = [row("≈ minutes", lambda n: f"{n}, lr {results[n][0].lr:g}"), rule]
+    rows += [row(f"{half / 2:.1f}", lambda n: at(n, half / 2)) for half in range(int(minutes * 2) + 1)]
     summary = [
-        "| after the run | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|",
-        "| held-out MLM loss | " + " | ".join(f"**{m[n]['eval_mlm_loss']:.3f}**" for n in names) + " |",
-        "| held-out perplexity | " + " | ".join(f"{m[n]['eval_perplexity']:.0f}" for n in names) + " |",
-        "| held-out MLM accuracy | " + " | ".join(f"**{100 * m[n]['eval_mlm_accuracy']:.1f}%**" for n in names) + " |",
-        "| unigram baseline loss (same masks) | " + " | ".join(f"{m[n]['unigram_baseline_loss']:.3f}" for n in names)
-        + " |",
-        "| loss − baseline | " + " | ".join(f"{m[n]['eval_mlm_loss'] - m[n]['unigram_baseline_loss']:+.3f} nats"
-                                           for n in names) + " |",
-        "| steps (16 sequences each) | " + " | ".join(f"{m[n]['steps']:,}" for n in names) + " |",
-        "| tokens seen | " + " | ".join(f"{m[n]['tokens_seen']:,}" for n in names) + " |",
-        "| tokens/s | " + " | ".join(f"{m[n]['tokens_per_s']:,.0f}" for n in names) + " |",
-        "| training time | " + " | ".join(f"{m[n]['wall_time_s']:.0f} s" for n in names) + " |",
-        "| load average before / after | " + " | ".join(f"{results[n][2]:.2f} / {results[n][3]:.2f}" for n in names)
-        + " |",
+        row("after the run", str), rule,
+        row("held-out MLM loss", lambda n: f"**{m[n]['eval_mlm_loss']:.3f}**"),
+        row("held-out perplexity", lambda n: f"{m[n]['eval_perplexity']:.0f}"),
+        row("held-out MLM accuracy", lambda n: f"**{100 * m[n]['eval_mlm_accuracy']:.1f}%**"),
+        row("unigram baseline loss (same masks)", lambda n: f"{m[n]['unigram_baseline_loss']:.3f}"),
+        row("loss − baseline", lambda n: f"{m[n]['eval_mlm_loss'] - m[n]['unigram_baseline_loss']:+.3f} nats"),
+        row("steps (16 sequences each)", lambda n: f"{m[n]['steps']:,}"),
+        row("tokens seen", lambda n: f"{m[n]['tokens_seen']:,}"),
+        row("tokens/s", lambda n: f"{m[n]['tokens_per_s']:,.0f}"),
+        row("training time", lambda n: f"{m[n]['wall_time_s']:.0f} s"),
+        row("load average before / after", lambda n: f"{results[n][2]:.2f} / {results[n][3]:.2f}"),
     ]
     machine = (f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} "
                f"threads, dtype {m[names[0]]['dtype']}")

@@ -87,6 +87,12 @@ class FinetuneConfig(LoopConfig):
     max_train_examples: int = field(default=0, metadata={"help": "use only the first N training examples (0 = all)"})
     cache_dir: str = field(default="", metadata={"help": "where built-in tasks are written (default "
                                                           "$MINIBERTS_CACHE or ~/.cache/miniberts)"})
+    vocab: str = field(default="", metadata={
+        "help": "WordPiece vocabulary: a vocab.txt or a directory from `miniberts vocab` (default: the model's own; "
+                "a preset takes this vocabulary's size, a model directory must match it)"})
+    cased: bool = field(default=False, metadata={
+        "help": "keep case and accents (do_lower_case=False), for a cased vocabulary; a vocabulary or model "
+                "directory records its own casing in tokenizer_config.json"})
 
 
 # --- tasks ----------------------------------------------------------------------------------------------------
@@ -475,7 +481,7 @@ def run(cfg: FinetuneConfig, data: TaskData | None = None) -> dict:
         (out / stale).unlink(missing_ok=True)
 
     set_seed(cfg.seed)  # before the model: a preset's random init and the new head depend on it
-    model, tokenizer = load_classifier(cfg.model, data.id2label or None, data.regression)
+    model, tokenizer = load_classifier(cfg.model, data.id2label or None, data.regression, cfg.vocab, cfg.cased)
     if cfg.max_length > model.cfg.max_position_embeddings:
         raise MinibertsError(f"--max-length {cfg.max_length} exceeds the model's "
                              f"{model.cfg.max_position_embeddings} positions")

@@ -34,6 +34,12 @@ BUILTIN_VOCAB = Path(__file__).parent / "resources" / "vocab-uncased.txt"
 
 log = logging.getLogger("miniberts")
 
+# Help of the `--vocab` and `--cased` settings that every recipe choosing a tokenizer shares (pretrain, finetune).
+VOCAB_HELP = ("WordPiece vocabulary: a vocab.txt or a directory from `miniberts vocab` (default: the model's own; a "
+              "preset takes this vocabulary's size, a model directory must match it)")
+CASED_HELP = ("keep case and accents (do_lower_case=False), for a cased vocabulary; a vocabulary or model directory "
+              "records its own casing in tokenizer_config.json")
+
 
 class WordPieceTokenizer:
     def __init__(self, vocab_path: Path, lowercase: bool = True):

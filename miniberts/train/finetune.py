@@ -41,7 +41,7 @@ from ..errors import DataError, MinibertsError
 from ..fileio import atomic_write_text
 from ..metrics import task_metrics
 from ..predict import decode, file_columns, format_predictions, predict_logits
-from ..tokenizer import WordPieceTokenizer
+from ..tokenizer import CASED_HELP, VOCAB_HELP, WordPieceTokenizer
 from .common import JsonlLog, lr_at, make_optimizer, set_lr, set_seed, write_json
 
 log = logging.getLogger("miniberts")
@@ -87,12 +87,8 @@ class FinetuneConfig(LoopConfig):
     max_train_examples: int = field(default=0, metadata={"help": "use only the first N training examples (0 = all)"})
     cache_dir: str = field(default="", metadata={"help": "where built-in tasks are written (default "
                                                           "$MINIBERTS_CACHE or ~/.cache/miniberts)"})
-    vocab: str = field(default="", metadata={
-        "help": "WordPiece vocabulary: a vocab.txt or a directory from `miniberts vocab` (default: the model's own; "
-                "a preset takes this vocabulary's size, a model directory must match it)"})
-    cased: bool = field(default=False, metadata={
-        "help": "keep case and accents (do_lower_case=False), for a cased vocabulary; a vocabulary or model "
-                "directory records its own casing in tokenizer_config.json"})
+    vocab: str = field(default="", metadata={"help": VOCAB_HELP})
+    cased: bool = field(default=False, metadata={"help": CASED_HELP})
 
 
 # --- tasks ----------------------------------------------------------------------------------------------------

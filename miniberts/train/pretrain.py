@@ -47,7 +47,7 @@ from ..device import DTYPES, autocast, resolve_dtype
 from ..errors import CheckpointError, DataError, MinibertsError
 from ..fileio import atomic_write_text
 from ..model import BertForPreTraining
-from ..tokenizer import WordPieceTokenizer, open_vocab
+from ..tokenizer import CASED_HELP, VOCAB_HELP, WordPieceTokenizer, open_vocab
 from ..vocab import cached_vocab
 from .common import (Checkpoints, JsonlLog, init_distributed, lr_at, make_optimizer, plot_curves, read_jsonl,
                      rng_state, set_lr, set_rng_state, set_seed, write_json)
@@ -106,12 +106,8 @@ class PretrainConfig:
         "help": "start a randomly initialised model's MLM output bias at the log unigram frequencies of the training "
                 "corpus, so step 0 already predicts at the unigram baseline (--no-unigram-bias: Google's zeros)"})
     progress: bool = field(default=True, metadata={"help": "progress bar on a terminal"})
-    vocab: str = field(default="", metadata={
-        "help": "WordPiece vocabulary: a vocab.txt or a directory from `miniberts vocab` (default: the model's own; "
-                "a preset takes this vocabulary's size, a model directory must match it)"})
-    cased: bool = field(default=False, metadata={
-        "help": "keep case and accents (do_lower_case=False), for a cased vocabulary; a vocabulary or model "
-                "directory records its own casing in tokenizer_config.json"})
+    vocab: str = field(default="", metadata={"help": VOCAB_HELP})
+    cased: bool = field(default=False, metadata={"help": CASED_HELP})
 
 
 # Settings a resumed run must share with the checkpoint: they decide which batch comes at which step.

@@ -11,11 +11,16 @@ The output directory is what `WordPieceTokenizer.save` writes for a model (vocab
 tokenizer_config.json with do_lower_case, special_tokens_map.json), so `--vocab DIR` and
 `transformers.AutoTokenizer.from_pretrained(DIR)` read it directly, plus vocab_stats.json: the settings, the size,
 and how the vocabulary splits the training text (tokens per word, [UNK] share) on its first lines.
+
+The trainer breaks ties between equally frequent merges in hash-map order, which differs between processes
+(huggingface/tokenizers#1794), so two trainings on the same text may differ in a few pieces: a vocabulary is trained
+once and kept (`--vocab DIR`); `pretrain --vocab-size` caches its own.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import sys
@@ -82,11 +87,7 @@ def train_pieces(paths: list[Path], cfg: VocabConfig) -> list[str]:
 def text_stats(tokenizer: WordPieceTokenizer, paths: list[Path], max_lines: int = STATS_LINES) -> dict:
     """How the vocabulary splits the first `max_lines` non-blank lines: WordPiece turns each word into one leading
     piece (or [UNK]) and `##` continuations, so words = pieces not starting with ##."""
-    lines = []
-    for p in paths:
-        lines += [line for line in read_lines(p) if line][:max_lines - len(lines)]
-        if len(lines) >= max_lines:
-            break
+    lines = list(itertools.islice((line for p in paths for line in read_lines(p) if line), max_lines))
     ids, _ = tokenizer.encode(lines, max_length=1 << 30, add_special_tokens=False)
     pieces = [tokenizer.inverse[i] for seq in ids for i in seq]
     words = sum(not t.startswith("##") for t in pieces)
@@ -122,7 +123,7 @@ def run(cfg: VocabConfig) -> dict:
     atomic_write_text(out / "vocab_stats.json", json.dumps(stats, indent=2, ensure_ascii=False))
     if stats["size"] != cfg.size:
         log.warning("%s: %d tokens, not the %d asked for (%s)", out / "vocab.txt", stats["size"], cfg.size,
-                    "the text has no more pieces of --min-frequency" if stats["size"] < cfg.size
+                    "the text has no more pieces that occur --min-frequency times" if stats["size"] < cfg.size
                     else "the special tokens and the alphabet alone need more")
     log.info("wrote %s: %d tokens (%s), %.3f tokens per word on the training text", out, stats["size"],
              "cased" if cfg.cased else "uncased", stats["training_text"]["tokens_per_word"])

@@ -124,26 +124,51 @@ class WordPieceTokenizer:
 
     @classmethod
     def from_dir(cls, model_dir: Path, cased: bool = False) -> "WordPieceTokenizer":
-        """The vocab.txt of a model or vocabulary directory. Its casing is the `do_lower_case` that the directory's
-        tokenizer_config.json records; a directory that records none (a Google release) is uncased unless `cased`.
-        `cased` with a directory that records uncased is an error: its vocabulary was built lower-cased."""
+        """The vocabulary of a model or vocabulary directory: vocab.txt, else the WordPiece vocabulary inside
+        tokenizer.json (transformers 5 saves no vocab.txt). Its casing is what the directory records (see
+        `recorded_casing`); a directory that records none (a Google release) is uncased unless `cased`. `cased` with
+        a directory that records uncased is an error: its vocabulary was built lower-cased."""
         model_dir = Path(model_dir)
-        config_path = model_dir / "tokenizer_config.json"
-        recorded = None
-        if config_path.is_file():
-            try:
-                recorded = json.loads(config_path.read_text(encoding="utf-8")).get("do_lower_case")
-            except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as e:
-                raise CheckpointError(f"{config_path}: not a JSON object ({type(e).__name__})") from None
-            if recorded is not None and not isinstance(recorded, bool):
-                raise CheckpointError(f"{config_path}: do_lower_case must be true or false, got {recorded!r}")
+        recorded, where = recorded_casing(model_dir)
         if cased and recorded is True:
-            raise CheckpointError(f"{config_path}: records do_lower_case=true (an uncased vocabulary), but --cased "
+            raise CheckpointError(f"{where}: records do_lower_case=true (an uncased vocabulary), but --cased "
                                   "was given: drop --cased, or train a cased vocabulary with `miniberts vocab --cased`")
         vocab = model_dir / "vocab.txt"
+        if not vocab.is_file() and (model_dir / "tokenizer.json").is_file():
+            vocab = model_dir / "tokenizer.json"
         if not vocab.is_file():
-            raise CheckpointError(f"{vocab}: file not found (every model directory needs its WordPiece vocab.txt)")
+            raise CheckpointError(f"{vocab}: file not found (every model directory needs its WordPiece vocab.txt, or a "
+                                  "tokenizer.json holding one)")
         return cls(vocab, lowercase=recorded if recorded is not None else not cased)
+
+
+def _json_object(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: not JSON ({type(e).__name__})") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def recorded_casing(model_dir: Path) -> tuple[bool | None, Path]:
+    """(do_lower_case, the file that says so) of a directory: tokenizer_config.json's `do_lower_case`, else the
+    `lowercase` of tokenizer.json's BertNormalizer; (None, tokenizer_config.json) when neither records it."""
+    config_path, tok_path = model_dir / "tokenizer_config.json", model_dir / "tokenizer.json"
+    if config_path.is_file():
+        recorded = _json_object(config_path).get("do_lower_case")
+        if recorded is not None and not isinstance(recorded, bool):
+            raise CheckpointError(f"{config_path}: do_lower_case must be true or false, got {recorded!r}")
+        if recorded is not None:
+            return recorded, config_path
+    if tok_path.is_file():
+        normalizer = _json_object(tok_path).get("normalizer")
+        if isinstance(normalizer, dict) and normalizer.get("type") == "BertNormalizer":
+            lowercase = normalizer.get("lowercase")
+            if isinstance(lowercase, bool):
+                return lowercase, tok_path
+    return None, config_path
 
 
 def open_vocab(vocab: str | Path = "", cased: bool = False) -> WordPieceTokenizer:
@@ -180,11 +205,13 @@ def warn_casing(tokenizer: WordPieceTokenizer) -> None:
 
 
 def read_vocab(path: Path) -> dict[str, int]:
-    """One token per line, id = line number, as Google's tokenization.load_vocab reads it (stripped). A repeated
-    token is an error naming both lines: Google's reader keeps the last id, transformers' the first, so the two
-    would not agree on the ids."""
+    """One token per line, id = line number, as Google's tokenization.load_vocab reads it (stripped); or, for a
+    .json file, the vocabulary of a `tokenizers` WordPiece tokenizer.json. A repeated token is an error naming both
+    lines: Google's reader keeps the last id, transformers' the first, so the two would not agree on the ids."""
     if not path.is_file():
         raise CheckpointError(f"{path}: file not found")
+    if path.suffix == ".json":
+        return _tokenizer_json_vocab(path)
     try:
         lines = path.read_text(encoding="utf-8").split("\n")
     except UnicodeDecodeError as e:
@@ -201,3 +228,17 @@ def read_vocab(path: Path) -> dict[str, int]:
     if not vocab:
         raise CheckpointError(f"{path}: the vocabulary is empty (expected one WordPiece token per line)")
     return vocab
+
+
+def _tokenizer_json_vocab(path: Path) -> dict[str, int]:
+    model = _json_object(path).get("model")
+    if not isinstance(model, dict) or model.get("type") != "WordPiece" or not isinstance(model.get("vocab"), dict):
+        kind = model.get("type") if isinstance(model, dict) else None
+        raise CheckpointError(f"{path}: expected a WordPiece model with its vocab (BERT's tokenizer), got {kind!r}")
+    vocab = model["vocab"]
+    if not vocab:
+        raise CheckpointError(f"{path}: the vocabulary is empty")
+    ids = list(vocab.values())
+    if not all(type(i) is int for i in ids) or sorted(ids) != list(range(len(vocab))):  # a vocab.txt's line numbers
+        raise CheckpointError(f"{path}: the WordPiece ids must be 0..{len(vocab) - 1}, each once")
+    return dict(vocab)

@@ -20,6 +20,7 @@ from test_tokenizer import NO_LIMIT, corpus
 from miniberts import cli
 from miniberts.checkpoint import load_pretraining, save_hf
 from miniberts.config import BertConfig
+from miniberts.errors import CheckpointError
 from miniberts.model import BertForPreTraining
 from miniberts.tokenizer import BUILTIN_VOCAB, SPECIAL_TOKENS, WordPieceTokenizer, open_vocab
 from miniberts.train.pretrain import PretrainConfig, build_model
@@ -124,6 +125,24 @@ def test_compressed_input_and_cli(tmp_path, capsys):
     # between processes: huggingface/tokenizers#1794), so only the size is compared.
     assert printed["training_text"]["words"] == plain["training_text"]["words"] > 5000
     assert printed["size"] == plain["size"] == 800 and printed["cased"] is False
+
+
+def test_a_directory_transformers_saved_without_vocab_txt(vocabs, tmp_path):
+    # transformers 5 writes tokenizer.json + tokenizer_config.json only: the vocabulary and casing come from there.
+    saved = tmp_path / "saved"
+    transformers.AutoTokenizer.from_pretrained(vocabs["cased"]).save_pretrained(saved)
+    assert not (saved / "vocab.txt").exists()
+    texts = corpus()
+    want = transformers.AutoTokenizer.from_pretrained(saved)(texts, verbose=False)["input_ids"]
+    (saved / "tokenizer_config.json").unlink()  # then tokenizer.json's BertNormalizer records the casing
+    ours = open_vocab(saved)
+    assert ours.cased and ours.vocab == open_vocab(vocabs["cased"]).vocab
+    assert ours.encode(texts, max_length=NO_LIMIT)[0] == want
+    bpe = tmp_path / "bpe" / "tokenizer.json"
+    bpe.parent.mkdir()
+    bpe.write_text(json.dumps({"model": {"type": "BPE", "vocab": {"a": 0}}}), encoding="utf-8")
+    with pytest.raises(CheckpointError, match="expected a WordPiece model with its vocab .BERT's tokenizer., got 'BPE'"):
+        open_vocab(bpe.parent)
 
 
 # --- using it -----------------------------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from tqdm import tqdm
 from .data.pretraining import check_files, files_key, read_lines
 from .errors import DataError, MinibertsError
 from .fileio import atomic_write_text
-from .settings import validate
+from .settings import SettingsError, validate
 from .tokenizer import SPECIAL_TOKENS, WordPieceTokenizer
 
 log = logging.getLogger("miniberts")
@@ -40,6 +40,7 @@ log = logging.getLogger("miniberts")
 PAD, UNK, CLS, SEP, MASK = SPECIAL_TOKENS
 # Google's first 104 lines: [PAD], 99 unused slots, then [UNK] [CLS] [SEP] [MASK] at 100-103.
 GOOGLE_LAYOUT = [PAD] + [f"[unused{i}]" for i in range(99)] + [UNK, CLS, SEP, MASK]
+MIN_SIZE = len(GOOGLE_LAYOUT) + 1
 LAYOUT_VERSION = 2  # 1 was the five special tokens at ids 0-4: part of the cache key of `pretrain --vocab-size`
 STATS_LINES = 10_000  # lines of the training text the statistics are measured on
 
@@ -50,7 +51,7 @@ class VocabConfig:
         "help": "UTF-8 text files to learn from, one text per line (.gz/.bz2 accepted)"})
     size: int = field(default=30522, metadata={
         "help": "vocabulary size, the 104 special/unused tokens included (the alphabet is always kept, so a very "
-                "small size can be exceeded)", "min": len(GOOGLE_LAYOUT) + 1})
+                "small size can be exceeded)", "min": MIN_SIZE})
     cased: bool = field(default=False, metadata={
         "help": "keep case and accents (Google's do_lower_case=False); default uncased: lower-case, strip accents"})
     min_frequency: int = field(default=2, metadata={"help": "a merge must occur at least this often", "min": 1})
@@ -132,6 +133,9 @@ def run(cfg: VocabConfig) -> dict:
 
 def cached_vocab(files: list[str], size: int, cased: bool, cache_root: Path) -> Path:
     """`pretrain --vocab-size`: the vocabulary directory for these files and settings, trained on a cache miss."""
+    if size < MIN_SIZE:  # named by the flag the user gave, not VocabConfig's --size
+        raise SettingsError(f"--vocab-size must be at least {MIN_SIZE} (Google's {len(GOOGLE_LAYOUT)} special and "
+                            f"unused tokens, and more), got {size}")
     settings = {"layout": LAYOUT_VERSION, "files": files_key(check_files(files)), "size": size, "cased": cased}
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     out = Path(cache_root) / f"vocab-{key}"

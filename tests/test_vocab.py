@@ -253,6 +253,8 @@ def test_casing_that_contradicts_the_vocabulary(vocabs, tmp_path, capsys, caplog
         f"{vocabs['uncased'] / 'tokenizer_config.json'}: records do_lower_case=true (an uncased vocabulary), but "
         "--cased was given: drop --cased, or train a cased vocabulary with `miniberts vocab --cased`")
     assert "the built-in vocabulary is uncased, but --cased was given" in fails(capsys, [*argv, "--cased"])
+    assert fails(capsys, [*argv, "--vocab-size", "100"]).endswith(
+        "--vocab-size must be at least 105 (Google's 104 special and unused tokens, and more), got 100")
     assert "--vocab-size trains a new vocabulary and --vocab" in fails(
         capsys, [*argv, "--vocab-size", "500", "--vocab", str(vocabs["cased"])])
     # A directory's recorded casing wins over the default; a bare vocab.txt of a cased vocabulary is warned about.

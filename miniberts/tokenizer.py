@@ -172,8 +172,8 @@ def recorded_casing(model_dir: Path) -> tuple[bool | None, Path]:
 
 
 def open_vocab(vocab: str | Path = "", cased: bool = False) -> WordPieceTokenizer:
-    """What `--vocab` and `--cased` name: a vocab.txt (its casing is `cased`), a directory holding one (its
-    tokenizer_config.json decides, see `from_dir`), or "" for the built-in uncased bert-base vocabulary."""
+    """What `--vocab` and `--cased` name: a vocab.txt or tokenizer.json file (its casing is `cased`), a directory
+    holding one (the casing it records decides, see `from_dir`), or "" for the built-in uncased bert-base vocabulary."""
     if not vocab:
         if cased:
             raise CheckpointError(f"{BUILTIN_VOCAB}: the built-in vocabulary is uncased, but --cased was given: give "

@@ -207,7 +207,8 @@ def warn_casing(tokenizer: WordPieceTokenizer) -> None:
 def read_vocab(path: Path) -> dict[str, int]:
     """One token per line, id = line number, as Google's tokenization.load_vocab reads it (stripped); or, for a
     .json file, the vocabulary of a `tokenizers` WordPiece tokenizer.json. A repeated token is an error naming both
-    lines: Google's reader keeps the last id, transformers' the first, so the two would not agree on the ids."""
+    lines: Google's reader silently keeps the last id, so the first is an id no text produces, and the vocabulary
+    is one token short of the lines the embeddings were sized by."""
     if not path.is_file():
         raise CheckpointError(f"{path}: file not found")
     if path.suffix == ".json":

@@ -11,6 +11,7 @@ transformers/models/bert/modeling_bert.py (HF names).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -25,7 +26,7 @@ from .config import BertConfig, find_preset
 from .errors import CheckpointError
 from .fileio import atomic_path, atomic_write_text
 from .model import BertForPreTraining, BertForSequenceClassification, BertModel
-from .tokenizer import BUILTIN_VOCAB, WordPieceTokenizer
+from .tokenizer import BUILTIN_VOCAB, WordPieceTokenizer, open_vocab
 
 Q, K, V = "query", "key", "value"
 
@@ -220,41 +221,51 @@ def resolve(model: str | Path) -> Checkpoint:
     return Checkpoint(preset.config(), {}, BUILTIN_VOCAB.parent, f"preset {preset.name}")
 
 
-def load_tokenizer(ckpt: Checkpoint) -> WordPieceTokenizer:
-    if ckpt.vocab_dir == BUILTIN_VOCAB.parent:
-        return WordPieceTokenizer(BUILTIN_VOCAB)
-    tokenizer = WordPieceTokenizer.from_dir(ckpt.vocab_dir)
-    if len(tokenizer) != ckpt.config.vocab_size:
-        raise CheckpointError(
-            f"{ckpt.vocab_dir / 'vocab.txt'}: {len(tokenizer)} tokens, but the model's vocab_size is {ckpt.config.vocab_size}"
-        )
+def load_tokenizer(ckpt: Checkpoint, vocab: str | Path = "", cased: bool = False) -> WordPieceTokenizer:
+    """The checkpoint's own tokenizer, or `vocab` (`--vocab`: a vocab.txt or a directory holding one) with the
+    casing `cased` asks for. A checkpoint with weights must agree with the vocabulary's size."""
+    own = "" if ckpt.vocab_dir == BUILTIN_VOCAB.parent else ckpt.vocab_dir
+    tokenizer = open_vocab(vocab or own, cased)
+    if ckpt.state and len(tokenizer) != ckpt.config.vocab_size:  # the word embeddings have vocab_size rows
+        raise CheckpointError(f"{tokenizer.vocab_path}: {len(tokenizer)} tokens, but the model's vocab_size is "
+                              f"{ckpt.config.vocab_size}")
     return tokenizer
 
 
-def load_encoder(model: str | Path) -> tuple[BertModel, WordPieceTokenizer]:
+def _model_and_tokenizer(model: str | Path, vocab: str | Path, cased: bool) -> tuple[Checkpoint, WordPieceTokenizer]:
+    """The checkpoint and its tokenizer; a preset (random weights) takes the size of the vocabulary it is given."""
     ckpt = resolve(model)
+    tokenizer = load_tokenizer(ckpt, vocab, cased)
+    if not ckpt.state:
+        ckpt = dataclasses.replace(ckpt, config=dataclasses.replace(ckpt.config, vocab_size=len(tokenizer)))
+    return ckpt, tokenizer
+
+
+def load_encoder(model: str | Path, vocab: str | Path = "", cased: bool = False) -> tuple[BertModel, WordPieceTokenizer]:
+    ckpt, tokenizer = _model_and_tokenizer(model, vocab, cased)
     encoder = BertModel(ckpt.config)
     if ckpt.state:
         new = load_state(encoder, ckpt.state, ckpt.source, allow_new=("pooler.",))
         if new:
             log.warning("%s has no pooler (a masked-LM checkpoint): the pooled output is untrained", ckpt.source)
-    return encoder, load_tokenizer(ckpt)
+    return encoder, tokenizer
 
 
-def load_pretraining(model: str | Path, nsp: bool = False) -> tuple[BertForPreTraining, WordPieceTokenizer]:
+def load_pretraining(model: str | Path, nsp: bool = False, vocab: str | Path = "", cased: bool = False
+                     ) -> tuple[BertForPreTraining, WordPieceTokenizer]:
     """For pre-training: the MLM (and NSP) heads are new when the checkpoint has none."""
-    ckpt = resolve(model)
+    ckpt, tokenizer = _model_and_tokenizer(model, vocab, cased)
     net = BertForPreTraining(ckpt.config, nsp=nsp)
     if ckpt.state:
         state = {k: v for k, v in ckpt.state.items() if not k.startswith("classifier.") and (nsp or not k.startswith("nsp."))}
         load_state(net, state, ckpt.source, allow_new=("mlm.", "nsp.", "bert.pooler."))
-    return net, load_tokenizer(ckpt)
+    return net, tokenizer
 
 
-def load_classifier(model: str | Path, id2label: list[str] | None = None, regression: bool | None = None
-                    ) -> tuple[BertForSequenceClassification, WordPieceTokenizer]:
+def load_classifier(model: str | Path, id2label: list[str] | None = None, regression: bool | None = None,
+                    vocab: str | Path = "", cased: bool = False) -> tuple[BertForSequenceClassification, WordPieceTokenizer]:
     """A classifier; its head is new unless the checkpoint has one with the same labels."""
-    ckpt = resolve(model)
+    ckpt, tokenizer = _model_and_tokenizer(model, vocab, cased)
     cfg = ckpt.config
     if id2label is not None or regression is not None:
         cfg = cfg.with_task(id2label or [], bool(regression))
@@ -265,7 +276,7 @@ def load_classifier(model: str | Path, id2label: list[str] | None = None, regres
         state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
     if state:
         load_state(net, state, ckpt.source, allow_new=("classifier.", "bert.pooler."))
-    return net, load_tokenizer(ckpt)
+    return net, tokenizer
 
 
 # --- writing --------------------------------------------------------------------------------------------------

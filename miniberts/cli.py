@@ -24,6 +24,7 @@ COMMANDS = [
     "predict",
     "pretrain",
     "prepare",
+    "vocab",
     "data",
     "distill",
     "quickstart",

@@ -1,8 +1,12 @@
-"""Uncased WordPiece tokenization as Google's BERT tokenizer does it, run by the `tokenizers` library.
+"""WordPiece tokenization as Google's BERT tokenizer does it, run by the `tokenizers` library: uncased by default,
+cased on request.
 
 Google's tokenization.py does: clean text (drop control characters, map whitespace to spaces), put spaces around
 CJK ideographs, lower-case, strip accents (NFD, drop combining marks), split on whitespace and punctuation, then
-greedy longest-match-first WordPiece with `##` continuations; words over 100 characters become [UNK]. `tokenizers`'
+greedy longest-match-first WordPiece with `##` continuations; words over 100 characters become [UNK]. A cased
+tokenizer (Google's `do_lower_case=False`, transformers' `BertTokenizer(do_lower_case=False)`) skips the
+lower-casing and the accent stripping and does everything else; the casing is saved as `do_lower_case` in
+tokenizer_config.json (and in tokenizer.json's normalizer), so `transformers.AutoTokenizer` reads it back. `tokenizers`'
 BertNormalizer + BertPreTokenizer + WordPiece implement exactly that in Rust. Pairs are truncated `longest_first`
 and get token type ids 0 for `[CLS] A [SEP]` and 1 for `B [SEP]`.
 
@@ -15,6 +19,7 @@ gives up the odd token when `longest_first` truncates a pair of equal length.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import torch
@@ -27,6 +32,14 @@ from .fileio import atomic_write_text
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 BUILTIN_VOCAB = Path(__file__).parent / "resources" / "vocab-uncased.txt"
 
+log = logging.getLogger("miniberts")
+
+# Help of the `--vocab` and `--cased` settings that every recipe choosing a tokenizer shares (pretrain, finetune).
+VOCAB_HELP = ("WordPiece vocabulary: a vocab.txt or a directory from `miniberts vocab` (default: the model's own; a "
+              "preset takes this vocabulary's size, a model directory must match it)")
+CASED_HELP = ("keep case and accents (do_lower_case=False), for a cased vocabulary; a vocabulary or model directory "
+              "records its own casing in tokenizer_config.json")
+
 
 class WordPieceTokenizer:
     def __init__(self, vocab_path: Path, lowercase: bool = True):
@@ -34,7 +47,9 @@ class WordPieceTokenizer:
         self.vocab = read_vocab(self.vocab_path)
         missing = [t for t in SPECIAL_TOKENS if t not in self.vocab]
         if missing:
-            raise CheckpointError(f"{self.vocab_path}: special tokens {missing} are not in the vocabulary")
+            raise CheckpointError(f"{self.vocab_path}: expected BERT's special tokens {', '.join(SPECIAL_TOKENS)} "
+                                  f"(one per line), but {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} "
+                                  "missing")
         self.lowercase = lowercase
         self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id = (self.vocab[t] for t in SPECIAL_TOKENS)
         self.inverse = {i: t for t, i in self.vocab.items()}
@@ -56,6 +71,11 @@ class WordPieceTokenizer:
 
     def __len__(self) -> int:
         return len(self.vocab)
+
+    @property
+    def cased(self) -> bool:
+        """Case and accents kept (Google's do_lower_case=False)."""
+        return not self.lowercase
 
     def tokenize(self, text: str) -> list[str]:
         """WordPiece tokens of one text, without [CLS]/[SEP]."""
@@ -103,32 +123,123 @@ class WordPieceTokenizer:
         atomic_write_text(out_dir / "special_tokens_map.json", json.dumps(special, indent=2))
 
     @classmethod
-    def from_dir(cls, model_dir: Path) -> "WordPieceTokenizer":
+    def from_dir(cls, model_dir: Path, cased: bool = False) -> "WordPieceTokenizer":
+        """The vocabulary of a model or vocabulary directory: vocab.txt, else the WordPiece vocabulary inside
+        tokenizer.json (transformers 5 saves no vocab.txt). Its casing is what the directory records (see
+        `recorded_casing`); a directory that records none (a Google release) is uncased unless `cased`. `cased` with
+        a directory that records uncased is an error: its vocabulary was built lower-cased."""
         model_dir = Path(model_dir)
-        lowercase = True
-        config_path = model_dir / "tokenizer_config.json"
-        if config_path.is_file():
-            lowercase = json.loads(config_path.read_text(encoding="utf-8")).get("do_lower_case", True)
+        recorded, where = recorded_casing(model_dir)
+        if cased and recorded is True:
+            raise CheckpointError(f"{where}: records do_lower_case=true (an uncased vocabulary), but --cased "
+                                  "was given: drop --cased, or train a cased vocabulary with `miniberts vocab --cased`")
         vocab = model_dir / "vocab.txt"
+        if not vocab.is_file() and (model_dir / "tokenizer.json").is_file():
+            vocab = model_dir / "tokenizer.json"
         if not vocab.is_file():
-            raise CheckpointError(f"{vocab}: file not found (every model directory needs its WordPiece vocab.txt)")
-        return cls(vocab, lowercase)
+            raise CheckpointError(f"{vocab}: file not found (every model directory needs its WordPiece vocab.txt, or a "
+                                  "tokenizer.json holding one)")
+        return cls(vocab, lowercase=recorded if recorded is not None else not cased)
+
+
+def _json_object(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: not JSON ({type(e).__name__})") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def recorded_casing(model_dir: Path) -> tuple[bool | None, Path]:
+    """(do_lower_case, the file that says so) of a directory: tokenizer_config.json's `do_lower_case`, else the
+    `lowercase` of tokenizer.json's BertNormalizer; (None, tokenizer_config.json) when neither records it."""
+    config_path, tok_path = model_dir / "tokenizer_config.json", model_dir / "tokenizer.json"
+    if config_path.is_file():
+        recorded = _json_object(config_path).get("do_lower_case")
+        if recorded is not None and not isinstance(recorded, bool):
+            raise CheckpointError(f"{config_path}: do_lower_case must be true or false, got {recorded!r}")
+        if recorded is not None:
+            return recorded, config_path
+    if tok_path.is_file():
+        normalizer = _json_object(tok_path).get("normalizer")
+        if isinstance(normalizer, dict) and normalizer.get("type") == "BertNormalizer":
+            lowercase = normalizer.get("lowercase")
+            if isinstance(lowercase, bool):
+                return lowercase, tok_path
+    return None, config_path
+
+
+def open_vocab(vocab: str | Path = "", cased: bool = False) -> WordPieceTokenizer:
+    """What `--vocab` and `--cased` name: a vocab.txt or tokenizer.json file (its casing is `cased`), a directory
+    holding one (the casing it records decides, see `from_dir`), or "" for the built-in uncased bert-base vocabulary."""
+    if not vocab:
+        if cased:
+            raise CheckpointError(f"{BUILTIN_VOCAB}: the built-in vocabulary is uncased, but --cased was given: give "
+                                  "a cased one with --vocab (train it with `miniberts vocab --cased`)")
+        tokenizer = WordPieceTokenizer(BUILTIN_VOCAB)
+    elif Path(vocab).is_dir():
+        tokenizer = WordPieceTokenizer.from_dir(Path(vocab), cased)
+    elif Path(vocab).is_file():
+        tokenizer = WordPieceTokenizer(Path(vocab), lowercase=not cased)
+    else:
+        raise CheckpointError(f"{vocab}: not found (--vocab takes a vocab.txt or a directory holding one)")
+    warn_casing(tokenizer)
+    return tokenizer
+
+
+def warn_casing(tokenizer: WordPieceTokenizer) -> None:
+    """Log a warning when the casing looks wrong for the vocabulary, as Google's validate_case_matches_checkpoint
+    does for its releases: upper-case tokens under lower-casing are never produced, and a cased tokenizer over a
+    lower-case vocabulary turns every capital into [UNK]."""
+    words = [t for t in tokenizer.vocab if not (t.startswith("[") and t.endswith("]"))]  # not [PAD], [unused0]
+    upper = sum(t != t.lower() for t in words)
+    lower = sum(t != t.upper() for t in words)
+    if tokenizer.lowercase and upper > 0.01 * len(words):
+        log.warning("%s: %d tokens hold upper-case letters, but the tokenizer lower-cases: is it a cased vocabulary "
+                    "(--cased)?", tokenizer.vocab_path, upper)
+    elif tokenizer.cased and upper == 0 and lower > 0:
+        log.warning("%s: no token holds an upper-case letter, but the tokenizer is cased: capitals will become "
+                    "[UNK] (an uncased vocabulary without --cased?)", tokenizer.vocab_path)
 
 
 def read_vocab(path: Path) -> dict[str, int]:
-    """One token per line, id = line number, as Google's tokenization.load_vocab reads it (stripped; a repeated
-    token keeps its last id)."""
+    """One token per line, id = line number, as Google's tokenization.load_vocab reads it (stripped); or, for a
+    .json file, the vocabulary of a `tokenizers` WordPiece tokenizer.json. A repeated token is an error naming both
+    lines: Google's reader silently keeps the last id, so the first is an id no text produces, and the vocabulary
+    is one token short of the lines the embeddings were sized by."""
     if not path.is_file():
         raise CheckpointError(f"{path}: file not found")
+    if path.suffix == ".json":
+        return _tokenizer_json_vocab(path)
     try:
         lines = path.read_text(encoding="utf-8").split("\n")
     except UnicodeDecodeError as e:
         raise CheckpointError(f"{path}: not UTF-8 ({e})") from None
     if lines and lines[-1] == "":
         lines.pop()
-    vocab = {}
+    vocab: dict[str, int] = {}
     for i, token in enumerate(lines):
-        vocab[token.strip()] = i
+        token = token.strip()
+        if token in vocab:
+            raise CheckpointError(f"{path}:{i + 1}: duplicate token {token!r} (first on line {vocab[token] + 1}); "
+                                  "expected every token once")
+        vocab[token] = i
+    if not vocab:
+        raise CheckpointError(f"{path}: the vocabulary is empty (expected one WordPiece token per line)")
+    return vocab
+
+
+def _tokenizer_json_vocab(path: Path) -> dict[str, int]:
+    model = _json_object(path).get("model")
+    if not isinstance(model, dict) or model.get("type") != "WordPiece" or not isinstance(model.get("vocab"), dict):
+        kind = model.get("type") if isinstance(model, dict) else None
+        raise CheckpointError(f"{path}: expected a WordPiece model with its vocab (BERT's tokenizer), got {kind!r}")
+    vocab = model["vocab"]
     if not vocab:
         raise CheckpointError(f"{path}: the vocabulary is empty")
-    return vocab
+    ids = list(vocab.values())
+    if not all(type(i) is int for i in ids) or sorted(ids) != list(range(len(vocab))):  # a vocab.txt's line numbers
+        raise CheckpointError(f"{path}: the WordPiece ids must be 0..{len(vocab) - 1}, each once")
+    return dict(vocab)

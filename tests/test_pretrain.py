@@ -157,7 +157,8 @@ def test_new_vocabulary_is_trained_and_saved(tmp_path):
     metrics = run(config(tmp_path, model="tiny", seq_len=32, steps=2, vocab_size=1000))
     saved = BertConfig.from_hf_json(tmp_path / "run" / "config.json")
     vocab = (tmp_path / "run" / "vocab.txt").read_text(encoding="utf-8").split("\n")[:-1]
-    assert saved.vocab_size == len(vocab) <= 1000 and vocab[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    assert saved.vocab_size == len(vocab) <= 1000
+    assert [vocab[i] for i in (0, 1, 100, 101, 102, 103)] == ["[PAD]", "[unused0]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     assert metrics["steps"] == 2
 
 

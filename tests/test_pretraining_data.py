@@ -235,12 +235,3 @@ def test_sampler_visits_every_instance_once_per_epoch():
     assert sorted(i for e, i in items if e == 0) == list(range(10))
     assert [i for _, i in items[:10]] != [i for _, i in items[10:20]]  # reshuffled
     assert pt.Sampler(10, seed=4).take(13, 4) == items[13:17]  # a pure function of the position
-
-
-def test_trained_vocabulary_is_wordpiece_with_specials_first(tmp_path):
-    path = pt.train_vocab([EXCERPT], 1200, tmp_path)
-    tokens = path.read_text(encoding="utf-8").split("\n")[:-1]
-    assert tokens[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    assert 500 < len(tokens) <= 1200 and any(t.startswith("##") for t in tokens)
-    tok = WordPieceTokenizer(path)
-    assert tok.tokenize("Anarchism is a political philosophy.")[0] == "anarchism"

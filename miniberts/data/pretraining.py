@@ -41,8 +41,8 @@ import numpy as np
 import torch
 
 from ..errors import DataError
-from ..fileio import atomic_path, atomic_write_text
-from ..tokenizer import SPECIAL_TOKENS, WordPieceTokenizer
+from ..fileio import atomic_path
+from ..tokenizer import WordPieceTokenizer
 
 FORMAT_VERSION = 1
 MLM_PROB = 0.15
@@ -454,23 +454,3 @@ class MaskingCollator:
             "mlm_labels": torch.from_numpy(original[positions]),
             "nsp_labels": torch.tensor([r[4] for r in rows], dtype=torch.long),
         }
-
-
-# --- a new vocabulary -----------------------------------------------------------------------------------------
-
-def train_vocab(paths: list[Path], vocab_size: int, cache_root: Path) -> Path:
-    """Train an uncased WordPiece vocabulary on the files with `tokenizers` (BERT's normalisation and
-    pre-tokenisation, `##` continuations, the five special tokens first). Cached by (files, size)."""
-    from tokenizers import BertWordPieceTokenizer
-
-    key = _digest({"files": files_key(paths), "vocab_size": vocab_size})
-    out = Path(cache_root) / f"vocab-{key}" / "vocab.txt"
-    if not out.is_file():
-        trainer = BertWordPieceTokenizer(clean_text=True, handle_chinese_chars=True, strip_accents=True, lowercase=True)
-        lines = (line for p in paths for line in read_lines(p) if line)
-        trainer.train_from_iterator(lines, vocab_size=vocab_size, min_frequency=2, special_tokens=list(SPECIAL_TOKENS),
-                                    limit_alphabet=1000, wordpieces_prefix="##")
-        vocab = trainer.get_vocab()
-        ordered = sorted(vocab, key=vocab.get)
-        atomic_write_text(out, "".join(t + "\n" for t in ordered))
-    return out

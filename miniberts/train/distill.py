@@ -98,7 +98,7 @@ def run(cfg: DistillConfig) -> dict:
     teacher_ckpt = read_checkpoint(cfg.teacher)
     teacher_tok = load_tokenizer(teacher_ckpt)
     set_seed(cfg.seed)
-    student, tokenizer = load_classifier(cfg.student, data.id2label or None, data.regression)
+    student, tokenizer = load_classifier(cfg.student, data.id2label or None, data.regression, cfg.vocab, cfg.cased)
     check_same_vocab(teacher_tok, tokenizer)
     if teacher_ckpt.config.regression != data.regression or (
             not data.regression and teacher_ckpt.config.id2label != data.id2label):

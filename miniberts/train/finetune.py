@@ -41,7 +41,7 @@ from ..errors import DataError, MinibertsError
 from ..fileio import atomic_write_text
 from ..metrics import task_metrics
 from ..predict import decode, file_columns, format_predictions, predict_logits
-from ..tokenizer import WordPieceTokenizer
+from ..tokenizer import CASED_HELP, VOCAB_HELP, WordPieceTokenizer
 from .common import JsonlLog, lr_at, make_optimizer, set_lr, set_seed, write_json
 
 log = logging.getLogger("miniberts")
@@ -87,6 +87,8 @@ class FinetuneConfig(LoopConfig):
     max_train_examples: int = field(default=0, metadata={"help": "use only the first N training examples (0 = all)"})
     cache_dir: str = field(default="", metadata={"help": "where built-in tasks are written (default "
                                                           "$MINIBERTS_CACHE or ~/.cache/miniberts)"})
+    vocab: str = field(default="", metadata={"help": VOCAB_HELP})
+    cased: bool = field(default=False, metadata={"help": CASED_HELP})
 
 
 # --- tasks ----------------------------------------------------------------------------------------------------
@@ -475,7 +477,7 @@ def run(cfg: FinetuneConfig, data: TaskData | None = None) -> dict:
         (out / stale).unlink(missing_ok=True)
 
     set_seed(cfg.seed)  # before the model: a preset's random init and the new head depend on it
-    model, tokenizer = load_classifier(cfg.model, data.id2label or None, data.regression)
+    model, tokenizer = load_classifier(cfg.model, data.id2label or None, data.regression, cfg.vocab, cfg.cased)
     if cfg.max_length > model.cfg.max_position_embeddings:
         raise MinibertsError(f"--max-length {cfg.max_length} exceeds the model's "
                              f"{model.cfg.max_position_embeddings} positions")

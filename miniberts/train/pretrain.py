@@ -42,12 +42,13 @@ from tqdm import tqdm
 from ..checkpoint import load_pretraining, save_hf
 from ..config import BertConfig
 from ..data.pretraining import (EVAL_STREAM, TRAIN_STREAM, MaskingCollator, Sampler, cached_instances, check_files,
-                                default_max_predictions, split_documents, tokenized_corpus, train_vocab)
+                                default_max_predictions, split_documents, tokenized_corpus)
 from ..device import DTYPES, autocast, resolve_dtype
 from ..errors import CheckpointError, DataError, MinibertsError
 from ..fileio import atomic_write_text
 from ..model import BertForPreTraining
-from ..tokenizer import BUILTIN_VOCAB, WordPieceTokenizer
+from ..tokenizer import CASED_HELP, VOCAB_HELP, WordPieceTokenizer, open_vocab
+from ..vocab import cached_vocab
 from .common import (Checkpoints, JsonlLog, init_distributed, lr_at, make_optimizer, plot_curves, read_jsonl,
                      rng_state, set_lr, set_rng_state, set_seed, write_json)
 
@@ -98,40 +99,47 @@ class PretrainConfig:
     dtype: str = field(default="auto", metadata={"help": f"one of {DTYPES}: auto = bf16 autocast where the hardware "
                                                           "has it natively; fp32 for exact reproducibility"})
     cache_dir: str = field(default="", metadata={"help": "token shards cache (default RUN/data)"})
-    vocab_size: int = field(default=0, metadata={"help": "train a new uncased WordPiece vocabulary of this size on "
-                                                          "the training files (random-init models only; 0 = keep)"})
+    vocab_size: int = field(default=0, metadata={"help": "train a new WordPiece vocabulary (uncased, or --cased) "
+                                                          "of this size on the training files with `miniberts vocab`'s "
+                                                          "trainer (random-init models only; 0 = keep)"})
     unigram_bias: bool = field(default=True, metadata={
         "help": "start a randomly initialised model's MLM output bias at the log unigram frequencies of the training "
                 "corpus, so step 0 already predicts at the unigram baseline (--no-unigram-bias: Google's zeros)"})
     progress: bool = field(default=True, metadata={"help": "progress bar on a terminal"})
+    vocab: str = field(default="", metadata={"help": VOCAB_HELP})
+    cased: bool = field(default=False, metadata={"help": CASED_HELP})
 
 
 # Settings a resumed run must share with the checkpoint: they decide which batch comes at which step.
 RESUME_KEYS = ("train_files", "batch_size", "seq_len", "max_predictions", "nsp", "whole_word", "short_seq_prob",
-               "eval_files", "eval_fraction", "seed", "vocab_size")
+               "eval_files", "eval_fraction", "seed", "vocab_size", "vocab", "cased")
 DATA_FIELDS = ("model", "train_files", "eval_files", "eval_fraction", "seq_len", "nsp", "short_seq_prob", "seed",
-               "cache_dir", "vocab_size")
+               "cache_dir", "vocab_size", "vocab", "cased")
 
 
 # --- model and data -------------------------------------------------------------------------------------------
 
 def build_model(cfg: PretrainConfig, cache_root: Path) -> tuple[BertForPreTraining, WordPieceTokenizer]:
-    """The model with MLM (+ NSP) heads and its tokenizer; a config .json gives a random model with the built-in
-    vocabulary, --vocab-size a random model with a vocabulary trained on the training files."""
+    """The model with MLM (+ NSP) heads and its tokenizer: the model's own vocabulary, --vocab, or with
+    --vocab-size one trained on the training files (`miniberts.vocab`, cached). A random start (a preset, or a
+    config .json with --vocab-size) takes the vocabulary's size; weights and a config .json must match it."""
+    if cfg.vocab_size and cfg.vocab:
+        raise MinibertsError(f"--vocab-size trains a new vocabulary and --vocab {cfg.vocab} gives one: pass one")
     path = Path(cfg.model)
+    if cfg.vocab_size and path.is_dir():
+        raise MinibertsError(f"--vocab-size trains a new vocabulary, so the model must start from random weights "
+                             f"(a preset or config .json), not from {path}")
+    vocab = str(cached_vocab(cfg.train_files, cfg.vocab_size, cfg.cased, cache_root)) if cfg.vocab_size else cfg.vocab
     if path.is_file():
         if path.suffix != ".json":
             raise CheckpointError(f"{path}: --model takes a preset name, a model directory or a config .json")
-        model = BertForPreTraining(BertConfig.from_hf_json(path), nsp=cfg.nsp)
-        tokenizer = WordPieceTokenizer(BUILTIN_VOCAB)
+        model_cfg = BertConfig.from_hf_json(path)
+        tokenizer = open_vocab(vocab, cfg.cased)
+        if cfg.vocab_size:
+            model_cfg = dataclasses.replace(model_cfg, vocab_size=len(tokenizer))
+        model = BertForPreTraining(model_cfg, nsp=cfg.nsp)
     else:
-        model, tokenizer = load_pretraining(cfg.model, cfg.nsp)
-    if cfg.vocab_size:
-        if path.is_dir():
-            raise MinibertsError(f"--vocab-size trains a new vocabulary, so the model must start from random weights "
-                                 f"(a preset or config .json), not from {path}")
-        tokenizer = WordPieceTokenizer(train_vocab(check_files(cfg.train_files), cfg.vocab_size, cache_root))
-        model = BertForPreTraining(dataclasses.replace(model.cfg, vocab_size=len(tokenizer)), nsp=cfg.nsp)
+        model, tokenizer = load_pretraining(cfg.model, cfg.nsp, vocab, cfg.cased)
     if len(tokenizer) != model.cfg.vocab_size:
         raise CheckpointError(f"{tokenizer.vocab_path}: {len(tokenizer)} tokens, but the model's vocab_size is "
                               f"{model.cfg.vocab_size}")

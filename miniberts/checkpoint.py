@@ -231,8 +231,9 @@ def load_tokenizer(ckpt: Checkpoint) -> WordPieceTokenizer:
     return tokenizer
 
 
-def load_encoder(model: str | Path) -> tuple[BertModel, WordPieceTokenizer]:
-    ckpt = resolve(model)
+def load_encoder(model: str | Path | Checkpoint) -> tuple[BertModel, WordPieceTokenizer]:
+    """An encoder (BertModel) from a directory, a preset name, or a Checkpoint already read."""
+    ckpt = model if isinstance(model, Checkpoint) else resolve(model)
     encoder = BertModel(ckpt.config)
     if ckpt.state:
         new = load_state(encoder, ckpt.state, ckpt.source, allow_new=("pooler.",))
@@ -251,10 +252,10 @@ def load_pretraining(model: str | Path, nsp: bool = False) -> tuple[BertForPreTr
     return net, load_tokenizer(ckpt)
 
 
-def load_classifier(model: str | Path, id2label: list[str] | None = None, regression: bool | None = None
+def load_classifier(model: str | Path | Checkpoint, id2label: list[str] | None = None, regression: bool | None = None
                     ) -> tuple[BertForSequenceClassification, WordPieceTokenizer]:
     """A classifier; its head is new unless the checkpoint has one with the same labels."""
-    ckpt = resolve(model)
+    ckpt = model if isinstance(model, Checkpoint) else resolve(model)
     cfg = ckpt.config
     if id2label is not None or regression is not None:
         cfg = cfg.with_task(id2label or [], bool(regression))

@@ -24,7 +24,7 @@ from .infer import check_finite, embed as embed_texts
 from .infer_config import EmbedConfig, PredictConfig, check_length
 from .model import BertForSequenceClassification, BertModel
 from .predict import checked_logits, has_task_head, no_head, results
-from .sbert import SentenceLayout, read_layout
+from .sbert import SentenceLayout, read_layout, write_layout
 from .tokenizer import WordPieceTokenizer
 
 
@@ -99,8 +99,12 @@ class Model:
 
     def save(self, out_dir: str | Path) -> Path:
         """Write the Hugging Face layout (config.json, model.safetensors, vocab and tokenizer files) that
-        `transformers` and `miniberts.load` read."""
-        return save_hf(self.module, self.tokenizer, out_dir)
+        `transformers` and `miniberts.load` read; a model loaded from a sentence-transformers directory also gets
+        that directory's pooling files, so the copy embeds the same."""
+        out = save_hf(self.module, self.tokenizer, out_dir)
+        if self.layout:
+            write_layout(self.layout, out, self.config.hidden_size)
+        return out
 
 
 def load(path_or_preset: str | Path, device: str | torch.device | None = None) -> Model:

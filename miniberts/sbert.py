@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import CheckpointError
+from .fileio import atomic_write_text
 
 # sentence-transformers' mode -> ours. Its "cls" is the raw [CLS] hidden state, as ours is (BERT's tanh pooler is ours
 # "pooler", which sentence-transformers never uses).
@@ -57,6 +58,24 @@ def read_layout(directory: str | Path) -> SentenceLayout | None:
                           normalize=len(kinds) > 2, max_length=_max_seq_length(model_dir / "sentence_bert_config.json"))
 
 
+def write_layout(layout: SentenceLayout, out_dir: str | Path, hidden_size: int) -> None:
+    """The sentence-transformers files beside a saved Hugging Face layout (the Transformer is the directory itself),
+    so the copy embeds as the original did, here and in `SentenceTransformer(out_dir)`. The Pooling config uses the
+    boolean flags, which every sentence-transformers version reads."""
+    out_dir = Path(out_dir)
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+    if layout.normalize:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+    atomic_write_text(out_dir / "modules.json", json.dumps(modules, indent=2))
+    flags = {key: layout.pooling == mode for key, mode in LEGACY_FLAGS.items()}
+    atomic_write_text(out_dir / "1_Pooling" / "config.json",
+                      json.dumps({"word_embedding_dimension": hidden_size, **flags}, indent=2))
+    if layout.max_length is not None:
+        atomic_write_text(out_dir / "sentence_bert_config.json",
+                          json.dumps({"max_seq_length": layout.max_length, "do_lower_case": False}, indent=2))
+
+
 def _pooling_mode(path: Path) -> str:
     if not path.is_file():
         raise CheckpointError(f"{path}: file not found (the Pooling module's config, listed in modules.json)")
@@ -65,8 +84,8 @@ def _pooling_mode(path: Path) -> str:
         raise CheckpointError(f"{path}: expected a JSON object with \"pooling_mode\"")
     if "pooling_mode" in raw:
         modes = raw["pooling_mode"] if isinstance(raw["pooling_mode"], list) else [raw["pooling_mode"]]
-    else:
-        modes = [mode for key, mode in LEGACY_FLAGS.items() if raw.get(key) is True]
+    else:  # no mode stated means mean pooling, as sentence-transformers reads it
+        modes = [mode for key, mode in LEGACY_FLAGS.items() if raw.get(key) is True] or ["mean"]
     if len(modes) != 1 or modes[0] not in MODES:
         found = ", ".join(map(repr, modes)) or "none"
         raise CheckpointError(f"{path}: pooling mode {found} is not supported (expected exactly one of "

@@ -160,7 +160,7 @@ def st_dir(tmp_path: Path, tiny: str, pooling_config: str | bytes | None, module
     (b'\xff\xfe{}', "1_Pooling/config.json: not UTF-8"),
     ('{"pooling_mode": "max"}', "1_Pooling/config.json: pooling mode 'max' is not supported (expected exactly one of 'cls', 'mean')"),
     ('{"pooling_mode_cls_token": true, "pooling_mode_mean_tokens": true}', "1_Pooling/config.json: pooling mode 'cls', 'mean' is not supported"),
-    ('{"pooling_mode_mean_tokens": false}', "1_Pooling/config.json: pooling mode none is not supported"),
+    ('{"pooling_mode": []}', "1_Pooling/config.json: pooling mode none is not supported"),
     ('[1, 2]', "1_Pooling/config.json: expected a JSON object"),
     (None, "1_Pooling/config.json: file not found"),
 ])
@@ -223,3 +223,9 @@ def test_nan_weights_refused_by_embed(capsys, tmp_path, tiny):
     err = one_line_error(capsys, "embed", broken, tmp_path / "t.txt", "--output", tmp_path / "o.npy")
     assert err == f"miniberts embed: error: {broken}: the model produced non-finite outputs (NaN or infinite weights?)"
     assert not (tmp_path / "o.npy").exists()
+
+
+def test_pooling_config_without_a_mode_means_mean(tmp_path, tiny):
+    """As sentence-transformers reads it: no `pooling_mode` and no flag set is mean pooling."""
+    root = st_dir(tmp_path, tiny, '{"word_embedding_dimension": 32, "pooling_mode_cls_token": false}')
+    assert read_layout(root).pooling == "mean" and read_layout(root).normalize is False

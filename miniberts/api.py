@@ -69,10 +69,7 @@ class Model:
                           dtype=dtype)
         one = isinstance(texts, str)
         texts = _texts([texts] if one else texts)
-        pooling = (self.layout.pooling if self.layout else "mean") if cfg.pooling == "auto" else cfg.pooling
-        normalize = cfg.normalize if cfg.normalize is not None else bool(cfg.pooling == "auto" and self.layout
-                                                                          and self.layout.normalize)
-        length = cfg.max_length or (self.layout and self.layout.max_length) or self.config.max_position_embeddings
+        pooling, normalize, length = self.embedding_settings(cfg)
         check_length(length, self.config, self.source)
         if not texts:
             return np.zeros((0, self.config.hidden_size), dtype=np.float32)
@@ -80,6 +77,16 @@ class Model:
                               resolve_dtype(cfg.dtype, self.device), progress, normalize)
         check_finite(vectors, self.source)
         return vectors[0] if one else vectors
+
+    def embedding_settings(self, cfg: EmbedConfig) -> tuple[str, bool, int]:
+        """(pooling, normalize, max_length) that `cfg` means for this model: "auto" and the None defaults come from
+        the sentence-transformers directory, else mean pooling, no normalisation and the model's positions."""
+        st = self.layout
+        auto = cfg.pooling == "auto"
+        pooling = (st.pooling if st else "mean") if auto else cfg.pooling
+        normalize = cfg.normalize if cfg.normalize is not None else bool(auto and st and st.normalize)
+        length = cfg.max_length or (st.max_length if st else None) or self.config.max_position_embeddings
+        return pooling, normalize, length
 
     def predict(self, texts: list[str], pairs: list[str] | None = None, batch_size: int = 64, max_length: int = 128,
                 dtype: str = "auto", progress: bool = False) -> list:

@@ -71,6 +71,8 @@ class Model:
         texts = _texts([texts] if one else texts)
         pooling, normalize, length = self.embedding_settings(cfg)
         check_length(length, self.config, self.source)
+        if self.layout and self.layout.lowercase:  # as sentence-transformers does before tokenizing
+            texts = [t.lower() for t in texts]
         if not texts:
             return np.zeros((0, self.config.hidden_size), dtype=np.float32)
         vectors = embed_texts(self.encoder, self.tokenizer, texts, pooling, length, cfg.batch_size, self.device,

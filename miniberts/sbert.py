@@ -38,6 +38,7 @@ class SentenceLayout:
     pooling: str  # one of MODES' values
     normalize: bool
     max_length: int | None  # max_seq_length, when the directory states one
+    lowercase: bool = False  # do_lower_case: sentence-transformers lower-cases the texts before its tokenizer
 
 
 def read_layout(directory: str | Path) -> SentenceLayout | None:
@@ -54,8 +55,9 @@ def read_layout(directory: str | Path) -> SentenceLayout | None:
         raise CheckpointError(f"{modules_path}: modules {kinds} are not supported (expected Transformer, Pooling and "
                               "optionally Normalize)")
     model_dir = directory / modules[0].get("path", "")
+    max_length, lowercase = _transformer_settings(model_dir / "sentence_bert_config.json")
     return SentenceLayout(model_dir, _pooling_mode(directory / modules[1].get("path", "") / "config.json"),
-                          normalize=len(kinds) > 2, max_length=_max_seq_length(model_dir / "sentence_bert_config.json"))
+                          normalize=len(kinds) > 2, max_length=max_length, lowercase=lowercase)
 
 
 def write_layout(layout: SentenceLayout, out_dir: str | Path, hidden_size: int) -> None:
@@ -71,9 +73,9 @@ def write_layout(layout: SentenceLayout, out_dir: str | Path, hidden_size: int) 
     flags = {key: layout.pooling == mode for key, mode in LEGACY_FLAGS.items()}
     atomic_write_text(out_dir / "1_Pooling" / "config.json",
                       json.dumps({"word_embedding_dimension": hidden_size, **flags}, indent=2))
-    if layout.max_length is not None:
+    if layout.max_length is not None or layout.lowercase:
         atomic_write_text(out_dir / "sentence_bert_config.json",
-                          json.dumps({"max_seq_length": layout.max_length, "do_lower_case": False}, indent=2))
+                          json.dumps({"max_seq_length": layout.max_length, "do_lower_case": layout.lowercase}, indent=2))
 
 
 def _pooling_mode(path: Path) -> str:
@@ -93,16 +95,19 @@ def _pooling_mode(path: Path) -> str:
     return MODES[modes[0]]
 
 
-def _max_seq_length(path: Path) -> int | None:
+def _transformer_settings(path: Path) -> tuple[int | None, bool]:
+    """(max_seq_length, do_lower_case) of the Transformer module; the file is optional."""
     if not path.is_file():
-        return None
+        return None, False
     raw = _read_json(path)
     if not isinstance(raw, dict):
         raise CheckpointError(f"{path}: expected a JSON object with \"max_seq_length\"")
-    value = raw.get("max_seq_length")
+    value, lowercase = raw.get("max_seq_length"), raw.get("do_lower_case", False)
     if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
         raise CheckpointError(f"{path}: max_seq_length must be a positive whole number, got {value!r}")
-    return value
+    if not isinstance(lowercase, bool):
+        raise CheckpointError(f"{path}: do_lower_case must be true or false, got {lowercase!r}")
+    return value, lowercase
 
 
 def _read_json(path: Path):

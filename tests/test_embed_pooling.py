@@ -229,3 +229,25 @@ def test_pooling_config_without_a_mode_means_mean(tmp_path, tiny):
     """As sentence-transformers reads it: no `pooling_mode` and no flag set is mean pooling."""
     root = st_dir(tmp_path, tiny, '{"word_embedding_dimension": 32, "pooling_mode_cls_token": false}')
     assert read_layout(root).pooling == "mean" and read_layout(root).normalize is False
+
+
+def test_do_lower_case_lowers_the_texts_first(tmp_path, tiny):
+    """sentence_bert_config.json's do_lower_case: sentence-transformers lower-cases before its (here cased) tokenizer."""
+    root = st_dir(tmp_path, tiny, '{"pooling_mode": "mean"}')
+    config = json.loads((root / "tokenizer_config.json").read_text())
+    (root / "tokenizer_config.json").write_text(json.dumps({**config, "do_lower_case": False}))
+    cased = miniberts.load(root, device="cpu")
+    assert not np.array_equal(cased.embed(["Hello World"]), cased.embed(["hello world"]))
+    (root / "sentence_bert_config.json").write_text('{"max_seq_length": 128, "do_lower_case": true}')
+    lowered = miniberts.load(root, device="cpu")
+    assert np.array_equal(lowered.embed(["Hello World"]), cased.embed(["hello world"]))
+    saved = miniberts.load(lowered.save(tmp_path / "saved"))
+    assert (saved.layout.lowercase, saved.layout.max_length) == (True, 128)
+
+
+def test_cli_normalize_flags(capsys, tmp_path, tiny):
+    (tmp_path / "t.txt").write_text("hello\nworld of words\n")
+    for flag, unit in (("--normalize", True), ("--no-normalize", False)):
+        code, err = run(capsys, "embed", tiny, tmp_path / "t.txt", "--output", tmp_path / "o.npy", flag)
+        assert code == 0, err
+        assert np.allclose(np.linalg.norm(np.load(tmp_path / "o.npy"), axis=1), 1, atol=1e-5) == unit

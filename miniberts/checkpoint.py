@@ -232,16 +232,20 @@ def load_tokenizer(ckpt: Checkpoint, vocab: str | Path = "", cased: bool = False
     return tokenizer
 
 
-def _model_and_tokenizer(model: str | Path, vocab: str | Path, cased: bool) -> tuple[Checkpoint, WordPieceTokenizer]:
-    """The checkpoint and its tokenizer; a preset (random weights) takes the size of the vocabulary it is given."""
-    ckpt = resolve(model)
+def _model_and_tokenizer(model: "str | Path | Checkpoint", vocab: str | Path, cased: bool
+                         ) -> tuple[Checkpoint, WordPieceTokenizer]:
+    """The checkpoint (read here unless given already read) and its tokenizer; a preset (random weights) takes the
+    size of the vocabulary it is given."""
+    ckpt = model if isinstance(model, Checkpoint) else resolve(model)
     tokenizer = load_tokenizer(ckpt, vocab, cased)
     if not ckpt.state:
         ckpt = dataclasses.replace(ckpt, config=dataclasses.replace(ckpt.config, vocab_size=len(tokenizer)))
     return ckpt, tokenizer
 
 
-def load_encoder(model: str | Path, vocab: str | Path = "", cased: bool = False) -> tuple[BertModel, WordPieceTokenizer]:
+def load_encoder(model: "str | Path | Checkpoint", vocab: str | Path = "", cased: bool = False
+                 ) -> tuple[BertModel, WordPieceTokenizer]:
+    """An encoder (BertModel) from a directory, a preset name, or a Checkpoint already read."""
     ckpt, tokenizer = _model_and_tokenizer(model, vocab, cased)
     encoder = BertModel(ckpt.config)
     if ckpt.state:
@@ -262,7 +266,7 @@ def load_pretraining(model: str | Path, nsp: bool = False, vocab: str | Path = "
     return net, tokenizer
 
 
-def load_classifier(model: str | Path, id2label: list[str] | None = None, regression: bool | None = None,
+def load_classifier(model: "str | Path | Checkpoint", id2label: list[str] | None = None, regression: bool | None = None,
                     vocab: str | Path = "", cased: bool = False) -> tuple[BertForSequenceClassification, WordPieceTokenizer]:
     """A classifier; its head is new unless the checkpoint has one with the same labels."""
     ckpt, tokenizer = _model_and_tokenizer(model, vocab, cased)

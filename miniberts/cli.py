@@ -41,13 +41,14 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, skip: tuple[st
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         help_text = f.metadata.get("help", "")
-        if f.type in ("bool", bool):
+        if f.type in ("bool", bool, "bool | None"):  # a None default: --flag / --no-flag / neither (decided later)
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
         elif isinstance(default, list):
             parser.add_argument(flag, nargs="+", default=default, help=help_text)
         else:
-            kind = type(default) if default is not None else str
-            parser.add_argument(flag, type=kind, default=default, help=f"{help_text} (default: {default})")
+            kind = type(default) if default is not None else {"int | None": int, "float | None": float}.get(f.type, str)
+            shown = f" (default: {default})" if default is not None else ""  # a None default's help says what decides
+            parser.add_argument(flag, type=kind, default=default, help=help_text + shown)
 
 
 def dataclass_from_args(cls, args: argparse.Namespace):

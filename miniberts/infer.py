@@ -11,10 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from .device import autocast
-from .errors import DataError
+from .errors import DataError, MinibertsError
 from .tokenizer import WordPieceTokenizer
 
 
@@ -60,26 +61,38 @@ def run_batches(tokenizer: WordPieceTokenizer, texts: list[str], pairs: list[str
     return torch.stack(results)
 
 
+POOLINGS = ("cls", "pooler", "mean")  # what `pool` computes; "auto" is resolved by the caller (api.Model.embed)
+
+
 def pool(hidden: torch.Tensor, pooled: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
-    """'cls': the tanh-pooled [CLS] vector (BERT's pooled output); 'mean': average of the real tokens' states."""
+    """'cls': the raw [CLS] hidden state (sentence-transformers' CLS pooling); 'pooler': BERT's tanh pooled output;
+    'mean': the average of the real tokens' states (sentence-transformers' mean pooling)."""
     if pooling == "cls":
+        return hidden[:, 0]
+    if pooling == "pooler":
         return pooled
     mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # [B, S, 1]
     return (hidden * mask).sum(1) / mask.sum(1)
 
 
-def embed(encoder, tokenizer: WordPieceTokenizer, texts: list[str], pooling: str = "cls", max_length: int = 512,
+def embed(encoder, tokenizer: WordPieceTokenizer, texts: list[str], pooling: str = "mean", max_length: int = 512,
           batch_size: int = 32, device: torch.device = torch.device("cpu"), dtype: torch.dtype = torch.float32,
-          progress: bool = False) -> np.ndarray:
-    """[N, H] float32 sentence embeddings, one row per text, in order."""
-    if pooling not in ("cls", "mean"):
-        raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
+          progress: bool = False, normalize: bool = False) -> np.ndarray:
+    """[N, H] float32 sentence embeddings, one row per text, in order; `normalize` L2-normalises every row."""
+    if pooling not in POOLINGS:
+        raise MinibertsError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
     encoder.eval().to(device)
 
     def step(batch):
         hidden, pooled = encoder(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
-        return pool(hidden, pooled, batch["attention_mask"], pooling)
+        vectors = pool(hidden.float(), pooled.float(), batch["attention_mask"], pooling)  # pooled in fp32 under bf16
+        return F.normalize(vectors, dim=-1) if normalize else vectors
 
     out = run_batches(tokenizer, texts, None, max_length, batch_size, step, device, dtype, "embed" if progress else "")
     return out.numpy()
 
+
+def check_finite(outputs: torch.Tensor | np.ndarray, where: str) -> None:
+    """NaN or infinite outputs mean broken weights (a diverged run, a damaged file): refuse rather than write them."""
+    if not np.isfinite(np.asarray(outputs)).all():
+        raise MinibertsError(f"{where}: the model produced non-finite outputs (NaN or infinite weights?)")

@@ -18,14 +18,14 @@ import io
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from .checkpoint import load_classifier, read_checkpoint
+from .checkpoint import Checkpoint, load_classifier, read_checkpoint
 from .data.tasks import read_user_file
 from .errors import DataError, MinibertsError
 from .fileio import atomic_write_text
-from .infer import read_lines, run_batches
+from .infer import check_finite, read_lines, run_batches
+from .infer_config import PredictConfig, check_length
 from .model import BertForSequenceClassification
 from .tokenizer import WordPieceTokenizer
 
@@ -46,11 +46,32 @@ def predict_logits(model: BertForSequenceClassification, tokenizer: WordPieceTok
     return run_batches(tokenizer, texts, pairs, max_length, batch_size, step, device, dtype, desc)
 
 
+def checked_logits(model: BertForSequenceClassification, tokenizer: WordPieceTokenizer, texts: list[str],
+                   pairs: list[str] | None, cfg: PredictConfig, device: torch.device, dtype: torch.dtype, where: str,
+                   desc: str = "") -> torch.Tensor:
+    """`predict_logits` for `predict_file` and `Model.predict`: the length is checked against the model before any
+    text runs, and non-finite outputs (broken weights) are refused."""
+    check_length(cfg.max_length, model.cfg, where, pairs is not None)
+    logits = predict_logits(model, tokenizer, texts, pairs, cfg.max_length, cfg.batch_size, device, dtype, desc)
+    check_finite(logits, where)
+    return logits
+
+
 def decode(logits: torch.Tensor, id2label: list[str], regression: bool) -> list:
     """Label names (argmax) for classification, float scores for regression."""
     if regression:
         return logits[:, 0].tolist()
     return [id2label[i] for i in logits.argmax(-1).tolist()]
+
+
+def results(logits: torch.Tensor, id2label: list[str], regression: bool) -> list:
+    """Per row, a score (regression) or {"label": name, "probabilities": {name: p}} (a float32 softmax): what
+    `Model.predict` returns and the output files hold."""
+    if regression:
+        return decode(logits, id2label, regression)
+    probs = torch.softmax(logits.float(), -1).tolist()
+    return [{"label": label, "probabilities": dict(zip(id2label, row))}
+            for label, row in zip(decode(logits, id2label, regression), probs)]
 
 
 def file_columns(path: Path) -> list[str]:
@@ -95,17 +116,16 @@ def format_predictions(logits: torch.Tensor, id2label: list[str], regression: bo
                        indices: list | None = None) -> str:
     """The output file's text in `fmt` ("csv", "tsv" or "jsonl"); one row per logits row."""
     indices = list(range(len(logits))) if indices is None else indices
+    items = results(logits, id2label, regression)
     if regression:
         header = ["index", "score"]
-        rows = [[i, float(s)] for i, s in zip(indices, logits[:, 0].tolist())]
+        rows = [[i, s] for i, s in zip(indices, items)]
         records = [{"index": i, "score": s} for i, s in rows]
     else:
-        probs = torch.softmax(logits.float(), -1).numpy()
-        labels = decode(logits, id2label, regression)
         header = ["index", "label"] + [f"prob_{name}" for name in id2label]
-        rows = [[i, label, *(f"{p:.6f}" for p in row)] for i, label, row in zip(indices, labels, probs)]
-        records = [{"index": i, "label": label, "probabilities": {n: round(float(p), 6) for n, p in zip(id2label, row)}}
-                   for i, label, row in zip(indices, labels, probs)]
+        rows = [[i, r["label"], *(f"{p:.6f}" for p in r["probabilities"].values())] for i, r in zip(indices, items)]
+        records = [{"index": i, "label": r["label"], "probabilities": {n: round(p, 6) for n, p in r["probabilities"].items()}}
+                   for i, r in zip(indices, items)]
     if fmt == "jsonl":
         return "".join(json.dumps(r) + "\n" for r in records)
     buf = io.StringIO()
@@ -121,13 +141,22 @@ def output_format(path: Path) -> str:
     return suffix[1:]
 
 
+def has_task_head(ckpt: Checkpoint) -> bool:
+    """A trained classification/regression head with its labels (without one, a head would be random)."""
+    return ckpt.has_head("classifier.") and ckpt.config.num_labels >= 1
+
+
+def no_head(where: str) -> MinibertsError:
+    return MinibertsError(f"{where}: no classification/regression head with labels in this checkpoint; "
+                          "fine-tune it first (`miniberts finetune`)")
+
+
 def load_predictor(model_dir: str | Path) -> tuple[BertForSequenceClassification, WordPieceTokenizer]:
     """A fine-tuned model directory; one without a trained head is an error (its head would be random)."""
     ckpt = read_checkpoint(model_dir)
-    if not ckpt.has_head("classifier.") or ckpt.config.num_labels < 1:
-        raise MinibertsError(f"{model_dir}: no classification/regression head with labels in this checkpoint; "
-                             "fine-tune it first (`miniberts finetune`)")
-    return load_classifier(model_dir)
+    if not has_task_head(ckpt):
+        raise no_head(str(model_dir))
+    return load_classifier(ckpt)
 
 
 def predict_file(model_dir: str | Path, input_path: str | Path, output: str | Path, text_column: str | None = None,
@@ -135,12 +164,11 @@ def predict_file(model_dir: str | Path, input_path: str | Path, output: str | Pa
                  device: torch.device = torch.device("cpu"), dtype: torch.dtype = torch.float32,
                  progress: bool = False) -> int:
     """Predict every row of `input_path` into `output` (format from its extension). Returns the row count."""
+    cfg = PredictConfig(max_length=max_length, batch_size=batch_size)  # refused before any file is read
     fmt = output_format(Path(output))
     texts, pairs = read_inputs(input_path, text_column, text_pair_column)
     model, tokenizer = load_predictor(model_dir)
-    logits = predict_logits(model, tokenizer, texts, pairs, max_length, batch_size, device, dtype,
+    logits = checked_logits(model, tokenizer, texts, pairs, cfg, device, dtype, str(model_dir),
                             "predict" if progress else "")
-    if not np.isfinite(logits.numpy()).all():
-        raise MinibertsError(f"{model_dir}: the model produced non-finite outputs")
     atomic_write_text(Path(output), format_predictions(logits, model.cfg.id2label, model.cfg.regression, fmt))
     return len(texts)

@@ -8,6 +8,7 @@ Python keyword argument are checked by the same rule:
     dtype: str = field(default="auto", metadata={"help": "...", "choices": ("auto", "fp32", "bf16")})
 
 Keys: "min"/"max" (inclusive), "gt"/"lt" (exclusive), "choices" (allowed values; for a list field, allowed items).
+A field annotated `X | None` allows None (a setting decided later, e.g. from the model) and checks any other value as X.
 Types are checked against the annotation (a JSON "32" for an int field is refused; an int is a valid float; a NaN
 passes no bound). `validate(cfg)` raises SettingsError: one line with the flag, the bound and the value.
 Each config calls it in `__post_init__`, so `Config(batch_size=0)` fails as early as `--batch-size 0`.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import types
 import typing
 
 from .errors import MinibertsError
@@ -72,8 +74,22 @@ def _bound_problem(value, meta: dict) -> str | None:
     return None
 
 
+def _optional(annotation) -> tuple[object, bool]:
+    """`X | None` -> (X, True); anything else -> (annotation, False)."""
+    if isinstance(annotation, str) and annotation.replace(" ", "").endswith("|None"):
+        return annotation.replace(" ", "").removesuffix("|None"), True
+    if typing.get_origin(annotation) in (types.UnionType, typing.Union):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(annotation)) == 2:
+            return args[0], True
+    return annotation, False
+
+
 def check_value(name: str, value, annotation, meta: dict) -> None:
     """One setting against its annotation and metadata bounds; SettingsError names the flag, bound and value."""
+    annotation, optional = _optional(annotation)
+    if optional and value is None:
+        return
     kind, item = _kind(annotation)
     if kind is list:
         if not isinstance(value, (list, tuple)):

@@ -253,7 +253,7 @@ def test_bf16_classifier_agrees_with_fp32(minilm):
     clf = BertForSequenceClassification(cfg)
     clf.bert.load_state_dict(encoder.state_dict())
     clf.eval()
-    features = embed(clf.bert, tok, texts[train], "cls", max_length=128)
+    features = embed(clf.bert, tok, texts[train], "pooler", max_length=128)  # the classifier head reads the pooled output
     head = LogisticRegression(C=10.0, max_iter=2000).fit(features, labels[train])
     with torch.no_grad():
         clf.classifier.weight.copy_(torch.tensor(np.concatenate([-head.coef_, head.coef_]) / 2, dtype=torch.float32))

@@ -42,3 +42,23 @@ def test_bad_settings_name_the_flag_the_bound_and_the_value(kwargs, message):
     with pytest.raises(SettingsError) as e:
         Example(**kwargs)
     assert str(e.value) == message
+
+
+@dataclass
+class Optional:
+    max_length: int | None = field(default=None, metadata={"min": 3})
+    normalize: bool | None = None
+
+    def __post_init__(self):
+        validate(self)
+
+
+def test_optional_fields_allow_none_and_check_anything_else():
+    Optional()
+    Optional(max_length=3, normalize=False)
+    with pytest.raises(SettingsError, match=r"^--max-length must be at least 3, got 0$"):
+        Optional(max_length=0)
+    with pytest.raises(SettingsError, match=r"^--max-length must be a whole number, got '8'$"):
+        Optional(max_length="8")
+    with pytest.raises(SettingsError, match=r"^--normalize must be true or false, got 1$"):
+        Optional(normalize=1)

@@ -20,6 +20,7 @@ def add_arguments(parser):
 
 
 def run(args):
-    from ..train.distill import DistillConfig, run as distill
+    from ..api import distill
+    from ..train.distill import DistillConfig
 
     distill(dataclass_from_args(DistillConfig, args))

@@ -1,35 +1,36 @@
-"""`miniberts embed MODEL INPUT --output OUT.npy`: one embedding row per input line, in order."""
+"""`miniberts embed MODEL INPUT --output OUT.npy`: one embedding row per input line, in order (`Model.embed`)."""
 
+import dataclasses
 import logging
 from pathlib import Path
 
 import numpy as np
 
-from ..checkpoint import load_encoder
-from ..device import DTYPES, pick_device, resolve_dtype
+from ..api import load
+from ..cli import add_dataclass_arguments, dataclass_from_args
+from ..device import pick_device, resolve_dtype
 from ..fileio import atomic_path
-from ..infer import embed, read_lines
+from ..infer import read_lines
+from ..infer_config import EmbedConfig
 
 HELP = "Sentence embeddings for a text file (one text per line) -> .npy"
 
 
 def add_arguments(parser):
-    parser.add_argument("model", help="a model directory (Hugging Face or Google TF layout)")
+    parser.add_argument("model", help="a model directory (Hugging Face, Google TF or sentence-transformers layout) "
+                                      "or a preset name")
     parser.add_argument("input", help="text file, one text per line (split on \\n only)")
     parser.add_argument("--output", required=True, help="output .npy file: float32 [lines, hidden]")
-    parser.add_argument("--pooling", choices=["cls", "mean"], default="cls", help="pooled [CLS] output or mean of tokens")
-    parser.add_argument("--max-length", type=int, default=512, help="tokens per text, including [CLS]/[SEP]")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--dtype", choices=DTYPES, default="auto",
-                        help="fp32 = exact reference numbers; auto = bf16 where the hardware has it natively")
+    add_dataclass_arguments(parser, EmbedConfig)
 
 
 def run(args):
-    texts = read_lines(args.input)
-    encoder, tokenizer = load_encoder(args.model)
+    settings = dataclass_from_args(EmbedConfig, args)  # checked before any file is read
     device = pick_device()
-    dtype = resolve_dtype(args.dtype, device)
-    vectors = embed(encoder, tokenizer, texts, args.pooling, args.max_length, args.batch_size, device, dtype, progress=True)
+    dtype = resolve_dtype(settings.dtype, device)
+    model = load(args.model, device)
+    texts = read_lines(args.input)
+    vectors = model.embed(texts, **dataclasses.asdict(settings), progress=True)
     output = Path(args.output)
     with atomic_path(output) as tmp:
         with open(tmp, "wb") as f:

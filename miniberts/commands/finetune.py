@@ -17,6 +17,7 @@ def add_arguments(parser):
 
 
 def run(args):
-    from ..train.finetune import FinetuneConfig, run as finetune
+    from ..api import finetune
+    from ..train.finetune import FinetuneConfig
 
     finetune(dataclass_from_args(FinetuneConfig, args))

@@ -14,6 +14,7 @@ def add_arguments(parser):
 
 
 def run(args):
-    from ..train.glue import GlueConfig, sweep
+    from ..api import glue
+    from ..train.glue import GlueConfig
 
-    sweep(dataclass_from_args(GlueConfig, args))
+    glue(dataclass_from_args(GlueConfig, args))

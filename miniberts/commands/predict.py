@@ -3,7 +3,9 @@
 import logging
 from pathlib import Path
 
-from ..device import DTYPES, pick_device, resolve_dtype
+from ..cli import add_dataclass_arguments, dataclass_from_args
+from ..device import pick_device, resolve_dtype
+from ..infer_config import PredictConfig
 
 HELP = "Predict labels + probabilities (or scores) for a CSV/TSV/JSONL/text file with a fine-tuned model"
 
@@ -14,17 +16,15 @@ def add_arguments(parser):
     parser.add_argument("--output", required=True, help="output file: .csv, .tsv or .jsonl")
     parser.add_argument("--text-column", help="column with the text (default: 'text' or 'sentence')")
     parser.add_argument("--text-pair-column", help="column with the second text of a pair")
-    parser.add_argument("--max-length", type=int, default=128, help="tokens per text, including [CLS]/[SEP]")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--dtype", choices=DTYPES, default="auto",
-                        help="fp32 = exact reference numbers; auto = bf16 where the hardware has it natively")
+    add_dataclass_arguments(parser, PredictConfig)
 
 
 def run(args):
     from ..predict import predict_file
 
+    settings = dataclass_from_args(PredictConfig, args)  # checked before any file is read
     device = pick_device()
-    dtype = resolve_dtype(args.dtype, device)
-    n = predict_file(args.model, args.input, args.output, args.text_column, args.text_pair_column, args.max_length,
-                     args.batch_size, device, dtype, progress=True)
+    dtype = resolve_dtype(settings.dtype, device)
+    n = predict_file(args.model, args.input, args.output, args.text_column, args.text_pair_column,
+                     settings.max_length, settings.batch_size, device, dtype, progress=True)
     logging.info("wrote %s: %d predictions (%s on %s)", Path(args.output), n, str(dtype).removeprefix("torch."), device)

@@ -2,9 +2,10 @@
 
 import logging
 
+from ..api import pretrain
 from ..cli import add_dataclass_arguments, dataclass_from_args
 from ..train.common import is_main
-from ..train.pretrain import PretrainConfig, run as pretrain
+from ..train.pretrain import PretrainConfig
 
 HELP = "Pre-train with masked LM (+ NSP) on raw text; RUN/ becomes a Hugging Face model directory."
 

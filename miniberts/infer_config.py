@@ -1,0 +1,60 @@
+"""Settings of `embed` and `predict`, shared by the CLI flags and the Python API (`Model.embed`, `Model.predict`).
+
+Both dataclasses are checked by miniberts/settings.py when they are built, before any file is read. The one bound that
+needs the model, a length within its positions, is `check_length`, called as soon as the model's config is known, so
+`--max-length 600` on a 512-position model fails up front instead of when the first long text arrives.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .config import BertConfig
+from .device import DTYPES
+from .settings import SettingsError, validate
+
+POOLINGS = ("auto", "cls", "pooler", "mean")
+# The shortest input that still holds a token of text: [CLS] x [SEP]; a pair needs [CLS] a [SEP] b [SEP]. Shorter
+# lengths would silently drop the whole text (or fail inside the tokenizer), so they are refused.
+MIN_LENGTH = 3
+MIN_PAIR_LENGTH = 5
+DTYPE_HELP = "fp32 = exact reference numbers; auto = bf16 where the hardware has it natively"
+
+
+@dataclass
+class EmbedConfig:
+    pooling: str = field(default="auto", metadata={
+        "help": "auto = a sentence-transformers directory's own pooling (modules.json), else mean; cls = the raw "
+                "[CLS] hidden state; pooler = BERT's tanh pooled output; mean = average of the real tokens",
+        "choices": POOLINGS})
+    normalize: bool | None = field(default=None, metadata={
+        "help": "L2-normalise every row (default: when --pooling auto and the directory has a Normalize module)"})
+    max_length: int | None = field(default=None, metadata={
+        "help": "tokens per text, [CLS]/[SEP] included (default: the directory's max_seq_length, else the model's "
+                "positions)", "min": MIN_LENGTH})
+    batch_size: int = field(default=32, metadata={"help": "texts per forward pass", "min": 1})
+    dtype: str = field(default="auto", metadata={"help": DTYPE_HELP, "choices": DTYPES})
+
+    def __post_init__(self):
+        validate(self)
+
+
+@dataclass
+class PredictConfig:
+    max_length: int = field(default=128, metadata={"help": "tokens per text (or pair), [CLS]/[SEP] included",
+                                                   "min": MIN_LENGTH})
+    batch_size: int = field(default=64, metadata={"help": "texts per forward pass", "min": 1})
+    dtype: str = field(default="auto", metadata={"help": DTYPE_HELP, "choices": DTYPES})
+
+    def __post_init__(self):
+        validate(self)
+
+
+def check_length(max_length: int, cfg: BertConfig, where: str, pairs: bool = False) -> None:
+    """A length the model at `where` can run: within its positions, and room for both texts of a pair."""
+    if max_length > cfg.max_position_embeddings:
+        raise SettingsError(f"--max-length must be at most the {cfg.max_position_embeddings} positions of {where}, "
+                            f"got {max_length}")
+    if pairs and max_length < MIN_PAIR_LENGTH:
+        raise SettingsError(f"--max-length must be at least {MIN_PAIR_LENGTH} for text pairs "
+                            f"([CLS] a [SEP] b [SEP]), got {max_length}")

@@ -42,6 +42,7 @@ import torch
 
 from ..errors import DataError
 from ..fileio import atomic_path, atomic_write_text
+from .tabular import check_input_file, looks_utf16
 from ..tokenizer import SPECIAL_TOKENS, WordPieceTokenizer
 
 FORMAT_VERSION = 1
@@ -64,6 +65,8 @@ def read_lines(path: Path) -> Iterator[str]:
     try:
         with opener(path, "rb") as f:
             for lineno, raw in enumerate(f, 1):
+                if lineno == 1 and looks_utf16(raw):
+                    raise DataError(f"{path}: UTF-16 is not supported; save the file as UTF-8")
                 try:
                     line = raw.decode("utf-8")
                 except UnicodeDecodeError as e:
@@ -80,8 +83,7 @@ def check_files(paths: list[str], what: str = "train") -> list[Path]:
         raise DataError(f"no {what} files given (--{what}-files FILE ...)")
     out = []
     for p in map(Path, paths):
-        if not p.is_file():
-            raise DataError(f"{p}: {what} file not found")
+        check_input_file(p, what)
         if p.stat().st_size == 0:
             raise DataError(f"{p}: {what} file is empty")
         out.append(p)

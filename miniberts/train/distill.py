@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..checkpoint import load_classifier, load_tokenizer, read_checkpoint, save_hf
+from ..data.load import cache_root, load_task, targets_of
 from ..device import pick_device, resolve_dtype
 from ..distill_targets import check_same_vocab, kl_to_teacher, soft_target_loss, teacher_logits
 from ..errors import DataError, MinibertsError
@@ -87,7 +88,7 @@ def run(cfg: DistillConfig) -> dict:
     for flag in ("teacher", "student", "out"):
         if not getattr(cfg, flag):
             raise MinibertsError(f"--{flag} is required")
-    data = finetune.load_task(dataclasses.replace(cfg, model=cfg.student))
+    data = load_task(cfg)
     pairs = any(ex.text_b is not None for ex in data.train)
     transfer_texts, transfer_pairs = read_transfer(cfg.transfer, pairs, cfg.transfer_limit)
     out = Path(cfg.out)
@@ -106,7 +107,7 @@ def run(cfg: DistillConfig) -> dict:
                              f"differ from the task's {data.id2label or 'regression'}")
 
     # The teacher labels the transfer texts and the labeled train texts (one cached pass each).
-    cache = finetune.cache_root(cfg.cache_dir) / "teacher-logits"
+    cache = cache_root(cfg.cache_dir) / "teacher-logits"
     train_texts = [ex.text_a for ex in data.train]
     train_pairs = [ex.text_b or "" for ex in data.train] if pairs else None
     dev_name, dev_examples = next(iter(data.dev.items()))
@@ -115,7 +116,7 @@ def run(cfg: DistillConfig) -> dict:
         cfg.teacher, [(transfer_texts, transfer_pairs), (train_texts, train_pairs), dev_split], cfg.max_length, cache,
         cfg.eval_batch_size, cfg.dtype))
 
-    gold = finetune.targets_of(data, data.train).float()
+    gold = targets_of(data, data.train).float()
     missing = torch.full((len(transfer_texts),), float("nan") if data.regression else -1.0)
     targets = torch.cat([torch.cat([t_transfer, missing[:, None]], 1), torch.cat([t_train, gold[:, None]], 1)])
     train = finetune.Encoded.from_texts(tokenizer, transfer_texts + train_texts,

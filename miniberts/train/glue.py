@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import find_preset
+from ..data.load import TaskData, builtin_name, check_task_name, load_task
 from ..data.submission import SUBMISSION_FILES, write_glue_submission
 from ..data.tasks import get_task, read_glue_split
 from ..errors import DataError, MinibertsError
@@ -109,8 +110,8 @@ def task_names(cfg: GlueConfig) -> list[str]:
     """Canonical names (GLUE spelling, built-in key), each checked, in the order given, without repeats."""
     names = []
     for task in cfg.tasks:
-        finetune.check_task_name(task)
-        builtin = finetune.builtin_name(task)
+        check_task_name(task)
+        builtin = builtin_name(task)
         name = builtin or get_task(task).name
         if not builtin and get_task(name).model_task:
             raise DataError(f"{name} is not trained: it is predicted with the {get_task(name).model_task} model")
@@ -134,7 +135,7 @@ def _check(cfg: GlueConfig, tasks: list[str]) -> None:
         raise MinibertsError("--model and --out are required")
     if cfg.seeds < 1 or cfg.epochs < 1:
         raise MinibertsError("--seeds and --epochs must be at least 1")
-    glue = [t for t in tasks if not finetune.builtin_name(t)]
+    glue = [t for t in tasks if not builtin_name(t)]
     if glue and not cfg.glue_dir:
         raise DataError(f"the GLUE tasks {', '.join(glue)} need --glue-dir (the glue_data/ folder)")
     if cfg.submission:
@@ -156,7 +157,7 @@ def sweep(cfg: GlueConfig) -> dict:
     _check(cfg, tasks)
     out = Path(cfg.out)
     runs = plan(cfg)
-    data: dict[str, finetune.TaskData] = {}  # each task is read and checked once, before its first run
+    data: dict[str, TaskData] = {}  # each task is read and checked once, before its first run
     for n, run in enumerate(runs, 1):
         where = run.dir(out)
         label = f"[{n}/{len(runs)}] {run.task} batch {run.batch_size} lr {run.lr:g} seed {run.seed}"
@@ -165,7 +166,7 @@ def sweep(cfg: GlueConfig) -> dict:
             continue
         log.info("%s", label)
         if run.task not in data:
-            data[run.task] = finetune.load_task(run_config(cfg, run, out))
+            data[run.task] = load_task(run_config(cfg, run, out))
         finetune.run(run_config(cfg, run, out), data[run.task])
         results = write_results(cfg, tasks, runs, out, heatmaps=[run.task])
         if not cfg.keep_models:
@@ -246,7 +247,7 @@ def card_row(per_task: dict) -> dict[str, str]:
         if finite and all(c in glue_results for c in GLUE_SCORE_COLUMNS):
             row["Score"] = f"{glue_score(glue_results):.1f}"
     for task, res in per_task.items():
-        if finetune.builtin_name(task):
+        if builtin_name(task):
             row[task] = _cell(res["best"]["dev"]["dev"] if res["best"] else None)
     return row
 
@@ -337,7 +338,7 @@ def heatmap(task: str, res: dict, batch_sizes: list[int], lrs: list[float], path
 # --- submission -----------------------------------------------------------------------------------------------
 
 def write_submission(cfg: GlueConfig, results: dict, runs: list[Run], out: Path,
-                     data: dict[str, finetune.TaskData]) -> list[Path]:
+                     data: dict[str, TaskData]) -> list[Path]:
     """Predict every GLUE test file with its task's best model (AX with MNLI's) and write the 11 files."""
     from ..device import pick_device, resolve_dtype
     from ..predict import decode, load_predictor, predict_logits
@@ -357,7 +358,7 @@ def write_submission(cfg: GlueConfig, results: dict, runs: list[Run], out: Path,
                 log.info("retraining %s for its weights (pruned earlier)", best["dir"])
                 run = next(r for r in runs if r.dir(out) == run_dir)
                 fcfg = run_config(cfg, run, out)
-                finetune.run(fcfg, data.get(model_task) or finetune.load_task(fcfg))
+                finetune.run(fcfg, data.get(model_task) or load_task(fcfg))
             models[model_task] = load_predictor(run_dir)
         model, tokenizer = models[model_task]
         examples = read_glue_split(cfg.glue_dir, task, split)

@@ -220,6 +220,29 @@ def resolve(model: str | Path) -> Checkpoint:
     return Checkpoint(preset.config(), {}, BUILTIN_VOCAB.parent, f"preset {preset.name}")
 
 
+def read_config(model: str | Path) -> tuple[BertConfig, str]:
+    """(config, where it came from) of a model directory or preset, without reading any weights: settings that
+    depend on the model (`--max-length` against its positions) are checked before a data file is opened."""
+    path = Path(model)
+    if not path.exists():
+        return resolve(model).config, f"preset {find_preset(str(model)).name}"
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: not a directory (expected a Hugging Face or Google TF model directory)")
+    if (path / "config.json").is_file():
+        return BertConfig.from_hf_json(path / "config.json"), str(path / "config.json")
+    if (path / "bert_config.json").is_file():
+        return BertConfig.from_google_json(path / "bert_config.json"), str(path / "bert_config.json")
+    return read_checkpoint(path).config, str(path)  # raises the reader's one-line error for what is missing
+
+
+def check_max_length(model: str | Path, max_length: int, flag: str = "--max-length") -> None:
+    """A sequence length the model's learned positions can hold; one line naming the model's config if not."""
+    config, source = read_config(model)
+    if max_length > config.max_position_embeddings:
+        raise CheckpointError(f"{flag} {max_length} exceeds the {config.max_position_embeddings} positions of the "
+                              f"model {model} ({source})")
+
+
 def load_tokenizer(ckpt: Checkpoint) -> WordPieceTokenizer:
     if ckpt.vocab_dir == BUILTIN_VOCAB.parent:
         return WordPieceTokenizer(BUILTIN_VOCAB)

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..checkpoint import load_classifier, load_tokenizer, read_checkpoint, save_hf
+from ..checkpoint import check_max_length, load_classifier, load_tokenizer, read_checkpoint, save_hf
 from ..data.load import cache_root, load_task, targets_of
 from ..device import pick_device, resolve_dtype
 from ..distill_targets import check_same_vocab, kl_to_teacher, soft_target_loss, teacher_logits
@@ -36,12 +36,14 @@ class DistillConfig(finetune.FinetuneConfig):
     student: str = field(default="", metadata={"help": "student: a preset name (random init) or a model directory"})
     transfer: list[str] = field(default_factory=list, metadata={
         "help": "unlabeled transfer text files, one text per line (pair tasks: text_a<TAB>text_b)"})
-    temperature: float = field(default=1.0, metadata={"help": "softmax temperature of the soft targets (loss x T^2)"})
-    alpha: float = field(default=0.0, metadata={"help": "weight of the hard-label loss on labeled examples (0 = pure distillation)"})
+    temperature: float = field(default=1.0, metadata={"help": "softmax temperature of the soft targets (loss x T^2)",
+                                                      "gt": 0})
+    alpha: float = field(default=0.0, metadata={"help": "weight of the hard-label loss on labeled examples (0 = pure "
+                                                        "distillation)", "min": 0, "max": 1})
     finetune_after: bool = field(default=False, metadata={"help": "then fine-tune on the labeled train set"})
-    finetune_epochs: int = field(default=0, metadata={"help": "epochs of --finetune-after (0 = --epochs)"})
-    finetune_lr: float = field(default=0.0, metadata={"help": "learning rate of --finetune-after (0 = --lr)"})
-    transfer_limit: int = field(default=0, metadata={"help": "use only the first N transfer texts (0 = all)"})
+    finetune_epochs: int = field(default=0, metadata={"help": "epochs of --finetune-after (0 = --epochs)", "min": 0})
+    finetune_lr: float = field(default=0.0, metadata={"help": "learning rate of --finetune-after (0 = --lr)", "min": 0})
+    transfer_limit: int = field(default=0, metadata={"help": "use only the first N transfer texts (0 = all)", "min": 0})
 
 
 def read_transfer(files: list[str], pairs: bool, limit: int = 0) -> tuple[list[str], list[str] | None]:
@@ -88,6 +90,8 @@ def run(cfg: DistillConfig) -> dict:
     for flag in ("teacher", "student", "out"):
         if not getattr(cfg, flag):
             raise MinibertsError(f"--{flag} is required")
+    for model in (cfg.teacher, cfg.student):
+        check_max_length(model, cfg.max_length)  # from the configs alone, before any data file is read
     data = load_task(cfg)
     pairs = any(ex.text_b is not None for ex in data.train)
     transfer_texts, transfer_pairs = read_transfer(cfg.transfer, pairs, cfg.transfer_limit)

@@ -33,14 +33,15 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from ..checkpoint import load_classifier, save_hf
+from ..checkpoint import check_max_length, load_classifier, save_hf
 from ..data.load import TaskData, load_task, targets_of
 from ..data.tasks import Example
-from ..device import autocast, pick_device, resolve_dtype
+from ..device import DTYPES, autocast, pick_device, resolve_dtype
 from ..errors import MinibertsError
 from ..fileio import atomic_write_text
 from ..metrics import task_metrics
 from ..predict import decode, format_predictions, predict_logits
+from ..settings import validate
 from ..tokenizer import WordPieceTokenizer
 from .common import JsonlLog, lr_at, make_optimizer, set_lr, set_seed, write_json
 
@@ -55,17 +56,20 @@ LossFn = Callable[[torch.Tensor, dict], torch.Tensor]
 class LoopConfig:
     """The knobs of `train_classifier`; recipes built on the loop (fine-tuning, distillation) extend it."""
 
-    batch_size: int = field(default=32, metadata={"help": "examples per optimizer step"})
-    lr: float = field(default=5e-5, metadata={"help": "peak learning rate (AdamW)"})
-    epochs: int = field(default=4, metadata={"help": "passes over the training set"})
-    warmup_ratio: float = field(default=0.1, metadata={"help": "fraction of steps of linear warmup"})
-    weight_decay: float = field(default=0.01, metadata={"help": "AdamW decay on matrices and embeddings"})
-    clip_norm: float = field(default=1.0, metadata={"help": "global gradient-norm clip"})
-    seed: int = field(default=42, metadata={"help": "seed for head init, dropout and batch order"})
-    dtype: str = field(default="auto", metadata={"help": "auto (bf16 where native) | fp32 | bf16"})
-    max_steps: int = field(default=0, metadata={"help": "stop after this many steps (0 = all epochs)"})
-    log_every: int = field(default=50, metadata={"help": "steps between training-loss log records"})
+    batch_size: int = field(default=32, metadata={"help": "examples per optimizer step", "min": 1})
+    lr: float = field(default=5e-5, metadata={"help": "peak learning rate (AdamW)", "gt": 0})
+    epochs: int = field(default=4, metadata={"help": "passes over the training set", "min": 1})
+    warmup_ratio: float = field(default=0.1, metadata={"help": "fraction of steps of linear warmup", "min": 0, "max": 1})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW decay on matrices and embeddings", "min": 0})
+    clip_norm: float = field(default=1.0, metadata={"help": "global gradient-norm clip", "gt": 0})
+    seed: int = field(default=42, metadata={"help": "seed for head init, dropout and batch order", "min": 0})
+    dtype: str = field(default="auto", metadata={"help": "auto (bf16 where native) | fp32 | bf16", "choices": DTYPES})
+    max_steps: int = field(default=0, metadata={"help": "stop after this many steps (0 = all epochs)", "min": 0})
+    log_every: int = field(default=50, metadata={"help": "steps between training-loss log records", "min": 1})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+
+    def __post_init__(self):
+        validate(self)  # every field of the subclass too (FinetuneConfig, DistillConfig): one check, up front
 
 
 @dataclass
@@ -81,10 +85,12 @@ class FinetuneConfig(LoopConfig):
     text_column: str = field(default="", metadata={"help": "column with the text"})
     text_pair_column: str = field(default="", metadata={"help": "column with the second text of a pair"})
     label_column: str = field(default="", metadata={"help": "column with the label"})
-    task_type: str = field(default="", metadata={"help": "classification | regression (default: from the labels)"})
-    max_length: int = field(default=128, metadata={"help": "tokens per example, [CLS]/[SEP] included"})
-    eval_batch_size: int = field(default=128, metadata={"help": "batch size for dev/test prediction"})
-    max_train_examples: int = field(default=0, metadata={"help": "use only the first N training examples (0 = all)"})
+    task_type: str = field(default="", metadata={"help": "classification | regression (default: from the labels)",
+                                                   "choices": ("", "classification", "regression")})
+    max_length: int = field(default=128, metadata={"help": "tokens per example, [CLS]/[SEP] included", "min": 2})
+    eval_batch_size: int = field(default=128, metadata={"help": "batch size for dev/test prediction", "min": 1})
+    max_train_examples: int = field(default=0, metadata={"help": "use only the first N training examples (0 = all)",
+                                                         "min": 0})
     cache_dir: str = field(default="", metadata={"help": "where built-in tasks are written (default "
                                                           "$MINIBERTS_CACHE or ~/.cache/miniberts)"})
 
@@ -200,9 +206,6 @@ def train_classifier(model: nn.Module, train: Encoded, loss_fn: LossFn, cfg: Loo
         loss = lambda logits, batch: -(batch["targets"] * logits.log_softmax(-1)).sum(-1).mean()
     or compute the teacher inside `loss_fn` from batch["input_ids"] (teacher in eval mode, under no_grad).
     """
-    for name in ("batch_size", "epochs", "log_every"):
-        if getattr(cfg, name) < 1:
-            raise MinibertsError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
     if len(train) == 0:
         raise MinibertsError("no training examples")
     device = device or pick_device()
@@ -304,9 +307,7 @@ def run(cfg: FinetuneConfig, data: TaskData | None = None) -> dict:
         raise MinibertsError("--model is required (a model directory or a preset name)")
     if not cfg.out:
         raise MinibertsError("--out is required (the run directory to write)")
-    for name in ("max_length", "eval_batch_size"):
-        if getattr(cfg, name) < 1:
-            raise MinibertsError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
+    check_max_length(cfg.model, cfg.max_length)  # from config.json alone, before any data file is read
     data = data or load_task(cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -315,9 +316,6 @@ def run(cfg: FinetuneConfig, data: TaskData | None = None) -> dict:
 
     set_seed(cfg.seed)  # before the model: a preset's random init and the new head depend on it
     model, tokenizer = load_classifier(cfg.model, data.id2label or None, data.regression)
-    if cfg.max_length > model.cfg.max_position_embeddings:
-        raise MinibertsError(f"--max-length {cfg.max_length} exceeds the model's "
-                             f"{model.cfg.max_position_embeddings} positions")
     device = pick_device()
     dtype = resolve_dtype(cfg.dtype, device)
     train = Encoded.from_examples(tokenizer, data.train, targets_of(data, data.train), cfg.max_length)

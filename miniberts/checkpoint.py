@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +73,7 @@ REDUNDANT = {
     "tf": re.compile(r"(^|/)global_step$|/adam_[mv]$|^bad_steps$|^loss_scale$|^good_steps$"),  # step; Adam slots
 }
 HEAD_PREFIXES = ("mlm.", "nsp.", "classifier.")
+LEGACY_HF = re.compile(r"\.(gamma|beta)$")
 
 log = logging.getLogger("miniberts")
 
@@ -103,6 +105,11 @@ def _entries(num_layers: int):
 
 def from_foreign(foreign: dict[str, torch.Tensor], fmt: str, num_layers: int, where: str) -> dict[str, torch.Tensor]:
     """Map a foreign state dict ("hf" or "tf") to our names. Leftover foreign tensors are an error."""
+    if fmt == "hf":
+        # Older HF checkpoints (bert-base-uncased's pytorch_model.bin) name LayerNorm parameters gamma/beta, as
+        # Google's TF did; transformers renames them on load (PreTrainedModel._fix_state_dict_key_on_load).
+        foreign = {LEGACY_HF.sub(lambda m: ".weight" if m.group(1) == "gamma" else ".bias", k): v
+                   for k, v in foreign.items()}
     if fmt == "hf" and not any(k.startswith("bert.") for k in foreign):  # a bare BertModel checkpoint
         foreign = {(k if k.startswith(("cls.", "classifier.")) else "bert." + k): v for k, v in foreign.items()}
     used, state = set(), {}
@@ -154,19 +161,36 @@ def read_checkpoint(src: str | Path) -> Checkpoint:
     raise CheckpointError(f"{src}: no config.json (Hugging Face layout) or bert_config.json (Google TF layout) found")
 
 
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:200]}" if text else type(e).__name__
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of one weights file, safetensors or a weights-only PyTorch pickle. Whatever the damage (a
+    truncated download, a zero-byte file, garbage), one line: `FILE: corrupt or truncated (...)`. A pickle that
+    asks to build arbitrary objects is refused as such (nothing is executed: weights_only=True)."""
+    try:
+        if path.suffix == ".safetensors":
+            return load_file(path)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights_only" in str(e) or "Weights only" in str(e):
+            raise CheckpointError(f"{path}: not a weights-only PyTorch file (it asks to unpickle arbitrary objects; "
+                                  "refused, nothing was executed)") from None
+        raise CheckpointError(f"{path}: corrupt or truncated ({_first_line(e)})") from None
+    except Exception as e:  # safetensors and torch raise several types (SafetensorError, RuntimeError, EOFError, ...)
+        raise CheckpointError(f"{path}: corrupt or truncated ({_first_line(e)})") from None
+
+
 def _read_hf(src: Path) -> Checkpoint:
     cfg = BertConfig.from_hf_json(src / "config.json")
-    if (src / "model.safetensors").is_file():
-        path = src / "model.safetensors"
-        foreign = load_file(path)
-    elif (src / "pytorch_model.bin").is_file():
-        path = src / "pytorch_model.bin"
-        try:
-            foreign = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # torch raises several types for corrupt or unsafe pickles
-            raise CheckpointError(f"{path}: cannot be read as a weights-only PyTorch file ({type(e).__name__})") from None
-    else:
+    path = next((src / n for n in ("model.safetensors", "pytorch_model.bin") if (src / n).is_file()), None)
+    if path is None:
         raise CheckpointError(f"{src}: neither model.safetensors nor pytorch_model.bin found")
+    foreign = read_weights(path)
+    if not isinstance(foreign, dict) or not all(isinstance(v, torch.Tensor) for v in foreign.values()):
+        raise CheckpointError(f"{path}: not a state dict (expected a mapping of names to tensors)")
     state = from_foreign(foreign, "hf", cfg.num_layers, str(path))
     return Checkpoint(cfg, state, src, str(src))
 

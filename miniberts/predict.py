@@ -24,7 +24,7 @@ import torch
 from .checkpoint import load_classifier, read_checkpoint
 from .data.tabular import SUFFIXES as TABLE_SUFFIXES, check_input_file, read_table
 from .errors import DataError, MinibertsError
-from .fileio import atomic_write_text
+from .fileio import atomic_write_text, check_output_path
 from .infer import read_lines, run_batches
 from .model import BertForSequenceClassification
 from .tokenizer import WordPieceTokenizer
@@ -119,6 +119,7 @@ def predict_file(model_dir: str | Path, input_path: str | Path, output: str | Pa
                  progress: bool = False) -> int:
     """Predict every row of `input_path` into `output` (format from its extension). Returns the row count."""
     fmt = output_format(Path(output))
+    check_output_path(Path(output))  # a folder as --output fails before the model runs
     texts, pairs = read_inputs(input_path, text_column, text_pair_column)
     model, tokenizer = load_predictor(model_dir)
     logits = predict_logits(model, tokenizer, texts, pairs, max_length, batch_size, device, dtype,

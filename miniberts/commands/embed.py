@@ -7,7 +7,7 @@ import numpy as np
 
 from ..checkpoint import load_encoder
 from ..device import DTYPES, pick_device, resolve_dtype
-from ..fileio import atomic_path
+from ..fileio import atomic_path, check_output_path
 from ..infer import embed, read_lines
 
 HELP = "Sentence embeddings for a text file (one text per line) -> .npy"
@@ -25,6 +25,7 @@ def add_arguments(parser):
 
 
 def run(args):
+    check_output_path(Path(args.output))  # a folder or device as --output fails before any work
     texts = read_lines(args.input)
     encoder, tokenizer = load_encoder(args.model)
     device = pick_device()

@@ -271,3 +271,12 @@ def test_random_text_into_the_tokenizer(texts, max_length):
         assert 2 <= len(row) <= max_length and len(types) == len(row)
         assert row[0] == TOKENIZER.cls_id and row[-1] == TOKENIZER.sep_id
         assert all(0 <= i < len(TOKENIZER) for i in row)
+
+
+def test_malformed_quoting_and_bare_carriage_returns(tmp_path):
+    path = write(tmp_path / "t.csv", 'text,label\n"good"ish,pos\n')
+    assert message(read_table, path) == f"{path}:2: malformed CSV quoting (',' expected after '\"')"
+    path = write(tmp_path / "t.csv", "text,label\rgood,pos\n")
+    assert message(read_table, path).startswith(f"{path}:1: a carriage return (\\r) inside an unquoted field")
+    assert read_table(write(tmp_path / "t.csv", "text,label\r\ngood,pos\r\n")).rows == [(2, {"text": "good",
+                                                                                              "label": "pos"})]

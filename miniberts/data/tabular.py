@@ -73,18 +73,12 @@ def delimited_rows(path: Path, delimiter: str) -> Iterator[tuple[int, list[str]]
     """(line where the row starts, fields) for every non-blank row of a CSV (standard quoting) or TSV (none)."""
     path = Path(path)
     _allow_large_fields(check_input_file(path))
-    lines = decoded_lines(path)
-    line_of = [0]  # the physical line the reader consumed last
-
-    def text():
-        for number, line in lines:
-            line_of[0] = number
-            yield line
-
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-    reader = csv.reader(text(), delimiter=delimiter, quoting=quoting, strict=quoting != csv.QUOTE_NONE)
+    # One decoded physical line per item, so reader.line_num counts the file's lines.
+    reader = csv.reader((line for _, line in decoded_lines(path)), delimiter=delimiter, quoting=quoting,
+                        strict=quoting != csv.QUOTE_NONE)
     while True:
-        start = line_of[0] + 1
+        start = reader.line_num + 1
         try:
             fields = next(reader)
         except StopIteration:
@@ -93,6 +87,9 @@ def delimited_rows(path: Path, delimiter: str) -> Iterator[tuple[int, list[str]]
             if "end of data" in str(e):
                 raise DataError(f"{path}:{start}: unclosed quote: the quoted field opened on this line runs to the "
                                 "end of the file") from None
+            if "new-line character" in str(e):
+                raise DataError(f"{path}:{reader.line_num}: a carriage return (\\r) inside an unquoted field; save "
+                                "the file with \\n or \\r\\n line endings") from None
             raise DataError(f"{path}:{start}: malformed CSV quoting ({e})") from None
         if fields:
             yield start, fields

@@ -249,7 +249,8 @@ def read_config(model: str | Path) -> tuple[BertConfig, str]:
     depend on the model (`--max-length` against its positions) are checked before a data file is opened."""
     path = Path(model)
     if not path.exists():
-        return resolve(model).config, f"preset {find_preset(str(model)).name}"
+        preset = resolve(model)  # a preset holds no weights to read (or the one-line "neither ... nor" error)
+        return preset.config, preset.source
     if not path.is_dir():
         raise CheckpointError(f"{path}: not a directory (expected a Hugging Face or Google TF model directory)")
     if (path / "config.json").is_file():

@@ -263,14 +263,18 @@ TOKENIZER = WordPieceTokenizer(BUILTIN_VOCAB)
 
 
 @settings(max_examples=80, deadline=None)
-@given(texts=st.lists(st.text(max_size=40), min_size=1, max_size=4), max_length=st.integers(2, 16))
-def test_random_text_into_the_tokenizer(texts, max_length):
-    ids, type_ids = TOKENIZER.encode(texts, None, max_length)
+@given(texts=st.lists(st.tuples(st.text(max_size=40), st.text(max_size=40)), min_size=1, max_size=4),
+       pairs=st.booleans(), max_length=st.integers(3, 16))
+def test_random_text_into_the_tokenizer(texts, pairs, max_length):
+    firsts, seconds = [a for a, _ in texts], ([b for _, b in texts] if pairs else None)
+    ids, type_ids = TOKENIZER.encode(firsts, seconds, max_length)
     assert len(ids) == len(texts)
     for row, types in zip(ids, type_ids):
-        assert 2 <= len(row) <= max_length and len(types) == len(row)
+        assert len(row) <= max_length and len(types) == len(row)
         assert row[0] == TOKENIZER.cls_id and row[-1] == TOKENIZER.sep_id
-        assert all(0 <= i < len(TOKENIZER) for i in row)
+        # (a literal "[SEP]" in the text is kept as the special token, as transformers' BertTokenizer does)
+        assert row.count(TOKENIZER.sep_id) == (2 if pairs else 1) or any("[SEP]" in a + b for a, b in texts)
+        assert all(0 <= i < len(TOKENIZER) for i in row) and set(types) <= {0, 1}
 
 
 def test_malformed_quoting_and_bare_carriage_returns(tmp_path):

@@ -132,6 +132,17 @@ def test_jsonl_list_label_and_non_object_line(tmp_path):
     assert message(read_user_file, path, "text", None, "label") == f"{path}:2: expected a JSON object, found a list"
 
 
+@pytest.mark.parametrize("suffix", [".gz", ".bz2"])
+def test_corrupt_compressed_corpus(tmp_path, suffix):
+    import bz2
+    import gzip
+
+    data = (gzip.compress if suffix == ".gz" else bz2.compress)(b"hello world\n" * 100)
+    damaged = data[:12] + bytes(b ^ 0x5A for b in data[12:40]) + data[40:]  # the header is fine, the stream is not
+    path = write(tmp_path / f"corpus.txt{suffix}", damaged)
+    assert message(lambda p: list(read_corpus_lines(p)), path).startswith(f"{path}: cannot be read (")
+
+
 def test_a_directory_is_not_a_file(tmp_path):
     folder = tmp_path / "data.csv"
     folder.mkdir()
@@ -200,8 +211,15 @@ FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthChe
 
 
 @FAST
-@given(data=st.binary(max_size=300), suffix=st.sampled_from([".csv", ".tsv", ".jsonl", ".txt"]))
-def test_random_bytes_into_every_reader(tmp_path, data, suffix):
+@given(data=st.binary(max_size=300), suffix=st.sampled_from([".csv", ".tsv", ".jsonl", ".txt", ".gz", ".bz2"]),
+       compressed=st.booleans())
+def test_random_bytes_into_every_reader(tmp_path, data, suffix, compressed):
+    import bz2
+    import gzip
+
+    if compressed and suffix in (".gz", ".bz2"):  # a valid container around random bytes, then damaged in the middle
+        data = (gzip.compress if suffix == ".gz" else bz2.compress)(data)
+        data = data[:12] + bytes(b ^ 0x5A for b in data[12:30]) + data[30:]
     path = write(tmp_path / f"r{suffix}", data)
     readers = {  # reader -> what a valid result satisfies
         read_lines: lambda texts: texts and all(isinstance(t, str) and "\n" not in t for t in texts),

@@ -32,6 +32,7 @@ import os
 import random
 import shutil
 import tempfile
+import zlib
 from array import array
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,7 +74,7 @@ def read_lines(path: Path) -> Iterator[str]:
                     raise DataError(f"{path}:{lineno}: undecodable bytes (not UTF-8: byte 0x{raw[e.start]:02x} at "
                                     f"column {e.start + 1})") from None
                 yield line.strip().lstrip("\ufeff") if lineno == 1 else line.strip()
-    except (OSError, EOFError) as e:  # a truncated or corrupt .gz/.bz2
+    except (OSError, EOFError, zlib.error) as e:  # a truncated or corrupt .gz/.bz2 (zlib.error: a damaged stream)
         raise DataError(f"{path}: cannot be read ({e})") from None
 
 

@@ -106,6 +106,9 @@ class BertConfig:
         kwargs["regression"] = raw.get("problem_type") == "regression"
         id2label = raw.get("id2label")
         if id2label and not kwargs["regression"]:
+            if not isinstance(id2label, dict) or sorted(id2label, key=str) != sorted(map(str, range(len(id2label)))):
+                keys = sorted(id2label, key=str) if isinstance(id2label, dict) else id2label
+                raise CheckpointError(f"{path}: id2label must number its labels 0..{len(id2label) - 1}, got keys {keys}")
             kwargs["id2label"] = [id2label[str(i)] for i in range(len(id2label))]
         return _build(cls, kwargs, path)
 
@@ -199,6 +202,8 @@ def _read_json(path: Path) -> dict:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path}: expected a JSON object of model settings, found {type(raw).__name__}")
     missing = [k for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size") if k not in raw]
     if missing:
         raise CheckpointError(f"{path}: missing config keys {missing}")

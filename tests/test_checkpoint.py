@@ -346,3 +346,13 @@ def test_hidden_size_not_divisible_by_heads_names_the_config_file(tmp_path):
         f"{tmp_path / 'config.json'}: hidden_size 32 is not divisible by num_heads 3"
     (tmp_path / "config.json").write_text(json.dumps({**cfg, "hidden_size": "32"}))
     assert one_line_error(read_checkpoint, tmp_path).startswith(f"{tmp_path / 'config.json'}: hidden_size must be")
+
+
+@pytest.mark.parametrize("content, expected", [
+    ("5", "expected a JSON object of model settings, found int"),
+    ('{"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "vocab_size": 100, '
+     '"id2label": {"0": "neg", "2": "pos"}}', "id2label must number its labels 0..1, got keys ['0', '2']"),
+])
+def test_malformed_config_json(tmp_path, content, expected):
+    (tmp_path / "config.json").write_text(content)
+    assert one_line_error(read_checkpoint, tmp_path) == f"{tmp_path / 'config.json'}: {expected}"

@@ -149,6 +149,10 @@ def test_a_directory_is_not_a_file(tmp_path):
     assert message(read_user_file, folder, "text") == f"{folder}: is a directory, expected a file"
     assert message(read_lines, folder) == f"{folder}: is a directory, expected a file"
     assert message(check_files, [str(folder)]) == f"{folder}: is a directory, expected a train file"
+    settings_ = SimpleNamespace(task="CoLA", glue_dir=str(write(tmp_path / "glue.zip", b"PK")), train="", dev="",
+                                test="", max_train_examples=0, cache_dir="")
+    assert message(load_task, settings_) == f"{tmp_path / 'glue.zip'}: is a file, expected the glue_data/ folder " \
+                                            "(one subfolder per task)"
 
 
 # --- finding 6: NaN regression labels -------------------------------------------------------------------------

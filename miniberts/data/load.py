@@ -154,6 +154,8 @@ def load_glue_task(task: str, glue_dir: str | Path) -> TaskData:
                         "(`miniberts glue --submission`)")
     if not glue_dir:
         raise DataError(f"the GLUE task {spec.name} needs --glue-dir (the glue_data/ folder)")
+    if Path(glue_dir).is_file():
+        raise DataError(f"{glue_dir}: is a file, expected the glue_data/ folder (one subfolder per task)")
     if not Path(glue_dir).is_dir():
         raise DataError(f"{glue_dir}: GLUE folder not found")
     train = read_glue_split(glue_dir, spec, "train")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from torch import nn
 from .config import BertConfig, find_preset
 from .errors import CheckpointError
 from .fileio import atomic_path, atomic_write_text
+from .infer_config import check_length
 from .model import BertForPreTraining, BertForSequenceClassification, BertModel
 from .tokenizer import BUILTIN_VOCAB, WordPieceTokenizer, open_vocab
 
@@ -73,6 +75,7 @@ REDUNDANT = {
     "tf": re.compile(r"(^|/)global_step$|/adam_[mv]$|^bad_steps$|^loss_scale$|^good_steps$"),  # step; Adam slots
 }
 HEAD_PREFIXES = ("mlm.", "nsp.", "classifier.")
+LEGACY_HF = re.compile(r"\.(gamma|beta)$")
 
 log = logging.getLogger("miniberts")
 
@@ -104,6 +107,11 @@ def _entries(num_layers: int):
 
 def from_foreign(foreign: dict[str, torch.Tensor], fmt: str, num_layers: int, where: str) -> dict[str, torch.Tensor]:
     """Map a foreign state dict ("hf" or "tf") to our names. Leftover foreign tensors are an error."""
+    if fmt == "hf":
+        # Older HF checkpoints (bert-base-uncased's pytorch_model.bin) name LayerNorm parameters gamma/beta, as
+        # Google's TF did; transformers renames them on load (PreTrainedModel._fix_state_dict_key_on_load).
+        foreign = {LEGACY_HF.sub(lambda m: ".weight" if m.group(1) == "gamma" else ".bias", k): v
+                   for k, v in foreign.items()}
     if fmt == "hf" and not any(k.startswith("bert.") for k in foreign):  # a bare BertModel checkpoint
         foreign = {(k if k.startswith(("cls.", "classifier.")) else "bert." + k): v for k, v in foreign.items()}
     used, state = set(), {}
@@ -155,19 +163,36 @@ def read_checkpoint(src: str | Path) -> Checkpoint:
     raise CheckpointError(f"{src}: no config.json (Hugging Face layout) or bert_config.json (Google TF layout) found")
 
 
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:200]}" if text else type(e).__name__
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of one weights file, safetensors or a weights-only PyTorch pickle. Whatever the damage (a
+    truncated download, a zero-byte file, garbage), one line: `FILE: corrupt or truncated (...)`. A pickle that
+    asks to build arbitrary objects is refused as such (nothing is executed: weights_only=True)."""
+    try:
+        if path.suffix == ".safetensors":
+            return load_file(path)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights_only" in str(e) or "Weights only" in str(e):
+            raise CheckpointError(f"{path}: not a weights-only PyTorch file (it asks to unpickle arbitrary objects; "
+                                  "refused, nothing was executed)") from None
+        raise CheckpointError(f"{path}: corrupt or truncated ({_first_line(e)})") from None
+    except Exception as e:  # safetensors and torch raise several types (SafetensorError, RuntimeError, EOFError, ...)
+        raise CheckpointError(f"{path}: corrupt or truncated ({_first_line(e)})") from None
+
+
 def _read_hf(src: Path) -> Checkpoint:
     cfg = BertConfig.from_hf_json(src / "config.json")
-    if (src / "model.safetensors").is_file():
-        path = src / "model.safetensors"
-        foreign = load_file(path)
-    elif (src / "pytorch_model.bin").is_file():
-        path = src / "pytorch_model.bin"
-        try:
-            foreign = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # torch raises several types for corrupt or unsafe pickles
-            raise CheckpointError(f"{path}: cannot be read as a weights-only PyTorch file ({type(e).__name__})") from None
-    else:
+    path = next((src / n for n in ("model.safetensors", "pytorch_model.bin") if (src / n).is_file()), None)
+    if path is None:
         raise CheckpointError(f"{src}: neither model.safetensors nor pytorch_model.bin found")
+    foreign = read_weights(path)
+    if not isinstance(foreign, dict) or not all(isinstance(v, torch.Tensor) for v in foreign.values()):
+        raise CheckpointError(f"{path}: not a state dict (expected a mapping of names to tensors)")
     state = from_foreign(foreign, "hf", cfg.num_layers, str(path))
     return Checkpoint(cfg, state, src, str(src))
 
@@ -219,6 +244,29 @@ def resolve(model: str | Path) -> Checkpoint:
     if preset is None:
         raise CheckpointError(f"{model}: neither a model directory nor a preset (try `miniberts models`)")
     return Checkpoint(preset.config(), {}, BUILTIN_VOCAB.parent, f"preset {preset.name}")
+
+
+def read_config(model: str | Path) -> tuple[BertConfig, str]:
+    """(config, where it came from) of a model directory or preset, without reading any weights: settings that
+    depend on the model (`--max-length` against its positions) are checked before a data file is opened."""
+    path = Path(model)
+    if not path.exists():
+        preset = resolve(model)  # a preset holds no weights to read (or the one-line "neither ... nor" error)
+        return preset.config, preset.source
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: not a directory (expected a Hugging Face or Google TF model directory)")
+    if (path / "config.json").is_file():
+        return BertConfig.from_hf_json(path / "config.json"), str(path / "config.json")
+    if (path / "bert_config.json").is_file():
+        return BertConfig.from_google_json(path / "bert_config.json"), str(path / "bert_config.json")
+    return read_checkpoint(path).config, str(path)  # raises the reader's one-line error for what is missing
+
+
+def check_max_length(model: str | Path, max_length: int) -> None:
+    """A sequence length the model's learned positions can hold, checked from its config alone (before any data
+    file is opened); the one-line error names the model's config file."""
+    config, source = read_config(model)
+    check_length(max_length, config, f"the model {model} ({source})")
 
 
 def load_tokenizer(ckpt: Checkpoint, vocab: str | Path = "", cased: bool = False) -> WordPieceTokenizer:

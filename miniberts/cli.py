@@ -9,11 +9,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
-import json
 import logging
 import sys
+import typing
 
 from .errors import MinibertsError
+from .settings import annotation_kind, read_settings_file
 
 COMMANDS = [
     "models",
@@ -35,6 +36,7 @@ COMMANDS = [
 
 def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> None:
     """One `--flag` per dataclass field (underscores become dashes), its default and help from the field."""
+    hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
@@ -44,7 +46,9 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, skip: tuple[st
         if f.type in ("bool", bool, "bool | None"):  # a None default: --flag / --no-flag / neither (decided later)
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
         elif isinstance(default, list):
-            parser.add_argument(flag, nargs="+", default=default, help=help_text)
+            _, item = annotation_kind(hints.get(f.name, f.type))  # list[int] -> each value parsed as int
+            parser.add_argument(flag, nargs="+", type=item if item in (int, float) else str, default=default,
+                                help=help_text)
         else:
             kind = type(default) if default is not None else {"int | None": int, "float | None": float}.get(f.type, str)
             shown = f" (default: {default})" if default is not None else ""  # a None default's help says what decides
@@ -53,16 +57,10 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, skip: tuple[st
 
 def dataclass_from_args(cls, args: argparse.Namespace):
     """Fill `cls` from parsed flags, after any `--config file.json` values (flags given explicitly win)."""
-    values = {}
-    if getattr(args, "config", None):
-        values.update(json.loads(open(args.config, encoding="utf-8").read()))
-    names = {f.name for f in dataclasses.fields(cls)}
-    for name in names:
-        if hasattr(args, name) and (name not in values or getattr(args, name) != _default(cls, name)):
-            values[name] = getattr(args, name)
-    unknown = set(values) - names
-    if unknown:
-        raise MinibertsError(f"{args.config}: unknown settings {sorted(unknown)}")
+    values = read_settings_file(args.config, cls) if getattr(args, "config", None) else {}
+    for f in dataclasses.fields(cls):
+        if hasattr(args, f.name) and (f.name not in values or getattr(args, f.name) != _default(cls, f.name)):
+            values[f.name] = getattr(args, f.name)
     return cls(**values)
 
 

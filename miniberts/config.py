@@ -23,6 +23,10 @@ ALIASES = {"tiny": "2-128", "mini": "4-256", "small": "4-512", "medium": "8-512"
 HF_ACTIVATIONS = {"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh"}
 HF_ACTIVATIONS_IN = {"gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh", "gelu_fast": "gelu_tanh"}
 
+# Sizes that must be whole numbers >= 1 (checked before `hidden_size % num_heads` can raise a ZeroDivisionError).
+SIZES = ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size", "max_position_embeddings",
+         "type_vocab_size")
+
 _SHARED_KEYS = {  # our field -> key used by both Google and HF configs
     "vocab_size": "vocab_size",
     "hidden_size": "hidden_size",
@@ -57,6 +61,12 @@ class BertConfig:
     regression: bool = False
 
     def __post_init__(self):
+        for name in SIZES:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise CheckpointError(f"{name} must be a whole number, got {value!r}")
+            if value < 1:
+                raise CheckpointError(f"{name} must be at least 1, got {value}")
         if self.hidden_size % self.num_heads:
             raise CheckpointError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
         if self.hidden_act not in HF_ACTIVATIONS:
@@ -73,7 +83,7 @@ class BertConfig:
         kwargs = {ours: raw[theirs] for ours, theirs in _SHARED_KEYS.items() if theirs in raw}
         act = raw.get("hidden_act", "gelu")
         kwargs["hidden_act"] = "gelu_tanh" if act == "gelu" else HF_ACTIVATIONS_IN.get(act, act)
-        return cls(**kwargs)
+        return _build(cls, kwargs, path)
 
     def to_google_dict(self) -> dict:
         d = {theirs: getattr(self, ours) for ours, theirs in _SHARED_KEYS.items()}
@@ -96,8 +106,11 @@ class BertConfig:
         kwargs["regression"] = raw.get("problem_type") == "regression"
         id2label = raw.get("id2label")
         if id2label and not kwargs["regression"]:
+            if not isinstance(id2label, dict) or sorted(id2label, key=str) != sorted(map(str, range(len(id2label)))):
+                keys = sorted(id2label, key=str) if isinstance(id2label, dict) else id2label
+                raise CheckpointError(f"{path}: id2label must number its labels 0..{len(id2label) - 1}, got keys {keys}")
             kwargs["id2label"] = [id2label[str(i)] for i in range(len(id2label))]
-        return cls(**kwargs)
+        return _build(cls, kwargs, path)
 
     def to_hf_dict(self, architectures: list[str]) -> dict:
         d = {theirs: getattr(self, ours) for ours, theirs in _SHARED_KEYS.items()}
@@ -174,6 +187,14 @@ def param_count(cfg: BertConfig) -> int:
     return embeddings + n * layer + pooler
 
 
+def _build(cls, kwargs: dict, path: Path) -> "BertConfig":
+    """The config from a file's values; an impossible one (H % heads, a size given as text) names the file."""
+    try:
+        return cls(**kwargs)
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+
+
 def _read_json(path: Path) -> dict:
     if not path.is_file():
         raise CheckpointError(f"{path}: file not found")
@@ -181,6 +202,8 @@ def _read_json(path: Path) -> dict:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path}: expected a JSON object of model settings, found {type(raw).__name__}")
     missing = [k for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size") if k not in raw]
     if missing:
         raise CheckpointError(f"{path}: missing config keys {missing}")

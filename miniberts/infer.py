@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from .data.tabular import decoded_lines
 from .device import autocast
 from .errors import DataError, MinibertsError
 from .tokenizer import WordPieceTokenizer
@@ -21,20 +22,9 @@ from .tokenizer import WordPieceTokenizer
 
 def read_lines(path: str | Path) -> list[str]:
     """One text per line; lines are split on '\\n' only (a trailing '\\r' is dropped). Errors name the line."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    lines = path.read_bytes().split(b"\n")
-    if lines[-1] == b"":
-        lines.pop()
-    if not lines:
+    texts = [line.removesuffix("\n").removesuffix("\r") for _, line in decoded_lines(Path(path))]
+    if not texts:
         raise DataError(f"{path}: the file is empty (expected one text per line)")
-    texts = []
-    for number, raw in enumerate(lines, 1):
-        try:
-            texts.append(raw.decode("utf-8").removesuffix("\r"))
-        except UnicodeDecodeError as e:
-            raise DataError(f"{path}:{number}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
     return texts
 
 

@@ -1,7 +1,7 @@
 """Predict with a fine-tuned classifier or regressor: labels and probabilities (or scores), batched by length.
 
 Input is a CSV/TSV/JSONL file with a text column (and optionally a text-pair column), read by
-`data.tasks.read_user_file`, or plain text with one text per line (`infer.read_lines`). Texts run through the model in
+`data.tabular.read_table`, or plain text with one text per line (`infer.read_lines`). Texts run through the model in
 length-sorted batches (`infer.run_batches`) and come back in input order. Output is chosen by the file's extension:
 
   .jsonl  {"index": 0, "label": "positive", "probabilities": {"negative": 0.02, "positive": 0.98}}
@@ -21,15 +21,14 @@ from pathlib import Path
 import torch
 
 from .checkpoint import Checkpoint, load_classifier, read_checkpoint
-from .data.tasks import read_user_file
+from .data.tabular import SUFFIXES as TABLE_SUFFIXES, check_input_file, read_table
 from .errors import DataError, MinibertsError
-from .fileio import atomic_write_text
+from .fileio import atomic_write_text, check_output_path
 from .infer import check_finite, read_lines, run_batches
 from .infer_config import PredictConfig, check_length
 from .model import BertForSequenceClassification
 from .tokenizer import WordPieceTokenizer
 
-TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl")
 DEFAULT_TEXT_COLUMNS = ("text", "sentence")  # tried in this order when no --text-column is given
 
 
@@ -74,42 +73,26 @@ def results(logits: torch.Tensor, id2label: list[str], regression: bool) -> list
             for label, row in zip(decode(logits, id2label, regression), probs)]
 
 
-def file_columns(path: Path) -> list[str]:
-    """The header of a CSV/TSV, or the keys of a JSONL file's first object (errors are left to the reader)."""
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        if path.suffix.lower() == ".jsonl":
-            for line in f:
-                if line.strip():
-                    try:
-                        record = json.loads(line)
-                    except json.JSONDecodeError:
-                        return []
-                    return list(record) if isinstance(record, dict) else []
-            return []
-        quoting = csv.QUOTE_NONE if path.suffix.lower() == ".tsv" else csv.QUOTE_MINIMAL
-        delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-        return next(csv.reader(f, delimiter=delimiter, quoting=quoting), [])
-
-
 def read_inputs(path: str | Path, text_column: str | None = None, text_pair_column: str | None = None
                 ) -> tuple[list[str], list[str] | None]:
     """Texts (and pair texts) from a CSV/TSV/JSONL table or a plain text file (any other extension)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
+    path = check_input_file(Path(path))
     if path.suffix.lower() not in TABLE_SUFFIXES:
         if text_pair_column:
             raise DataError(f"{path}: a text-pair column needs a .csv, .tsv or .jsonl file, not plain text")
         return read_lines(path), None
+    table = read_table(path)
     if not text_column:
-        columns = file_columns(path)
-        text_column = next((c for c in DEFAULT_TEXT_COLUMNS if c in columns), None)
+        text_column = next((c for c in DEFAULT_TEXT_COLUMNS if c in table.columns), None)
         if text_column is None:
             raise DataError(f"{path}: no 'text' or 'sentence' column; name one with --text-column "
-                            f"(found {', '.join(map(repr, columns)) or 'no columns'})")
-    examples = read_user_file(path, text_column, text_pair_column or None)
-    pairs = [ex.text_b for ex in examples] if text_pair_column else None
-    return [ex.text_a for ex in examples], pairs
+                            f"(found {', '.join(map(repr, table.columns)) or 'no columns'})")
+    table.require([c for c in (text_column, text_pair_column) if c])
+    if not table.rows:
+        raise DataError(f"{path}: no examples (a header but no rows)")
+    texts = [table.text(line, row, text_column) for line, row in table.rows]
+    pairs = [table.text(line, row, text_pair_column) for line, row in table.rows] if text_pair_column else None
+    return texts, pairs
 
 
 def format_predictions(logits: torch.Tensor, id2label: list[str], regression: bool, fmt: str,
@@ -166,6 +149,7 @@ def predict_file(model_dir: str | Path, input_path: str | Path, output: str | Pa
     """Predict every row of `input_path` into `output` (format from its extension). Returns the row count."""
     cfg = PredictConfig(max_length=max_length, batch_size=batch_size)  # refused before any file is read
     fmt = output_format(Path(output))
+    check_output_path(Path(output))  # a folder as --output fails before the model runs
     texts, pairs = read_inputs(input_path, text_column, text_pair_column)
     model, tokenizer = load_predictor(model_dir)
     logits = checked_logits(model, tokenizer, texts, pairs, cfg, device, dtype, str(model_dir),

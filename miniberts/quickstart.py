@@ -32,6 +32,7 @@ from .errors import DataError
 from .figures import pyplot, save_figure
 from .fileio import atomic_write_text
 from .predict import load_predictor, predict_logits
+from .settings import validate
 from .train import distill, finetune, pretrain
 from .train.common import plot_curves, read_jsonl, write_json
 
@@ -51,15 +52,22 @@ RUN_DIRS = {  # the rows of the results table -> their run folders under --out
 class QuickstartConfig:
     out: str = field(default="runs/quickstart", metadata={"help": "results and every run go under this folder"})
     student: str = field(default="tiny", metadata={"help": "student preset"})
-    pretrain_minutes: float = field(default=4.0, metadata={"help": "masked-LM pre-training budget of the student"})
-    n_train: int = field(default=1500, metadata={"help": "labeled training sentences (the rest is transfer text)"})
-    n_eval: int = field(default=1000, metadata={"help": "dev and test sentences each"})
-    transfer_limit: int = field(default=0, metadata={"help": "use only N transfer sentences (0 = all)"})
-    teacher_epochs: int = field(default=3, metadata={"help": "epochs of teacher fine-tuning"})
-    student_epochs: int = field(default=4, metadata={"help": "epochs of each student fine-tuning / distillation run"})
-    student_lr: float = field(default=3e-4, metadata={"help": "student learning rate (the card's grid: 3e-4..3e-5)"})
-    max_length: int = field(default=64, metadata={"help": "tokens per sentence (RT snippets are short)"})
-    seed: int = field(default=13, metadata={"help": "data split and training seed"})
+    pretrain_minutes: float = field(default=4.0, metadata={"help": "masked-LM pre-training budget of the student",
+                                                           "gt": 0})
+    n_train: int = field(default=1500, metadata={"help": "labeled training sentences (the rest is transfer text)",
+                                                 "min": 2})
+    n_eval: int = field(default=1000, metadata={"help": "dev and test sentences each", "min": 1})
+    transfer_limit: int = field(default=0, metadata={"help": "use only N transfer sentences (0 = all)", "min": 0})
+    teacher_epochs: int = field(default=3, metadata={"help": "epochs of teacher fine-tuning", "min": 1})
+    student_epochs: int = field(default=4, metadata={"help": "epochs of each student fine-tuning / distillation run",
+                                                     "min": 1})
+    student_lr: float = field(default=3e-4, metadata={"help": "student learning rate (the card's grid: 3e-4..3e-5)",
+                                                      "gt": 0})
+    max_length: int = field(default=64, metadata={"help": "tokens per sentence (RT snippets are short)", "min": 2})
+    seed: int = field(default=13, metadata={"help": "data split and training seed", "min": 0})
+
+    def __post_init__(self):
+        validate(self)
 
 
 def teacher_dir() -> Path:

@@ -17,9 +17,12 @@ Each config calls it in `__post_init__`, so `Config(batch_size=0)` fails as earl
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import json
 import math
 import types
 import typing
+from pathlib import Path
 
 from .errors import MinibertsError
 
@@ -32,7 +35,7 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _kind(annotation) -> tuple[type, type | None]:
+def annotation_kind(annotation) -> tuple[type, type | None]:
     """(outer type, item type for lists) from a field annotation, which may be a string (`from __future__`)."""
     if isinstance(annotation, str):
         annotation = {"int": int, "float": float, "str": str, "bool": bool, "list[str]": list[str],
@@ -90,7 +93,7 @@ def check_value(name: str, value, annotation, meta: dict) -> None:
     annotation, optional = _optional(annotation)
     if optional and value is None:
         return
-    kind, item = _kind(annotation)
+    kind, item = annotation_kind(annotation)
     if kind is list:
         if not isinstance(value, (list, tuple)):
             raise SettingsError(f"{flag(name)} must be a list, got {value!r}")
@@ -100,11 +103,44 @@ def check_value(name: str, value, annotation, meta: dict) -> None:
     if not _type_ok(value, kind):
         raise SettingsError(f"{flag(name)} must be {_type_name(kind)}, got {value!r}")
     if "choices" in meta and value not in meta["choices"]:
-        raise SettingsError(f"{flag(name)} must be one of {', '.join(map(str, meta['choices']))}, got {value!r}")
+        allowed = ", ".join("''" if c == "" else str(c) for c in meta["choices"])
+        raise SettingsError(f"{flag(name)} must be one of {allowed}, got {value!r}")
     if kind in (int, float):
         problem = _bound_problem(value, meta)
         if problem:
             raise SettingsError(f"{flag(name)} {problem}, got {value!r}")
+
+
+def read_settings_file(path: str | Path, cls) -> dict:
+    """The settings in a `--config` JSON file for the dataclass `cls`, each key known and each value checked
+    (type and bounds, as the flag would be); errors are one line naming the file, and the key where there is one."""
+    path = Path(path)
+    if path.is_dir():
+        raise SettingsError(f"{path}: is a directory, expected a file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SettingsError(f"{path}: file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise SettingsError(f"{path}: cannot be read ({e.__class__.__name__}: {e})") from None
+    try:
+        values = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise SettingsError(f"{path}:{e.lineno}: not valid JSON ({e.msg}, column {e.colno})") from None
+    if not isinstance(values, dict):
+        kind = {list: "a list", str: "a string", bool: "true/false", type(None): "null"}.get(type(values), "a number")
+        raise SettingsError(f"{path}: expected a JSON object of settings, found {kind}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for key, value in values.items():
+        if key not in fields:
+            close = difflib.get_close_matches(key, fields, n=1)
+            raise SettingsError(f"{path}: unknown setting {key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        try:
+            check_value(key, value, hints.get(key, fields[key].type), fields[key].metadata)
+        except SettingsError as e:
+            raise SettingsError(f"{path}: {key!r}: {e}") from None
+    return values
 
 
 def validate(cfg) -> None:

@@ -56,7 +56,7 @@ def read_tf_checkpoint(prefix: str | Path) -> dict[str, np.ndarray]:
         header = _fields(table.pop(b""))
         entries = {key.decode(): _Entry(_fields(value)) for key, value in table.items()}
     except (IndexError, KeyError, ValueError, struct.error) as e:
-        raise CheckpointError(f"{index_path}: corrupt tensor-bundle index ({type(e).__name__}: {e})") from None
+        raise CheckpointError(f"{index_path}: corrupt or truncated (tensor-bundle index: {type(e).__name__}: {e})") from None
     num_shards = _last(header, 1)
     if _last(header, 2) != 0:
         raise CheckpointError(f"{index_path}: big-endian checkpoint; only little-endian ones are supported")
@@ -98,12 +98,13 @@ def _read_tensor(f, data_path: Path, name: str, entry: _Entry) -> np.ndarray:
     dtype = STORAGE_DTYPES[entry.dtype]
     nbytes = math.prod(entry.shape) * dtype.itemsize
     if entry.size != nbytes:
-        raise CheckpointError(f"{data_path}: variable {name!r} of shape {list(entry.shape)} should take {nbytes} "
-                              f"bytes, the index says {entry.size} (corrupt index?)")
+        raise CheckpointError(f"{data_path}: corrupt or truncated (variable {name!r} of shape {list(entry.shape)} "
+                              f"should take {nbytes} bytes, the index says {entry.size})")
     # Checked before allocating, so that a damaged index cannot ask for more memory than the file holds.
-    if entry.offset + entry.size > os.fstat(f.fileno()).st_size:
-        raise CheckpointError(f"{data_path}: truncated; variable {name!r} needs bytes "
-                              f"[{entry.offset}, {entry.offset + entry.size}) of the file")
+    file_size = os.fstat(f.fileno()).st_size
+    if entry.offset + entry.size > file_size:
+        raise CheckpointError(f"{data_path}: corrupt or truncated (variable {name!r} needs bytes "
+                              f"[{entry.offset}, {entry.offset + entry.size}) of a {file_size}-byte file)")
     array = np.empty(entry.shape, dtype)
     f.seek(entry.offset)
     # readinto fills the array in place: no second copy of large embedding tables, and the result is writable.
@@ -116,7 +117,7 @@ def _read_tensor(f, data_path: Path, name: str, entry: _Entry) -> np.ndarray:
 def _table_items(path: Path, data: bytes) -> Iterator[tuple[bytes, bytes]]:
     """(key, value) for every entry of an SSTable, in key order."""
     if len(data) < FOOTER_SIZE or struct.unpack_from("<Q", data, len(data) - 8)[0] != TABLE_MAGIC:
-        raise CheckpointError(f"{path}: not a TF checkpoint index (bad magic number; truncated or corrupt?)")
+        raise CheckpointError(f"{path}: corrupt or truncated (bad magic number: not a TF checkpoint index)")
     _metaindex, pos = _block_handle(data, len(data) - FOOTER_SIZE)  # tensor bundles have no meta blocks
     index_handle, _ = _block_handle(data, pos)
     for _separator, handle in _block_items(path, data, index_handle):
@@ -127,7 +128,7 @@ def _block_items(path: Path, data: bytes, handle: tuple[int, int]) -> Iterator[t
     """Entries of one block: varint (shared, unshared, value length), the unshared key suffix, the value."""
     offset, size = handle
     if offset + size + BLOCK_TRAILER_SIZE > len(data) - FOOTER_SIZE or size < 4:
-        raise CheckpointError(f"{path}: block at byte {offset} runs past the end of the file (truncated?)")
+        raise CheckpointError(f"{path}: corrupt or truncated (block at byte {offset} runs past the end of the file)")
     if data[offset + size] != NO_COMPRESSION:
         raise CheckpointError(f"{path}: block at byte {offset} is compressed (type {data[offset + size]}); "
                               f"only uncompressed tables, as TensorFlow writes them, are supported")
@@ -145,7 +146,7 @@ def _block_items(path: Path, data: bytes, handle: tuple[int, int]) -> Iterator[t
         yield key, block[pos:pos + value_size]
         pos += value_size
     if pos != end:
-        raise CheckpointError(f"{path}: block at byte {offset} is corrupt (entries overrun its restart array)")
+        raise CheckpointError(f"{path}: corrupt or truncated (block at byte {offset}: entries overrun its restart array)")
 
 
 def _block_handle(data: bytes, pos: int) -> tuple[tuple[int, int], int]:

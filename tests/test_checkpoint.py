@@ -21,7 +21,7 @@ import transformers
 from safetensors.torch import load_file, save_file
 
 from miniberts.checkpoint import convert, load_classifier, load_encoder, read_checkpoint, save_hf
-from miniberts.config import PRESETS
+from miniberts.config import PRESETS, BertConfig
 from miniberts.errors import CheckpointError
 from miniberts.infer import embed, pool
 from miniberts.model import BertForPreTraining, BertForSequenceClassification
@@ -279,3 +279,80 @@ def test_missing_vocab(tmp_path):
     out = copy_model(tmp_path, ("config.json", "model.safetensors"))
     message = one_line_error(load_encoder, out)
     assert message.startswith(f"{out / 'vocab.txt'}: file not found")
+
+
+# --- one checkpoint reader: corrupt files, legacy names (issue 11, findings 8 and 9) ----------------------------
+
+@needs_minilm
+@pytest.mark.parametrize("damage", ["truncated", "empty", "garbage"])
+def test_corrupt_safetensors(tmp_path, damage):
+    model = copy_model(tmp_path)
+    weights = model / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes({"truncated": data[: len(data) // 2], "empty": b"", "garbage": b"\x00" * 64}[damage])
+    message = one_line_error(read_checkpoint, model)
+    assert message.startswith(f"{weights}: corrupt or truncated (")
+
+
+@needs_minilm
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_corrupt_pytorch_model_bin(tmp_path, damage):
+    model = copy_model(tmp_path, files=("config.json", "vocab.txt"))
+    weights = model / "pytorch_model.bin"
+    torch.save(load_file(MINILM / "model.safetensors"), weights)
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"PK\x03\x04" + b"\x01" * 100)
+    assert one_line_error(read_checkpoint, model).startswith(f"{weights}: corrupt or truncated (")
+
+
+def test_a_pickle_that_runs_code_is_refused_not_called_corrupt(tmp_path):
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    cfg = BertConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps(cfg.to_hf_dict(["BertModel"])))
+    torch.save({"x": torch.zeros(1)}, model / "pytorch_model.bin", pickle_module=pickle)
+    with open(model / "pytorch_model.bin", "wb") as f:
+        pickle.dump(Evil(), f)
+    message = one_line_error(read_checkpoint, model)
+    assert "weights-only" in message and "corrupt" not in message
+
+
+@needs_minilm
+def test_legacy_layernorm_gamma_beta_names_read_as_weight_bias(tmp_path, ours_minilm):
+    """Older HF downloads (bert-base-uncased's pytorch_model.bin) name LayerNorm parameters gamma/beta;
+    transformers renames them on load, and so do we: the same numbers as the modern names."""
+    model = copy_model(tmp_path, files=("config.json", "vocab.txt"))
+    state = load_file(MINILM / "model.safetensors")
+    legacy = {k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v
+              for k, v in state.items()}
+    assert sum(k.endswith((".gamma", ".beta")) for k in legacy) == 2 * (1 + 2 * 6)  # embeddings + 2 per layer
+    save_file(legacy, model / "model.safetensors")
+    encoder, tokenizer = load_encoder(model)
+    reference, _ = ours_minilm
+    for name, tensor in reference.state_dict().items():
+        assert torch.equal(encoder.state_dict()[name], tensor), name
+
+
+def test_hidden_size_not_divisible_by_heads_names_the_config_file(tmp_path):
+    cfg = BertConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64).to_hf_dict(["BertModel"])
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, "num_attention_heads": 3}))
+    assert one_line_error(read_checkpoint, tmp_path) == \
+        f"{tmp_path / 'config.json'}: hidden_size 32 is not divisible by num_heads 3"
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, "hidden_size": "32"}))
+    assert one_line_error(read_checkpoint, tmp_path).startswith(f"{tmp_path / 'config.json'}: hidden_size must be")
+
+
+@pytest.mark.parametrize("content, expected", [
+    ("5", "expected a JSON object of model settings, found int"),
+    ('{"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "vocab_size": 100, '
+     '"id2label": {"0": "neg", "2": "pos"}}', "id2label must number its labels 0..1, got keys ['0', '2']"),
+])
+def test_malformed_config_json(tmp_path, content, expected):
+    (tmp_path / "config.json").write_text(content)
+    assert one_line_error(read_checkpoint, tmp_path) == f"{tmp_path / 'config.json'}: {expected}"

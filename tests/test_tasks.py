@@ -293,7 +293,7 @@ def test_user_file_errors(tmp_path):
         read_user_file(jl, "text", label_column="label")
 
     csv_path.write_text("text,label\nhello,high\n")
-    with pytest.raises(DataError, match=re.escape(f"{csv_path}:2: label 'high' is not a number")):
+    with pytest.raises(DataError, match=re.escape(f"{csv_path}:2: score 'high' is not a number")):
         read_user_file(csv_path, "text", label_column="label", task_type="regression")
 
 

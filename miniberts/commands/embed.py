@@ -9,7 +9,7 @@ import numpy as np
 from ..api import load
 from ..cli import add_dataclass_arguments, dataclass_from_args
 from ..device import pick_device, resolve_dtype
-from ..fileio import atomic_path
+from ..fileio import atomic_path, check_output_path
 from ..infer import read_lines
 from ..infer_config import EmbedConfig
 
@@ -26,6 +26,7 @@ def add_arguments(parser):
 
 def run(args):
     settings = dataclass_from_args(EmbedConfig, args)  # checked before any file is read
+    check_output_path(Path(args.output))  # a folder or device as --output fails before any work
     device = pick_device()
     dtype = resolve_dtype(settings.dtype, device)
     model = load(args.model, device)

@@ -32,6 +32,7 @@ import os
 import random
 import shutil
 import tempfile
+import zlib
 from array import array
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,7 @@ import torch
 from ..errors import DataError
 from ..fileio import atomic_path
 from ..tokenizer import WordPieceTokenizer
+from .tabular import check_input_file, looks_utf16
 
 FORMAT_VERSION = 1
 MLM_PROB = 0.15
@@ -64,13 +66,15 @@ def read_lines(path: Path) -> Iterator[str]:
     try:
         with opener(path, "rb") as f:
             for lineno, raw in enumerate(f, 1):
+                if lineno == 1 and looks_utf16(raw):
+                    raise DataError(f"{path}: UTF-16 is not supported; save the file as UTF-8")
                 try:
                     line = raw.decode("utf-8")
                 except UnicodeDecodeError as e:
                     raise DataError(f"{path}:{lineno}: undecodable bytes (not UTF-8: byte 0x{raw[e.start]:02x} at "
                                     f"column {e.start + 1})") from None
                 yield line.strip().lstrip("\ufeff") if lineno == 1 else line.strip()
-    except (OSError, EOFError) as e:  # a truncated or corrupt .gz/.bz2
+    except (OSError, EOFError, zlib.error) as e:  # a truncated or corrupt .gz/.bz2 (zlib.error: a damaged stream)
         raise DataError(f"{path}: cannot be read ({e})") from None
 
 
@@ -80,8 +84,7 @@ def check_files(paths: list[str], what: str = "train") -> list[Path]:
         raise DataError(f"no {what} files given (--{what}-files FILE ...)")
     out = []
     for p in map(Path, paths):
-        if not p.is_file():
-            raise DataError(f"{p}: {what} file not found")
+        check_input_file(p, what)
         if p.stat().st_size == 0:
             raise DataError(f"{p}: {what} file is empty")
         out.append(p)

@@ -33,14 +33,13 @@ has the same label ids as one trained there; label *names* are the strings GLUE 
 expects in submissions (0/1 for CoLA, SST-2, MRPC, QQP, WNLI).
 """
 
-import csv
-import json
 import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from miniberts.errors import DataError
+from ..errors import DataError
+from .tabular import delimited_rows, label_text, read_table, require_columns
 
 log = logging.getLogger(__name__)
 
@@ -131,33 +130,20 @@ def get_task(task: "str | TaskSpec") -> TaskSpec:
     raise DataError(f"unknown task {task!r}; known GLUE tasks: {', '.join(GLUE_TASKS)}")
 
 
-def _tsv_rows(path: Path):
-    """Yield (line number, fields) for each non-blank line of a TSV, with no quote processing."""
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        for fields in reader:
-            if fields:
-                yield reader.line_num, fields
-
-
-def _require_columns(path: Path, found: list[str], wanted: list[str]) -> None:
-    missing = [c for c in wanted if c not in found]
-    if missing:
-        raise DataError(f"{path}: missing column(s) {', '.join(map(repr, missing))}; "
-                        f"found {', '.join(map(repr, found))}")
+def parse_score(raw: str, where: str) -> float:
+    """A regression label; NaN and infinities are refused here, at their line, not later as a diverged loss."""
+    try:
+        value = float(raw)
+    except ValueError:
+        raise DataError(f"{where}: score {raw!r} is not a number") from None
+    if not math.isfinite(value):
+        raise DataError(f"{where}: score {raw!r} is not a finite number")
+    return value
 
 
 def _parse_label(spec: TaskSpec, raw: str, where: str) -> str | float:
     if spec.is_regression:
-        try:
-            value = float(raw)
-        except ValueError:
-            raise DataError(f"{where}: score {raw!r} is not a number") from None
-        if not math.isfinite(value):
-            raise DataError(f"{where}: score {raw!r} is not a finite number")
-        return value
+        return parse_score(raw, where)
     if raw not in spec.labels:
         raise DataError(f"{where}: unknown label {raw!r}; {spec.name} labels are {', '.join(spec.labels)}")
     return raw
@@ -170,7 +156,7 @@ def read_glue_split(glue_dir: "str | Path", task: "str | TaskSpec", split: str) 
         raise DataError(f"{spec.name} has no split {split!r}; its splits are {', '.join(spec.splits)}")
     path = Path(glue_dir) / spec.directory / spec.splits[split]
     is_test = split.startswith("test")
-    rows = _tsv_rows(path)
+    rows = delimited_rows(path, "\t")
 
     if split in spec.headerless:
         header = list(spec.columns)
@@ -181,7 +167,7 @@ def read_glue_split(glue_dir: "str | Path", task: "str | TaskSpec", split: str) 
         header = first[1]
     wanted = [spec.text_a] + ([spec.text_b] if spec.text_b else [])
     wanted += [spec.index_column] if is_test else [spec.label_column]
-    _require_columns(path, header, wanted)
+    require_columns(path, header, wanted)
     pos = {name: i for i, name in enumerate(header)}
 
     examples, skipped = [], []
@@ -215,100 +201,37 @@ def read_glue_split(glue_dir: "str | Path", task: "str | TaskSpec", split: str) 
 # The user's own files
 
 
-def _delimited_records(path: Path, delimiter: str):
-    """Yield (line, {column: value}) from a CSV (standard quoting) or TSV (no quoting, like GLUE)."""
-    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        reader = csv.reader(f, delimiter=delimiter, quoting=quoting)
-        header = next(reader, None)
-        if header is None:
-            raise DataError(f"{path}: empty file (no header, no examples)")
-        yield 1, header
-        for fields in reader:
-            if not fields:
-                continue
-            if len(fields) != len(header):
-                raise DataError(f"{path}:{reader.line_num}: expected {len(header)} fields, found {len(fields)}")
-            yield reader.line_num, dict(zip(header, fields))
-
-
-def _jsonl_records(path: Path):
-    """Yield (line, object) from a JSON-lines file; the first yield is the first object's keys."""
-    with open(path, encoding="utf-8-sig") as f:
-        first = True
-        for line, text in enumerate(f, start=1):
-            if not text.strip():
-                continue
-            try:
-                record = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{line}: not valid JSON ({e.msg})") from None
-            if not isinstance(record, dict):
-                raise DataError(f"{path}:{line}: expected a JSON object, found {type(record).__name__}")
-            if first:
-                yield 0, list(record)
-                first = False
-            yield line, record
-    if first:
-        raise DataError(f"{path}: no examples")
-
-
-def _label_text(value) -> str:
-    # JSON booleans and numbers become the strings a CSV of the same data would hold.
-    if isinstance(value, bool):
-        return str(value).lower()
-    return str(value)
-
-
 def read_user_file(path: "str | Path", text_column: str, text_pair_column: str | None = None,
                    label_column: str | None = None, task_type: str | None = None,
                    labels: "tuple[str, ...] | None" = None) -> list[Example]:
-    """Read a .csv, .tsv or .jsonl file with a header (or keys) naming the columns.
+    """Read a .csv, .tsv or .jsonl file with a header (or keys) naming the columns (`tabular.read_table`).
 
-    Labels stay strings unless `task_type == "regression"` (then floats). Pass the training label set
+    Labels stay strings unless `task_type == "regression"` (then finite floats). Pass the training label set
     as `labels` when reading dev/test files: a label outside it is an error naming file and line.
     Example.index is the 0-based data row.
     """
     path = Path(path)
-    readers = {".csv": lambda p: _delimited_records(p, ","), ".tsv": lambda p: _delimited_records(p, "\t"),
-               ".jsonl": _jsonl_records}
-    suffix = path.suffix.lower()
-    if suffix not in readers:
-        raise DataError(f"{path}: unsupported file type {suffix or '(none)'!r}; expected .csv, .tsv or .jsonl")
     if task_type not in (None, *TASK_TYPES):
         raise DataError(f"{path}: task type {task_type!r} is not one of {', '.join(TASK_TYPES)}")
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-
-    wanted = [c for c in (text_column, text_pair_column, label_column) if c]
-    records = readers[suffix](path)
-    _, columns = next(records)
-    _require_columns(path, columns, wanted)
+    table = read_table(path)
+    table.require([c for c in (text_column, text_pair_column, label_column) if c])
 
     examples = []
-    for line, record in records:
-        absent = [c for c in wanted if record.get(c) is None]
-        if absent:
-            raise DataError(f"{path}:{line}: missing value for {', '.join(map(repr, absent))}")
+    for line, row in table.rows:
+        text_a = table.text(line, row, text_column)
+        text_b = table.text(line, row, text_pair_column) if text_pair_column else None
         label = None
         if label_column:
-            raw = _label_text(record[label_column])
-            if raw == "":
-                raise DataError(f"{path}:{line}: empty label")
+            raw = table.label(line, row, label_column)
             if task_type == "regression":
-                try:
-                    label = float(raw)
-                except ValueError:
-                    raise DataError(f"{path}:{line}: label {raw!r} is not a number (task type is regression)") from None
+                label = parse_score(raw, f"{path}:{line}")
+            elif labels is not None and raw not in labels:
+                raise DataError(f"{path}:{line}: unknown label {raw!r}; the training labels are {', '.join(labels)}")
             else:
-                if labels is not None and raw not in labels:
-                    raise DataError(f"{path}:{line}: unknown label {raw!r}; "
-                                    f"the training labels are {', '.join(labels)}")
                 label = raw
-        text_b = str(record[text_pair_column]) if text_pair_column else None
-        examples.append(Example(str(record[text_column]), text_b, label, str(len(examples))))
+        examples.append(Example(text_a, text_b, label, str(len(examples))))
     if not examples:
-        raise DataError(f"{path}: no examples")
+        raise DataError(f"{path}: no examples (a header but no rows)")
     return examples
 
 
@@ -319,12 +242,20 @@ def _is_number(text: str) -> bool:
         return False
 
 
+def _as_float(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
 def infer_task_type(labels: list) -> str:
     """"regression" if every label is a number and at least one is not a whole number ("3.5"),
     else "classification". So "0/1" and star ratings "1".."5" are classes; pass the task type
-    explicitly to regress on whole-number scores."""
-    texts = [_label_text(v) for v in labels]
-    if texts and all(_is_number(t) for t in texts) and any(float(t) != int(float(t)) for t in texts):
+    explicitly to regress on whole-number scores. "NaN" and "inf" count as numbers that are not whole,
+    so a score column with a NaN is a regression whose reader then names the NaN's line (not ~80 classes)."""
+    values = [_as_float(label_text(v)) for v in labels]
+    if values and all(v is not None for v in values) and any(not math.isfinite(v) or v != int(v) for v in values):
         return "regression"
     return "classification"
 
@@ -341,7 +272,7 @@ def label_set(examples: list[Example], task_type: str | None = None,
         raise DataError(f"{source}: examples without labels; a label column is needed for training")
     if (task_type or infer_task_type(values)) == "regression":
         return None
-    classes = {_label_text(v) for v in values}
+    classes = {label_text(v) for v in values}
     if len(classes) < 2:
         raise DataError(f"{source}: the label column has only one class ({next(iter(classes))!r}); "
                         "a classifier needs two or more")

@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..checkpoint import load_classifier, load_tokenizer, read_checkpoint, save_hf
+from ..checkpoint import check_max_length, load_classifier, load_tokenizer, read_checkpoint, save_hf
+from ..data.load import cache_root, load_task, targets_of
 from ..device import pick_device, resolve_dtype
 from ..distill_targets import check_same_vocab, kl_to_teacher, soft_target_loss, teacher_logits
 from ..errors import DataError, MinibertsError
@@ -35,12 +36,14 @@ class DistillConfig(finetune.FinetuneConfig):
     student: str = field(default="", metadata={"help": "student: a preset name (random init) or a model directory"})
     transfer: list[str] = field(default_factory=list, metadata={
         "help": "unlabeled transfer text files, one text per line (pair tasks: text_a<TAB>text_b)"})
-    temperature: float = field(default=1.0, metadata={"help": "softmax temperature of the soft targets (loss x T^2)"})
-    alpha: float = field(default=0.0, metadata={"help": "weight of the hard-label loss on labeled examples (0 = pure distillation)"})
+    temperature: float = field(default=1.0, metadata={"help": "softmax temperature of the soft targets (loss x T^2)",
+                                                      "gt": 0})
+    alpha: float = field(default=0.0, metadata={"help": "weight of the hard-label loss on labeled examples (0 = pure "
+                                                        "distillation)", "min": 0, "max": 1})
     finetune_after: bool = field(default=False, metadata={"help": "then fine-tune on the labeled train set"})
-    finetune_epochs: int = field(default=0, metadata={"help": "epochs of --finetune-after (0 = --epochs)"})
-    finetune_lr: float = field(default=0.0, metadata={"help": "learning rate of --finetune-after (0 = --lr)"})
-    transfer_limit: int = field(default=0, metadata={"help": "use only the first N transfer texts (0 = all)"})
+    finetune_epochs: int = field(default=0, metadata={"help": "epochs of --finetune-after (0 = --epochs)", "min": 0})
+    finetune_lr: float = field(default=0.0, metadata={"help": "learning rate of --finetune-after (0 = --lr)", "min": 0})
+    transfer_limit: int = field(default=0, metadata={"help": "use only the first N transfer texts (0 = all)", "min": 0})
 
 
 def read_transfer(files: list[str], pairs: bool, limit: int = 0) -> tuple[list[str], list[str] | None]:
@@ -87,7 +90,9 @@ def run(cfg: DistillConfig) -> dict:
     for flag in ("teacher", "student", "out"):
         if not getattr(cfg, flag):
             raise MinibertsError(f"--{flag} is required")
-    data = finetune.load_task(dataclasses.replace(cfg, model=cfg.student))
+    for model in (cfg.teacher, cfg.student):
+        check_max_length(model, cfg.max_length)  # from the configs alone, before any data file is read
+    data = load_task(cfg)
     pairs = any(ex.text_b is not None for ex in data.train)
     transfer_texts, transfer_pairs = read_transfer(cfg.transfer, pairs, cfg.transfer_limit)
     out = Path(cfg.out)
@@ -106,7 +111,7 @@ def run(cfg: DistillConfig) -> dict:
                              f"differ from the task's {data.id2label or 'regression'}")
 
     # The teacher labels the transfer texts and the labeled train texts (one cached pass each).
-    cache = finetune.cache_root(cfg.cache_dir) / "teacher-logits"
+    cache = cache_root(cfg.cache_dir) / "teacher-logits"
     train_texts = [ex.text_a for ex in data.train]
     train_pairs = [ex.text_b or "" for ex in data.train] if pairs else None
     dev_name, dev_examples = next(iter(data.dev.items()))
@@ -115,7 +120,7 @@ def run(cfg: DistillConfig) -> dict:
         cfg.teacher, [(transfer_texts, transfer_pairs), (train_texts, train_pairs), dev_split], cfg.max_length, cache,
         cfg.eval_batch_size, cfg.dtype))
 
-    gold = finetune.targets_of(data, data.train).float()
+    gold = targets_of(data, data.train).float()
     missing = torch.full((len(transfer_texts),), float("nan") if data.regression else -1.0)
     targets = torch.cat([torch.cat([t_transfer, missing[:, None]], 1), torch.cat([t_train, gold[:, None]], 1)])
     train = finetune.Encoded.from_texts(tokenizer, transfer_texts + train_texts,

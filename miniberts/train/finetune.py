@@ -5,8 +5,8 @@ miniatures' model card applies it: AdamW without decay on biases and LayerNorm, 
 steps then linear decay to zero, gradient clipping at 1.0, evaluation on dev after every epoch, the best epoch kept.
 
 Three layers, each usable alone:
-- `load_task(cfg)` -> TaskData: a GLUE task (`data.tasks`), a built-in example task (`data.builtin`, materialized
-  into a cache folder once) or the user's CSV/TSV/JSONL files; with its label set and its GLUE-style metrics.
+- `data.load.load_task(cfg)` -> TaskData: a GLUE task, a built-in example task or the user's CSV/TSV/JSONL files,
+  with its label set and its GLUE-style metrics (the data layer; the recipe only calls it).
 - `Encoded` + `bucket_batches`: token ids plus *any* per-example target tensor (class ids, scores, or a teacher's
   soft targets), cut into batches of similar length in shuffled order, so little compute goes to padding.
 - `train_classifier(model, train, loss_fn, cfg, evaluate)`: the loop. The loss is a function
@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import os
 import random
 import sys
 import time
@@ -34,13 +33,15 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from ..checkpoint import load_classifier, save_hf
-from ..data.tasks import GLUE_TASKS, Example, TaskSpec, get_task, label_set, read_glue_split, read_user_file
-from ..device import autocast, pick_device, resolve_dtype
-from ..errors import DataError, MinibertsError
+from ..checkpoint import check_max_length, load_classifier, save_hf
+from ..data.load import TaskData, load_task, targets_of
+from ..data.tasks import Example
+from ..device import DTYPES, autocast, pick_device, resolve_dtype
+from ..errors import MinibertsError
 from ..fileio import atomic_write_text
 from ..metrics import task_metrics
-from ..predict import decode, file_columns, format_predictions, predict_logits
+from ..predict import decode, format_predictions, predict_logits
+from ..settings import validate
 from ..tokenizer import CASED_HELP, VOCAB_HELP, WordPieceTokenizer
 from .common import JsonlLog, lr_at, make_optimizer, set_lr, set_seed, write_json
 
@@ -55,17 +56,20 @@ LossFn = Callable[[torch.Tensor, dict], torch.Tensor]
 class LoopConfig:
     """The knobs of `train_classifier`; recipes built on the loop (fine-tuning, distillation) extend it."""
 
-    batch_size: int = field(default=32, metadata={"help": "examples per optimizer step"})
-    lr: float = field(default=5e-5, metadata={"help": "peak learning rate (AdamW)"})
-    epochs: int = field(default=4, metadata={"help": "passes over the training set"})
-    warmup_ratio: float = field(default=0.1, metadata={"help": "fraction of steps of linear warmup"})
-    weight_decay: float = field(default=0.01, metadata={"help": "AdamW decay on matrices and embeddings"})
-    clip_norm: float = field(default=1.0, metadata={"help": "global gradient-norm clip"})
-    seed: int = field(default=42, metadata={"help": "seed for head init, dropout and batch order"})
-    dtype: str = field(default="auto", metadata={"help": "auto (bf16 where native) | fp32 | bf16"})
-    max_steps: int = field(default=0, metadata={"help": "stop after this many steps (0 = all epochs)"})
-    log_every: int = field(default=50, metadata={"help": "steps between training-loss log records"})
+    batch_size: int = field(default=32, metadata={"help": "examples per optimizer step", "min": 1})
+    lr: float = field(default=5e-5, metadata={"help": "peak learning rate (AdamW)", "gt": 0})
+    epochs: int = field(default=4, metadata={"help": "passes over the training set", "min": 1})
+    warmup_ratio: float = field(default=0.1, metadata={"help": "fraction of steps of linear warmup", "min": 0, "max": 1})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW decay on matrices and embeddings", "min": 0})
+    clip_norm: float = field(default=1.0, metadata={"help": "global gradient-norm clip", "gt": 0})
+    seed: int = field(default=42, metadata={"help": "seed for head init, dropout and batch order", "min": 0})
+    dtype: str = field(default="auto", metadata={"help": "auto (bf16 where native) | fp32 | bf16", "choices": DTYPES})
+    max_steps: int = field(default=0, metadata={"help": "stop after this many steps (0 = all epochs)", "min": 0})
+    log_every: int = field(default=50, metadata={"help": "steps between training-loss log records", "min": 1})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+
+    def __post_init__(self):
+        validate(self)  # every field of the subclass too (FinetuneConfig, DistillConfig): one check, up front
 
 
 @dataclass
@@ -81,175 +85,16 @@ class FinetuneConfig(LoopConfig):
     text_column: str = field(default="", metadata={"help": "column with the text"})
     text_pair_column: str = field(default="", metadata={"help": "column with the second text of a pair"})
     label_column: str = field(default="", metadata={"help": "column with the label"})
-    task_type: str = field(default="", metadata={"help": "classification | regression (default: from the labels)"})
-    max_length: int = field(default=128, metadata={"help": "tokens per example, [CLS]/[SEP] included"})
-    eval_batch_size: int = field(default=128, metadata={"help": "batch size for dev/test prediction"})
-    max_train_examples: int = field(default=0, metadata={"help": "use only the first N training examples (0 = all)"})
+    task_type: str = field(default="", metadata={"help": "classification | regression (default: from the labels)",
+                                                   "choices": ("", "classification", "regression")})
+    max_length: int = field(default=128, metadata={"help": "tokens per example, [CLS]/[SEP] included", "min": 2})
+    eval_batch_size: int = field(default=128, metadata={"help": "batch size for dev/test prediction", "min": 1})
+    max_train_examples: int = field(default=0, metadata={"help": "use only the first N training examples (0 = all)",
+                                                         "min": 0})
     cache_dir: str = field(default="", metadata={"help": "where built-in tasks are written (default "
                                                           "$MINIBERTS_CACHE or ~/.cache/miniberts)"})
     vocab: str = field(default="", metadata={"help": VOCAB_HELP})
     cased: bool = field(default=False, metadata={"help": CASED_HELP})
-
-
-# --- tasks ----------------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class BuiltinTask:
-    """A real labeled data set shipped by a PyPI package, written by `data.builtin.BUILTIN[name](dir)`."""
-
-    text_column: str
-    text_pair_column: str | None
-    label_column: str
-    task_type: str
-    metrics: tuple[str, ...]
-
-
-BUILTIN_TASKS = {
-    "rotten_tomatoes": BuiltinTask("sentence", None, "label", "classification", ("accuracy",)),
-    "lee_similarity": BuiltinTask("sentence1", "sentence2", "score", "regression", ("pearson", "spearman")),
-    "bbc_topics": BuiltinTask("text", None, "label", "classification", ("accuracy",)),
-}
-
-
-@dataclass
-class TaskData:
-    """One task's examples and how to score them. `spec.labels` is the label set (None = regression); the first
-    dev split selects the best epoch (MNLI: dev_matched), the others are reported beside it."""
-
-    spec: TaskSpec
-    train: list[Example]
-    dev: dict[str, list[Example]]
-    # Predicted (and scored, where labeled) after training. Left empty for GLUE: its tests are unlabeled and large,
-    # and `miniberts glue --submission` predicts them with the best run of a sweep.
-    test: dict[str, list[Example]] = field(default_factory=dict)
-    source: str = ""  # the folder the files came from
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
-    @property
-    def regression(self) -> bool:
-        return self.spec.is_regression
-
-    @property
-    def id2label(self) -> list[str]:
-        return [] if self.regression else list(self.spec.labels)
-
-
-def cache_root(cache_dir: str = "") -> Path:
-    return Path(cache_dir or os.environ.get("MINIBERTS_CACHE") or Path.home() / ".cache" / "miniberts")
-
-
-def builtin_task_dir(name: str, cache_dir: str = "") -> Path:
-    """The built-in task's train/dev/test.tsv, written on first use (SOURCES.md is written last: it marks done)."""
-    from ..data.builtin import BUILTIN
-
-    out = cache_root(cache_dir) / "tasks" / name
-    if not all((out / f).is_file() for f in ("train.tsv", "dev.tsv", "test.tsv", "SOURCES.md")):
-        log.info("writing built-in task %s to %s", name, out)
-        BUILTIN[name](out)
-    return out
-
-
-def builtin_name(task: str) -> str | None:
-    key = task.strip().lower().replace("-", "_")
-    return key if key in BUILTIN_TASKS else None
-
-
-def check_task_name(task: str) -> None:
-    """A GLUE or built-in task name, or a one-line error listing both."""
-    if builtin_name(task):
-        return
-    try:
-        get_task(task)
-    except DataError:
-        raise DataError(f"unknown task {task!r}; GLUE tasks: {', '.join(GLUE_TASKS)}; "
-                        f"built-in tasks: {', '.join(BUILTIN_TASKS)}") from None
-
-
-def _task_type(value: str) -> str | None:
-    if value not in ("", "classification", "regression"):
-        raise DataError(f"--task-type must be classification or regression, not {value!r}")
-    return value or None
-
-
-def _read_user_task(name: str, train: Path, dev: Path, test: Path | None, text_column: str, pair_column: str | None,
-                    label_column: str, task_type: str | None, metrics: tuple[str, ...] | None = None) -> TaskData:
-    """Train/dev(/test) files with a header; the label set comes from train, dev/test labels must be in it."""
-    for flag, value in (("--text-column", text_column), ("--label-column", label_column)):
-        if not value:
-            raise DataError(f"{train}: {flag} is required for your own files")
-    train_examples = read_user_file(train, text_column, pair_column, label_column, task_type)
-    labels = label_set(train_examples, task_type, source=train)  # None = regression
-    kind = "regression" if labels is None else "classification"
-    if labels is None:
-        train_examples = _as_scores(train_examples, train)
-    dev_examples = read_user_file(dev, text_column, pair_column, label_column, kind, labels)
-    tests = {}
-    if test is not None:
-        labeled = label_column in file_columns(test) if test.is_file() else True
-        tests["test"] = read_user_file(test, text_column, pair_column, label_column if labeled else None, kind, labels)
-    metrics = metrics or (("pearson", "spearman") if labels is None else ("accuracy",))
-    spec = TaskSpec(name, text_column, pair_column, label_column, labels, metrics)
-    return TaskData(spec, train_examples, {"dev": dev_examples}, tests, str(train.parent))
-
-
-def _as_scores(examples: list[Example], where: Path) -> list[Example]:
-    # label_set inferred regression from strings like "3.5"; the loss needs numbers.
-    try:
-        return [dataclasses.replace(ex, label=float(ex.label)) for ex in examples]
-    except ValueError as e:
-        raise DataError(f"{where}: {e}") from None
-
-
-def load_task(cfg: FinetuneConfig) -> TaskData:
-    """The task named by `cfg.task` (GLUE or built-in) or given by the user-file flags."""
-    user_flags = [f for f in ("train", "dev", "test") if getattr(cfg, f)]
-    if cfg.task and user_flags:
-        raise DataError(f"give either --task or your own files (--train/--dev), not both "
-                        f"(got --task and --{user_flags[0]})")
-    if cfg.task:
-        check_task_name(cfg.task)
-        name = builtin_name(cfg.task)
-        if name:
-            b = BUILTIN_TASKS[name]
-            folder = builtin_task_dir(name, cfg.cache_dir)
-            data = _read_user_task(name, folder / "train.tsv", folder / "dev.tsv", folder / "test.tsv", b.text_column,
-                                   b.text_pair_column, b.label_column, b.task_type, b.metrics)
-        else:
-            data = load_glue_task(cfg.task, cfg.glue_dir)
-    else:
-        if not (cfg.train and cfg.dev):
-            raise DataError("no task: give --task NAME (GLUE with --glue-dir, or built-in) or --train FILE --dev FILE")
-        test = Path(cfg.test) if cfg.test else None
-        data = _read_user_task(Path(cfg.train).stem, Path(cfg.train), Path(cfg.dev), test, cfg.text_column,
-                               cfg.text_pair_column or None, cfg.label_column, _task_type(cfg.task_type))
-    if cfg.max_train_examples:
-        data.train = data.train[: cfg.max_train_examples]
-    return data
-
-
-def load_glue_task(task: str, glue_dir: str | Path) -> TaskData:
-    spec = get_task(task)
-    if spec.model_task:
-        raise DataError(f"{spec.name} has no training data; it is predicted with the {spec.model_task} model "
-                        "(`miniberts glue --submission`)")
-    if not glue_dir:
-        raise DataError(f"the GLUE task {spec.name} needs --glue-dir (the glue_data/ folder)")
-    if not Path(glue_dir).is_dir():
-        raise DataError(f"{glue_dir}: GLUE folder not found")
-    train = read_glue_split(glue_dir, spec, "train")
-    dev = {s: read_glue_split(glue_dir, spec, s) for s in spec.splits if s.startswith("dev")}
-    return TaskData(spec, train, dev, {}, str(Path(glue_dir) / spec.directory))
-
-
-def targets_of(data: TaskData, examples: list[Example]) -> torch.Tensor:
-    """Hard targets: class ids [N] (long) or scores [N] (float32)."""
-    if data.regression:
-        return torch.tensor([float(ex.label) for ex in examples], dtype=torch.float32)
-    label2id = {name: i for i, name in enumerate(data.id2label)}
-    return torch.tensor([label2id[str(ex.label)] for ex in examples], dtype=torch.long)
 
 
 # --- data: token ids + targets, batched by length -------------------------------------------------------------
@@ -363,9 +208,6 @@ def train_classifier(model: nn.Module, train: Encoded, loss_fn: LossFn, cfg: Loo
         loss = lambda logits, batch: -(batch["targets"] * logits.log_softmax(-1)).sum(-1).mean()
     or compute the teacher inside `loss_fn` from batch["input_ids"] (teacher in eval mode, under no_grad).
     """
-    for name in ("batch_size", "epochs", "log_every"):
-        if getattr(cfg, name) < 1:
-            raise MinibertsError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
     if len(train) == 0:
         raise MinibertsError("no training examples")
     device = device or pick_device()
@@ -467,9 +309,7 @@ def run(cfg: FinetuneConfig, data: TaskData | None = None) -> dict:
         raise MinibertsError("--model is required (a model directory or a preset name)")
     if not cfg.out:
         raise MinibertsError("--out is required (the run directory to write)")
-    for name in ("max_length", "eval_batch_size"):
-        if getattr(cfg, name) < 1:
-            raise MinibertsError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
+    check_max_length(cfg.model, cfg.max_length)  # from config.json alone, before any data file is read
     data = data or load_task(cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -478,9 +318,6 @@ def run(cfg: FinetuneConfig, data: TaskData | None = None) -> dict:
 
     set_seed(cfg.seed)  # before the model: a preset's random init and the new head depend on it
     model, tokenizer = load_classifier(cfg.model, data.id2label or None, data.regression, cfg.vocab, cfg.cased)
-    if cfg.max_length > model.cfg.max_position_embeddings:
-        raise MinibertsError(f"--max-length {cfg.max_length} exceeds the model's "
-                             f"{model.cfg.max_position_embeddings} positions")
     device = pick_device()
     dtype = resolve_dtype(cfg.dtype, device)
     train = Encoded.from_examples(tokenizer, data.train, targets_of(data, data.train), cfg.max_length)

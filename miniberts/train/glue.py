@@ -27,13 +27,17 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..checkpoint import check_max_length
 from ..config import find_preset
+from ..data.load import TaskData, builtin_name, check_task_name, load_task
 from ..data.submission import SUBMISSION_FILES, write_glue_submission
+from ..device import DTYPES
 from ..data.tasks import get_task, read_glue_split
 from ..errors import DataError, MinibertsError
 from ..figures import pyplot, save_figure
 from ..fileio import atomic_write_text
 from ..metrics import GLUE_SCORE_COLUMNS, glue_score
+from ..settings import validate
 from . import finetune
 from .common import write_json
 
@@ -61,20 +65,25 @@ class GlueConfig:
     out: str = field(default="", metadata={"help": "sweep directory: runs/, results.*, heatmaps/"})
     tasks: list[str] = field(default_factory=lambda: list(GLUE_TRAIN_TASKS),
                              metadata={"help": "GLUE and/or built-in tasks"})
-    grid: str = field(default="card", metadata={"help": "card (5 batch sizes x 4 lrs) | quick (2 x 2)"})
-    batch_sizes: list[int] = field(default_factory=list, metadata={"help": "override the grid's batch sizes"})
-    lrs: list[float] = field(default_factory=list, metadata={"help": "override the grid's learning rates"})
-    epochs: int = field(default=4, metadata={"help": "epochs per run"})
-    seeds: int = field(default=1, metadata={"help": "seeds per setting (seed, seed+1, ...)"})
-    seed: int = field(default=42, metadata={"help": "first seed"})
-    max_length: int = field(default=128, metadata={"help": "tokens per example"})
-    eval_batch_size: int = field(default=128, metadata={"help": "batch size for dev/test prediction"})
-    dtype: str = field(default="auto", metadata={"help": "auto | fp32 | bf16"})
-    max_train_examples: int = field(default=0, metadata={"help": "first N training examples per task (0 = all)"})
+    grid: str = field(default="card", metadata={"help": "card (5 batch sizes x 4 lrs) | quick (2 x 2)",
+                                                "choices": tuple(GRIDS)})
+    batch_sizes: list[int] = field(default_factory=list, metadata={"help": "override the grid's batch sizes", "min": 1})
+    lrs: list[float] = field(default_factory=list, metadata={"help": "override the grid's learning rates", "gt": 0})
+    epochs: int = field(default=4, metadata={"help": "epochs per run", "min": 1})
+    seeds: int = field(default=1, metadata={"help": "seeds per setting (seed, seed+1, ...)", "min": 1})
+    seed: int = field(default=42, metadata={"help": "first seed", "min": 0})
+    max_length: int = field(default=128, metadata={"help": "tokens per example", "min": 2})
+    eval_batch_size: int = field(default=128, metadata={"help": "batch size for dev/test prediction", "min": 1})
+    dtype: str = field(default="auto", metadata={"help": "auto | fp32 | bf16", "choices": DTYPES})
+    max_train_examples: int = field(default=0, metadata={"help": "first N training examples per task (0 = all)",
+                                                         "min": 0})
     submission: str = field(default="", metadata={"help": "write the 11 GLUE submission files to this folder"})
     keep_models: bool = field(default=False, metadata={"help": "keep the weights of every run, not only the best"})
     cache_dir: str = field(default="", metadata={"help": "where built-in tasks are written"})
     progress: bool = field(default=True, metadata={"help": "progress bars"})
+
+    def __post_init__(self):
+        validate(self)
 
 
 @dataclass(frozen=True)
@@ -91,8 +100,6 @@ class Run:
 # --- planning -------------------------------------------------------------------------------------------------
 
 def grid_of(cfg: GlueConfig) -> tuple[list[int], list[float]]:
-    if cfg.grid not in GRIDS:
-        raise MinibertsError(f"--grid must be one of {', '.join(GRIDS)}, not {cfg.grid!r}")
     batch_sizes, lrs = GRIDS[cfg.grid]
     return [int(b) for b in cfg.batch_sizes or batch_sizes], [float(x) for x in cfg.lrs or lrs]
 
@@ -109,8 +116,8 @@ def task_names(cfg: GlueConfig) -> list[str]:
     """Canonical names (GLUE spelling, built-in key), each checked, in the order given, without repeats."""
     names = []
     for task in cfg.tasks:
-        finetune.check_task_name(task)
-        builtin = finetune.builtin_name(task)
+        check_task_name(task)
+        builtin = builtin_name(task)
         name = builtin or get_task(task).name
         if not builtin and get_task(name).model_task:
             raise DataError(f"{name} is not trained: it is predicted with the {get_task(name).model_task} model")
@@ -132,9 +139,8 @@ def plan(cfg: GlueConfig) -> list[Run]:
 def _check(cfg: GlueConfig, tasks: list[str]) -> None:
     if not cfg.model or not cfg.out:
         raise MinibertsError("--model and --out are required")
-    if cfg.seeds < 1 or cfg.epochs < 1:
-        raise MinibertsError("--seeds and --epochs must be at least 1")
-    glue = [t for t in tasks if not finetune.builtin_name(t)]
+    check_max_length(cfg.model, cfg.max_length)
+    glue = [t for t in tasks if not builtin_name(t)]
     if glue and not cfg.glue_dir:
         raise DataError(f"the GLUE tasks {', '.join(glue)} need --glue-dir (the glue_data/ folder)")
     if cfg.submission:
@@ -156,7 +162,7 @@ def sweep(cfg: GlueConfig) -> dict:
     _check(cfg, tasks)
     out = Path(cfg.out)
     runs = plan(cfg)
-    data: dict[str, finetune.TaskData] = {}  # each task is read and checked once, before its first run
+    data: dict[str, TaskData] = {}  # each task is read and checked once, before its first run
     for n, run in enumerate(runs, 1):
         where = run.dir(out)
         label = f"[{n}/{len(runs)}] {run.task} batch {run.batch_size} lr {run.lr:g} seed {run.seed}"
@@ -165,7 +171,7 @@ def sweep(cfg: GlueConfig) -> dict:
             continue
         log.info("%s", label)
         if run.task not in data:
-            data[run.task] = finetune.load_task(run_config(cfg, run, out))
+            data[run.task] = load_task(run_config(cfg, run, out))
         finetune.run(run_config(cfg, run, out), data[run.task])
         results = write_results(cfg, tasks, runs, out, heatmaps=[run.task])
         if not cfg.keep_models:
@@ -246,7 +252,7 @@ def card_row(per_task: dict) -> dict[str, str]:
         if finite and all(c in glue_results for c in GLUE_SCORE_COLUMNS):
             row["Score"] = f"{glue_score(glue_results):.1f}"
     for task, res in per_task.items():
-        if finetune.builtin_name(task):
+        if builtin_name(task):
             row[task] = _cell(res["best"]["dev"]["dev"] if res["best"] else None)
     return row
 
@@ -337,7 +343,7 @@ def heatmap(task: str, res: dict, batch_sizes: list[int], lrs: list[float], path
 # --- submission -----------------------------------------------------------------------------------------------
 
 def write_submission(cfg: GlueConfig, results: dict, runs: list[Run], out: Path,
-                     data: dict[str, finetune.TaskData]) -> list[Path]:
+                     data: dict[str, TaskData]) -> list[Path]:
     """Predict every GLUE test file with its task's best model (AX with MNLI's) and write the 11 files."""
     from ..device import pick_device, resolve_dtype
     from ..predict import decode, load_predictor, predict_logits
@@ -357,7 +363,7 @@ def write_submission(cfg: GlueConfig, results: dict, runs: list[Run], out: Path,
                 log.info("retraining %s for its weights (pruned earlier)", best["dir"])
                 run = next(r for r in runs if r.dir(out) == run_dir)
                 fcfg = run_config(cfg, run, out)
-                finetune.run(fcfg, data.get(model_task) or finetune.load_task(fcfg))
+                finetune.run(fcfg, data.get(model_task) or load_task(fcfg))
             models[model_task] = load_predictor(run_dir)
         model, tokenizer = models[model_task]
         examples = read_glue_split(cfg.glue_dir, task, split)

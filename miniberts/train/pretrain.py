@@ -47,6 +47,7 @@ from ..device import DTYPES, autocast, resolve_dtype
 from ..errors import CheckpointError, DataError, MinibertsError
 from ..fileio import atomic_write_text
 from ..model import BertForPreTraining
+from ..settings import validate
 from ..tokenizer import CASED_HELP, VOCAB_HELP, WordPieceTokenizer, open_vocab
 from ..vocab import cached_vocab
 from .common import (Checkpoints, JsonlLog, init_distributed, lr_at, make_optimizer, plot_curves, read_jsonl,
@@ -63,51 +64,63 @@ class PretrainConfig:
         "help": "text files, one sentence per line, a blank line between documents (.gz/.bz2 accepted)"})
     out: str = field(default="", metadata={"help": "run directory: the model (Hugging Face layout), metrics.json, "
                                                     "log.jsonl, learning_curve.png, checkpoints/"})
-    steps: int = field(default=0, metadata={"help": "optimizer steps (0 = until --max-minutes)"})
+    steps: int = field(default=0, metadata={"help": "optimizer steps (0 = until --max-minutes)", "min": 0})
     max_minutes: float = field(default=0.0, metadata={
         "help": "wall-clock budget of training (held-out evaluations not counted; 0 = none); without --steps the "
-                "learning-rate schedule runs on this clock"})
+                "learning-rate schedule runs on this clock", "min": 0})
     batch_size: int = field(default=16, metadata={"help": "sequences per optimizer step over all processes and "
-                                                           "accumulation micro-batches"})
-    grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step (per process)"})
+                                                           "accumulation micro-batches", "min": 1})
+    grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step (per process)", "min": 1})
     lr: float = field(default=2e-3, metadata={"help": "peak learning rate (2e-3 suits short runs of Tiny; BERT-Base "
-                                                     "used 1e-4 at batch 256)"})
-    warmup: float = field(default=0.05, metadata={"help": "warm-up: a fraction of the run when < 1, else steps"})
-    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (not on LayerNorm and biases)"})
+                                                     "used 1e-4 at batch 256)", "gt": 0})
+    warmup: float = field(default=0.05, metadata={"help": "warm-up: a fraction of the run when < 1, else steps",
+                                                   "min": 0})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (not on LayerNorm and biases)",
+                                                         "min": 0})
     dropout: float = field(default=-1.0, metadata={
         "help": "dropout while pre-training, hidden and attention (-1 = the model's own; 0 suits runs of less than an "
-                "epoch). The saved config keeps the model's value for fine-tuning"})
+                "epoch). The saved config keeps the model's value for fine-tuning", "min": -1, "lt": 1})
     seq_len: int = field(default=128, metadata={"help": "tokens per sequence, [CLS]/[SEP] included (at most the "
-                                                         "model's positions)"})
+                                                         "model's positions)", "min": 2})
     max_predictions: int = field(default=0, metadata={"help": "masked tokens per sequence at most (0 = Google's: 20 "
-                                                               "at 128, 80 at 512)"})
+                                                               "at 128, 80 at 512)", "min": 0})
     nsp: bool = field(default=False, metadata={"help": "next-sentence prediction (segment pairs, 50%% random next)"})
     whole_word: bool = field(default=False, metadata={"help": "whole-word masking (a word's ## pieces together)"})
     short_seq_prob: float = field(default=0.1, metadata={"help": "share of documents given a shorter random target "
-                                                                  "length (Google's short_seq_prob)"})
+                                                                  "length (Google's short_seq_prob)", "min": 0,
+                                                      "max": 1})
     eval_files: list[str] = field(default_factory=list, metadata={
         "help": "held-out text files (default: hold out --eval-fraction of the training documents)"})
-    eval_fraction: float = field(default=0.01, metadata={"help": "training documents held out when no --eval-files"})
-    eval_sequences: int = field(default=512, metadata={"help": "held-out sequences per evaluation (fixed masks)"})
-    eval_every: int = field(default=500, metadata={"help": "evaluate every N steps (0 = off)"})
-    eval_every_minutes: float = field(default=0.0, metadata={"help": "also evaluate every M minutes (0 = off)"})
-    save_every: int = field(default=1000, metadata={"help": "checkpoint every N steps (and at the end)"})
-    keep_checkpoints: int = field(default=3, metadata={"help": "checkpoints kept in RUN/checkpoints"})
-    log_every: int = field(default=10, metadata={"help": "write a training record to log.jsonl every N steps"})
+    eval_fraction: float = field(default=0.01, metadata={"help": "training documents held out when no --eval-files",
+                                                          "min": 0, "lt": 1})
+    eval_sequences: int = field(default=512, metadata={"help": "held-out sequences per evaluation (fixed masks)",
+                                                        "min": 1})
+    eval_every: int = field(default=500, metadata={"help": "evaluate every N steps (0 = off)", "min": 0})
+    eval_every_minutes: float = field(default=0.0, metadata={"help": "also evaluate every M minutes (0 = off)",
+                                                             "min": 0})
+    save_every: int = field(default=1000, metadata={"help": "checkpoint every N steps (and at the end)", "min": 1})
+    keep_checkpoints: int = field(default=3, metadata={"help": "checkpoints kept in RUN/checkpoints", "min": 1})
+    log_every: int = field(default=10, metadata={"help": "write a training record to log.jsonl every N steps",
+                                                   "min": 1})
     resume: bool = field(default=False, metadata={"help": "continue from the latest checkpoint in RUN/checkpoints"})
-    seed: int = field(default=42, metadata={"help": "seed of initialisation, data order, masks and dropout"})
+    seed: int = field(default=42, metadata={"help": "seed of initialisation, data order, masks and dropout", "min": 0})
     dtype: str = field(default="auto", metadata={"help": f"one of {DTYPES}: auto = bf16 autocast where the hardware "
-                                                          "has it natively; fp32 for exact reproducibility"})
+                                                          "has it natively; fp32 for exact reproducibility",
+                                            "choices": DTYPES})
     cache_dir: str = field(default="", metadata={"help": "token shards cache (default RUN/data)"})
     vocab_size: int = field(default=0, metadata={"help": "train a new WordPiece vocabulary (uncased, or --cased) "
                                                           "of this size on the training files with `miniberts vocab`'s "
-                                                          "trainer (random-init models only; 0 = keep)"})
+                                                          "trainer (random-init models only; 0 = keep)",
+                                                  "min": 0})
     unigram_bias: bool = field(default=True, metadata={
         "help": "start a randomly initialised model's MLM output bias at the log unigram frequencies of the training "
                 "corpus, so step 0 already predicts at the unigram baseline (--no-unigram-bias: Google's zeros)"})
     progress: bool = field(default=True, metadata={"help": "progress bar on a terminal"})
     vocab: str = field(default="", metadata={"help": VOCAB_HELP})
     cased: bool = field(default=False, metadata={"help": CASED_HELP})
+
+    def __post_init__(self):
+        validate(self)
 
 
 # Settings a resumed run must share with the checkpoint: they decide which batch comes at which step.
@@ -312,8 +325,6 @@ def run(cfg: PretrainConfig) -> dict:
         raise MinibertsError("give the run directory with --out RUN")
     if cfg.steps <= 0 and cfg.max_minutes <= 0:
         raise MinibertsError("give a length with --steps N and/or --max-minutes M")
-    if cfg.dtype not in DTYPES:
-        raise MinibertsError(f"--dtype must be one of {DTYPES}, got {cfg.dtype!r}")
     check_files(cfg.train_files, "train")
     if cfg.eval_files:
         check_files(cfg.eval_files, "eval")

@@ -23,7 +23,7 @@ from ..device import pick_device, resolve_dtype
 from ..distill_targets import check_same_vocab, kl_to_teacher, soft_target_loss, teacher_logits
 from ..errors import DataError, MinibertsError
 from ..infer import read_lines
-from . import finetune
+from . import finetune, rundir
 from .common import JsonlLog, set_seed, write_json
 
 log = logging.getLogger("miniberts")
@@ -83,15 +83,27 @@ def distillation_loss(num_outputs: int, temperature: float, alpha: float, regres
 
 
 def run(cfg: DistillConfig) -> dict:
-    """Distill `cfg.teacher` into `cfg.student` on the transfer texts (+ labeled train texts); RUN = cfg.out."""
+    """Distill `cfg.teacher` into `cfg.student` on the transfer texts (+ labeled train texts); RUN = cfg.out.
+
+    RUN is a `rundir` run as fine-tuning's is: locked, its identity (settings, teacher, student, transfer and task
+    files) recorded; a finished run with the same identity is returned as it is, another identity refused unless
+    `cfg.fresh`.
+    """
     for flag in ("teacher", "student", "out"):
         if not getattr(cfg, flag):
             raise MinibertsError(f"--{flag} is required")
     data = finetune.load_task(dataclasses.replace(cfg, model=cfg.student))
     pairs = any(ex.text_b is not None for ex in data.train)
     transfer_texts, transfer_pairs = read_transfer(cfg.transfer, pairs, cfg.transfer_limit)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    ident = finetune.run_identity(cfg, teacher=cfg.teacher, student=cfg.student, transfer=cfg.transfer)
+    with rundir.open_run(cfg.out, ident, cfg.fresh) as run_dir:
+        if run_dir.finished:
+            return run_dir.finished_metrics()
+        return _distill(cfg, data, pairs, transfer_texts, transfer_pairs, run_dir.path)
+
+
+def _distill(cfg: DistillConfig, data: finetune.TaskData, pairs: bool, transfer_texts: list[str],
+             transfer_pairs: list[str] | None, out: Path) -> dict:
     for stale in ("metrics.json", "log.jsonl"):
         (out / stale).unlink(missing_ok=True)
 
@@ -146,7 +158,7 @@ def run(cfg: DistillConfig) -> dict:
     if cfg.finetune_after:
         distilled = out / "distilled"
         save_hf(student, tokenizer, distilled)
-        ft_cfg = dataclasses.replace(cfg, model=str(distilled), out=str(out / "finetuned"),
+        ft_cfg = dataclasses.replace(cfg, model=str(distilled), out=str(out / "finetuned"), fresh=True,  # ours
                                      epochs=cfg.finetune_epochs or cfg.epochs, lr=cfg.finetune_lr or cfg.lr)
         metrics["finetune"] = finetune.run(finetune.FinetuneConfig(**{
             f.name: getattr(ft_cfg, f.name) for f in dataclasses.fields(finetune.FinetuneConfig)}), data)

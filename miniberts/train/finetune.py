@@ -42,7 +42,8 @@ from ..fileio import atomic_write_text
 from ..metrics import task_metrics
 from ..predict import decode, file_columns, format_predictions, predict_logits
 from ..tokenizer import WordPieceTokenizer
-from .common import JsonlLog, lr_at, make_optimizer, set_lr, set_seed, write_json
+from . import rundir
+from .common import JsonlLog, check_finite, lr_at, make_optimizer, set_lr, set_seed, write_json
 
 log = logging.getLogger("miniberts")
 
@@ -87,6 +88,8 @@ class FinetuneConfig(LoopConfig):
     max_train_examples: int = field(default=0, metadata={"help": "use only the first N training examples (0 = all)"})
     cache_dir: str = field(default="", metadata={"help": "where built-in tasks are written (default "
                                                           "$MINIBERTS_CACHE or ~/.cache/miniberts)"})
+    fresh: bool = field(default=False, metadata={"help": "remove the results in --out first, even if they were "
+                                                         "made with other settings (else such a rerun is refused)"})
 
 
 # --- tasks ----------------------------------------------------------------------------------------------------
@@ -400,8 +403,7 @@ def train_classifier(model: nn.Module, train: Encoded, loss_fn: LossFn, cfg: Loo
             optimizer.step()
             step += 1
             value = loss.item()
-            if not math.isfinite(value):
-                raise MinibertsError(f"training diverged at step {step} (loss {value}); try a lower --lr")
+            check_finite(step, value)
             epoch_loss, epoch_steps, window_loss = epoch_loss + value, epoch_steps + 1, window_loss + value
             window_tokens += int(batch["attention_mask"].sum())
             bar.update(1)
@@ -459,7 +461,10 @@ def _logits(model, tokenizer, examples, max_length, batch_size, device, dtype) -
 def run(cfg: FinetuneConfig, data: TaskData | None = None) -> dict:
     """Fine-tune `cfg.model` on the task; write RUN = cfg.out; return the contents of RUN/metrics.json.
 
-    `data` skips loading the task again (the GLUE sweep loads each task once for its many runs).
+    `data` skips loading the task again (the GLUE sweep loads each task once for its many runs). RUN is locked for
+    the run and records its identity (`rundir`): a finished run with the same settings and files is not trained
+    again (its metrics are returned), an unfinished one restarts from scratch, one made with other settings is
+    refused unless `cfg.fresh`.
     """
     if not cfg.model:
         raise MinibertsError("--model is required (a model directory or a preset name)")
@@ -469,8 +474,24 @@ def run(cfg: FinetuneConfig, data: TaskData | None = None) -> dict:
         if getattr(cfg, name) < 1:
             raise MinibertsError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
     data = data or load_task(cfg)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    with rundir.open_run(cfg.out, run_identity(cfg), cfg.fresh) as run_dir:
+        if run_dir.finished:
+            return run_dir.finished_metrics()
+        return _train_run(cfg, data, run_dir.path)
+
+
+def run_identity(cfg: FinetuneConfig, **inputs) -> dict:
+    """What defines a run's results (`rundir.identity`): its settings, the bytes of the model and of the task's
+    files (a GLUE task's folder, a built-in task's cache, the user's files); `inputs` adds a recipe's own."""
+    task_files = {"model": cfg.model, "train": cfg.train, "dev": cfg.dev, "test": cfg.test, **inputs}
+    glue = cfg.task and cfg.glue_dir and not builtin_name(cfg.task)
+    task_files["glue_dir"] = Path(cfg.glue_dir) / get_task(cfg.task).directory if glue else ""  # moving it: no change
+    if cfg.task and builtin_name(cfg.task):
+        task_files["cache_dir"] = builtin_task_dir(builtin_name(cfg.task), cfg.cache_dir)
+    return rundir.identity(cfg, task_files)
+
+
+def _train_run(cfg: FinetuneConfig, data: TaskData, out: Path) -> dict:
     for stale in ("metrics.json", "log.jsonl"):  # a restarted run starts clean; metrics.json means "finished"
         (out / stale).unlink(missing_ok=True)
 

@@ -48,8 +48,9 @@ from ..errors import CheckpointError, DataError, MinibertsError
 from ..fileio import atomic_write_text
 from ..model import BertForPreTraining
 from ..tokenizer import BUILTIN_VOCAB, WordPieceTokenizer
-from .common import (Checkpoints, JsonlLog, init_distributed, lr_at, make_optimizer, plot_curves, read_jsonl,
-                     rng_state, set_lr, set_rng_state, set_seed, write_json)
+from . import rundir
+from .common import (Checkpoints, JsonlLog, check_finite, init_distributed, lr_at, make_optimizer, plot_curves,
+                     read_jsonl, rng_state, set_lr, set_rng_state, set_seed, write_json)
 
 log = logging.getLogger("miniberts")
 
@@ -104,11 +105,17 @@ class PretrainConfig:
         "help": "start a randomly initialised model's MLM output bias at the log unigram frequencies of the training "
                 "corpus, so step 0 already predicts at the unigram baseline (--no-unigram-bias: Google's zeros)"})
     progress: bool = field(default=True, metadata={"help": "progress bar on a terminal"})
+    fresh: bool = field(default=False, metadata={"help": "remove the run in --out (checkpoints, model, logs; not the "
+                                                         "token cache RUN/data) and start afresh"})
 
 
 # Settings a resumed run must share with the checkpoint: they decide which batch comes at which step.
 RESUME_KEYS = ("train_files", "batch_size", "seq_len", "max_predictions", "nsp", "whole_word", "short_seq_prob",
                "eval_files", "eval_fraction", "seed", "vocab_size")
+# Settings a resumed run may change: its length and how often it evaluates and saves. All the others define the
+# run (`rundir` identity), with the model and data files by their bytes.
+EXTENDABLE = ("steps", "max_minutes", "eval_every", "eval_every_minutes", "save_every", "keep_checkpoints",
+              "grad_accum")
 DATA_FIELDS = ("model", "train_files", "eval_files", "eval_fraction", "seq_len", "nsp", "short_seq_prob", "seed",
                "cache_dir", "vocab_size")
 
@@ -306,6 +313,8 @@ def run(cfg: PretrainConfig) -> dict:
         raise MinibertsError("give a length with --steps N and/or --max-minutes M")
     if cfg.dtype not in DTYPES:
         raise MinibertsError(f"--dtype must be one of {DTYPES}, got {cfg.dtype!r}")
+    if cfg.fresh and cfg.resume:
+        raise MinibertsError("give --resume (continue the run in --out) or --fresh (start it afresh), not both")
     check_files(cfg.train_files, "train")
     if cfg.eval_files:
         check_files(cfg.eval_files, "eval")
@@ -315,10 +324,20 @@ def run(cfg: PretrainConfig) -> dict:
         if cfg.batch_size % (world * cfg.grad_accum):
             raise MinibertsError(f"--batch-size {cfg.batch_size} must be divisible by processes x --grad-accum "
                                  f"({world} x {cfg.grad_accum})")
-        return _run(cfg, rank, world, device)
+        if rank > 0:  # rank 0 holds the lock and checks the identity for all
+            return _run(cfg, rank, world, device)
+        keep = () if cfg.cache_dir else ("data",)  # the token cache is keyed by its inputs: still valid
+        with rundir.open_run(cfg.out, run_identity(cfg), cfg.fresh, keep):
+            return _run(cfg, rank, world, device)
     finally:
         if started_dist and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def run_identity(cfg: PretrainConfig) -> dict:
+    """What defines a pre-training run (`rundir`): every setting but EXTENDABLE ones, the files by their bytes."""
+    inputs = {"model": cfg.model, "train_files": cfg.train_files, "eval_files": cfg.eval_files}
+    return rundir.identity(cfg, inputs, skip=EXTENDABLE)
 
 
 def _run(cfg: PretrainConfig, rank: int, world: int, device: torch.device) -> dict:
@@ -334,7 +353,7 @@ def _run(cfg: PretrainConfig, rank: int, world: int, device: torch.device) -> di
                 state = _resume_state(cfg, ckpts, model.cfg) if cfg.resume else None
                 if not cfg.resume and ckpts.steps():
                     raise MinibertsError(f"{ckpts.dir} holds checkpoints of an earlier run: pass --resume to continue "
-                                         "it, or choose another --out")
+                                         "it, --fresh to start afresh, or choose another --out")
                 data = prepare_data(cfg, tokenizer, cache_root)
             if world > 1 and turn == 0:
                 dist.barrier()
@@ -468,6 +487,9 @@ def _run(cfg: PretrainConfig, rank: int, world: int, device: torch.device) -> di
             optimizer.zero_grad(set_to_none=True)
             step += 1
             stats_all = np.array(_all_reduce(stats.tolist(), device, world))
+            # Already on the host: checking every step is free, and stops before a NaN model could be saved.
+            check_finite(step, stats_all[0] / max(stats_all[2], 1) + stats_all[3] / max(stats_all[5], 1),
+                         float(grad_norm))
             train_s += time.perf_counter() - t0
             window_s += time.perf_counter() - t0
             tokens_seen += int(stats_all[6])

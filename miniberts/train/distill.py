@@ -123,9 +123,12 @@ def _distill(cfg: DistillConfig, data: finetune.TaskData, pairs: bool, transfer_
     train_pairs = [ex.text_b or "" for ex in data.train] if pairs else None
     dev_name, dev_examples = next(iter(data.dev.items()))
     dev_split = ([ex.text_a for ex in dev_examples], [ex.text_b or "" for ex in dev_examples] if pairs else None)
-    t_transfer, t_train, t_dev = (torch.from_numpy(x) for x in teacher_logits(
-        cfg.teacher, [(transfer_texts, transfer_pairs), (train_texts, train_pairs), dev_split], cfg.max_length, cache,
-        cfg.eval_batch_size, cfg.dtype))
+    # Loading the teacher draws random numbers (its init), a cache hit does not: fork_rng keeps the student's dropout
+    # stream the same either way, so a rerun (warm cache) reproduces the first run (cold cache).
+    with torch.random.fork_rng(devices=[]):
+        t_transfer, t_train, t_dev = (torch.from_numpy(x) for x in teacher_logits(
+            cfg.teacher, [(transfer_texts, transfer_pairs), (train_texts, train_pairs), dev_split], cfg.max_length,
+            cache, cfg.eval_batch_size, cfg.dtype))
 
     gold = finetune.targets_of(data, data.train).float()
     missing = torch.full((len(transfer_texts),), float("nan") if data.regression else -1.0)

@@ -345,6 +345,9 @@ def _run(cfg: PretrainConfig, rank: int, world: int, device: torch.device) -> di
     cache_root = Path(cfg.cache_dir) if cfg.cache_dir else run_dir / "data"
     new_dirs = _new_dirs(run_dir, cache_root)
     ckpts = Checkpoints(run_dir, keep=cfg.keep_checkpoints)
+    if rank == 0:
+        for stale in ckpts.dir.glob(".step-*.tmp"):  # a save cut short by a kill (the lock: nobody is saving now)
+            stale.unlink(missing_ok=True)
     try:  # nothing is left behind when the inputs are rejected
         for turn in (0, 1):  # rank 0 first builds what is cached (vocabulary, shards); then the others open it
             if (rank == 0) == (turn == 0):
@@ -551,8 +554,6 @@ def _resume_state(cfg: PretrainConfig, ckpts: Checkpoints, model_cfg: BertConfig
     if differ:
         flags = ", ".join(f"--{k.replace('_', '-')} {saved.get(k)}" for k in differ)
         raise MinibertsError(f"{where}: resume with the settings it was written with ({flags})")
-    for stale in ckpts.dir.glob(".step-*.tmp"):  # a save cut short by a kill
-        stale.unlink(missing_ok=True)
     return state
 
 
@@ -563,8 +564,14 @@ def _trim_log(path: Path, keep_until: int | None) -> None:
     if keep_until is None:
         path.unlink()
         return
-    kept = [line for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= keep_until]
+    kept = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:  # the record a kill cut short (appends are not atomic): it is written again
+            continue
+        if record.get("step", 0) <= keep_until:
+            kept.append(line)
     atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 

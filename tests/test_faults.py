@@ -7,7 +7,7 @@ kills itself with SIGKILL at an exact point, found by wrapping two functions in 
 - `log`: after its n-th training record in log.jsonl (before the first checkpoint, mid-epoch, between checkpoints);
 - `write`: while replacing a final file (model.safetensors, metrics.json, a checkpoint, results.md): the temporary
   file is cut to half its size first, as a kill during the write leaves it, and the rename never happens.
-With `pause` the child stops there instead (holding the run directory's lock) until the test kills it.
+`paused` stops the child there instead (holding the run directory's lock) until the test kills it.
 Every run is tiny (2 layers, hidden 32, the real vocabulary), fp32 on one thread: equal inputs give equal bits.
 """
 
@@ -16,6 +16,7 @@ import json
 import os
 import signal
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -88,13 +89,21 @@ def kill_at(argv, at, n=1, name=""):
     killed(start(argv, at, n, name))
 
 
-def wait_paused(pid: int, marker: Path, timeout: float = 300) -> None:
-    deadline = time.time() + timeout
-    while not marker.exists():
-        done, status = os.waitpid(pid, os.WNOHANG)
-        assert not done, f"the child ended before it paused (status {status})"
-        assert time.time() < deadline, "timed out waiting for the child"
-        time.sleep(0.01)
+@contextmanager
+def paused(argv: list[str], n: int, marker: Path, timeout: float = 300):
+    """A child stopped after its n-th training record, holding the run directory; SIGKILLed on leaving."""
+    pid = start(argv, "log", n, marker=marker)
+    try:
+        deadline = time.time() + timeout
+        while not marker.exists():
+            done, status = os.waitpid(pid, os.WNOHANG)
+            assert not done, f"the child ended before it paused (status {status})"
+            assert time.time() < deadline, "timed out waiting for the child"
+            time.sleep(0.01)
+        yield pid
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        killed(pid)
 
 
 # --- checks ---------------------------------------------------------------------------------------------------
@@ -194,13 +203,9 @@ def test_finetune_killed_reruns_to_the_unbroken_result(tiny, rt, finetune_refere
 def test_finetune_second_process_refused_then_killed_mid_epoch(tiny, rt, finetune_reference, tmp_path, capsys):
     out = tmp_path / "run"
     argv = finetune_argv(tiny, rt, out)
-    marker = tmp_path / "paused"
-    pid = start(argv, "log", 6, marker=marker)  # epoch 2, step 2 of 4
-    wait_paused(pid, marker)
-    refused_in_use(argv, pid, capsys)
-    refused_in_use([*argv[:-1], "--fresh", "--no-progress"], pid, capsys)  # --fresh does not take it over either
-    os.kill(pid, signal.SIGKILL)
-    killed(pid)
+    with paused(argv, 6, tmp_path / "paused") as pid:  # epoch 2, step 2 of 4
+        refused_in_use(argv, pid, capsys)
+        refused_in_use([*argv[:-1], "--fresh", "--no-progress"], pid, capsys)  # --fresh does not take it over either
     assert_no_partial_outputs(out)
     assert main(argv) == 0
     same_finetune(out, finetune_reference)
@@ -284,12 +289,8 @@ def test_pretrain_killed_resumes_to_the_unbroken_result(tmp_path, pretrain_refer
 
 def test_pretrain_two_resumes_at_once_then_killed_between_checkpoints(tmp_path, pretrain_reference, capsys):
     out = tmp_path / "run"
-    marker = tmp_path / "paused"
-    pid = start(pretrain_argv(tmp_path, out), "log", 6, marker=marker)  # checkpoint 4 written, 6 steps logged
-    wait_paused(pid, marker)
-    refused_in_use(pretrain_argv(tmp_path, out, "--resume"), pid, capsys)
-    os.kill(pid, signal.SIGKILL)
-    killed(pid)
+    with paused(pretrain_argv(tmp_path, out), 6, tmp_path / "paused") as pid:  # checkpoint 4 written, 6 steps logged
+        refused_in_use(pretrain_argv(tmp_path, out, "--resume"), pid, capsys)
     assert_no_partial_outputs(out)
     with open(out / "log.jsonl", "a", encoding="utf-8") as f:
         f.write('{"split": "train", "st')  # a record cut by the kill
@@ -330,12 +331,8 @@ def test_glue_sweep_killed_writing_results_reruns_to_the_unbroken_result(tiny, g
 
 def test_glue_second_sweep_refused_then_killed_mid_run(tiny, glue_reference, tmp_path, capsys):
     out = tmp_path / "sweep"
-    marker = tmp_path / "paused"
-    pid = start(glue_argv(tiny, out), "log", 4, marker=marker)  # inside the second run
-    wait_paused(pid, marker)
-    refused_in_use(glue_argv(tiny, out), pid, capsys)
-    os.kill(pid, signal.SIGKILL)
-    killed(pid)
+    with paused(glue_argv(tiny, out), 4, tmp_path / "paused") as pid:  # inside the second run
+        refused_in_use(glue_argv(tiny, out), pid, capsys)
     assert_no_partial_outputs(out)
     assert main(glue_argv(tiny, out)) == 0
     same_sweep(out, glue_reference)

@@ -203,7 +203,8 @@ def _clear(path: Path, keep: Sequence[str]) -> None:
 
 
 def _visible(path: Path) -> list[str]:
-    return sorted(p.name for p in path.iterdir() if p.name != LOCK)
+    """What a directory holds besides hidden files (the lock, temporaries, a .gitkeep)."""
+    return sorted(p.name for p in path.iterdir() if not p.name.startswith("."))
 
 
 @contextmanager
@@ -228,6 +229,7 @@ def open_run(out: str | Path, ident: dict, fresh: bool = False, keep: Sequence[s
         if old is not None and old != ident and not fresh:
             raise RunMismatch(f"{path}: {differences(old, ident)}; use --fresh to start afresh or another --out")
         if fresh and old is not None:
+            log.info("%s: --fresh: removing the earlier run%s", path, f" (keeping {', '.join(keep)})" if keep else "")
             _clear(path, keep)
         for stale in path.glob(".*.tmp"):  # fileio.atomic_path's temporaries; the lock says nobody is writing
             stale.unlink(missing_ok=True)

@@ -198,8 +198,36 @@ def test_restarted_run_starts_a_clean_log(tiny, sentiment, tmp_path):
     out = tmp_path / "run"
     cfg = config(tiny, out, train=train, dev=dev, text_column="review", label_column="stars", epochs=1)
     ft.run(cfg)
+    (out / "metrics.json").unlink()  # as a run killed before its end leaves it
     ft.run(cfg)
     assert sum(json.loads(r)["split"] == "dev" for r in (out / "log.jsonl").read_text().splitlines()) == 1
+
+
+def test_rerun_into_a_finished_run(tiny, sentiment, tmp_path, capsys):
+    """Finding 5 of issue 11: another --seed into a finished --out overwrote it without a word."""
+    train, dev, _ = sentiment
+    out = tmp_path / "run"
+    user = ["--model", tiny, "--out", str(out), "--train", train, "--dev", dev, "--text-column", "review",
+            "--label-column", "stars", "--batch-size", "4", "--epochs", "1", "--lr", "1e-3", "--no-progress"]
+    assert main(["finetune", *user]) == 0
+    stamps = lambda: {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name != ".lock"}
+    files = stamps()
+    first = json.loads((out / "metrics.json").read_text())
+
+    assert main(["finetune", *user]) == 0  # the same settings and files: kept as it is, not trained again
+    assert stamps() == files
+
+    err = cli_error(capsys, *user, "--seed", "7")
+    assert err == (f"miniberts finetune: error: {out}: was made with --seed 42, now --seed 7; use --fresh to start "
+                   "afresh or another --out")
+    with open(train, "a", encoding="utf-8") as f:
+        f.write("one more fine film,pos\n")
+    assert "the files of --train differ" in cli_error(capsys, *user)
+    assert json.loads((out / "metrics.json").read_text()) == first  # nothing was touched
+
+    assert main(["finetune", *user, "--seed", "7", "--fresh"]) == 0
+    again = json.loads((out / "metrics.json").read_text())
+    assert again["config"]["seed"] == 7 and again["train_examples"] == first["train_examples"] + 1
 
 
 # --- bad input: one line each, exit status 2 ------------------------------------------------------------------

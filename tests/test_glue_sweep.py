@@ -131,3 +131,33 @@ def test_errors(tiny, tmp_path, capsys):
     assert "--grid" in error("--glue-dir", GLUE, "--tasks", "RTE", "--grid", "huge")
     assert "MNLI model" in error("--glue-dir", GLUE, "--tasks", "AX")
     assert not (tmp_path / "o").exists()
+
+
+def test_rerun_with_other_settings_is_refused_and_fresh_restarts(tiny, tmp_path, capsys):
+    """Finding 1 of issue 11: a rerun with another --model/--epochs/--max-length skipped every run as "finished
+    before" and results.md labelled the old numbers with the new settings."""
+    out = tmp_path / "sweep"
+
+    def sweep_cli(model, epochs, max_length, *more, batch_sizes=("4",)):
+        return main(["glue", "--glue-dir", GLUE, "--tasks", "RTE", "--batch-sizes", *batch_sizes, "--lrs", "1e-3",
+                     "--out", str(out), "--model", model, "--epochs", epochs, "--max-length", max_length, *more,
+                     "--no-progress"])
+
+    assert sweep_cli(tiny, "1", "32") == 0
+    results = (out / "results.md").read_text()
+
+    assert sweep_cli("tiny", "2", "64") == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"miniberts glue: error: {out}: was made with --model (a directory) --epochs 1 --max-length 32, "
+                   "now --model tiny --epochs 2 --max-length 64; use --fresh to start afresh or another --out"), err
+    assert (out / "results.md").read_text() == results
+
+    # More of the grid with the same settings is the same sweep, grown: only the new run trains.
+    assert sweep_cli(tiny, "1", "32", batch_sizes=("4", "8")) == 0
+    assert json.loads((out / "results.json").read_text())["runs_finished"] == 2
+
+    assert sweep_cli(tiny, "2", "32", "--fresh") == 0
+    done = json.loads((out / "results.json").read_text())
+    assert done["grid"]["epochs"] == 2 and done["runs_finished"] == 1  # the old runs are gone, not relabelled
+    run = json.loads((out / done["tasks"]["RTE"]["best"]["dir"] / "metrics.json").read_text())
+    assert run["config"]["epochs"] == 2 and len(run["epochs"]) == 2

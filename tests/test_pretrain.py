@@ -6,6 +6,7 @@ tests/fixtures/pretraining, forced to fp32 on CPU with one thread, so that equal
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -23,7 +24,8 @@ from miniberts.config import BertConfig
 from miniberts.model import BertForPreTraining
 from miniberts.tokenizer import BUILTIN_VOCAB, WordPieceTokenizer
 from miniberts.train.common import read_jsonl
-from miniberts.train.pretrain import PretrainConfig, run
+from miniberts.train.pretrain import PretrainConfig, run, run_identity
+from miniberts.train.rundir import open_run
 
 REPO = Path(__file__).resolve().parents[1]
 EXCERPT = REPO / "tests" / "fixtures" / "pretraining" / "wiki_excerpt.txt"
@@ -295,11 +297,37 @@ def test_sequence_length_over_the_models_positions(tmp_path, capsys):
 
 def test_corrupt_checkpoint_on_resume(tmp_path, capsys):
     out = tmp_path / "out"
+    with open_run(out, run_identity(config(tmp_path, out=str(out), steps=10, progress=True))):
+        pass  # the run directory of these settings, as a first attempt leaves it
     (out / "checkpoints").mkdir(parents=True)
     (out / "checkpoints" / "step-00000005.pt").write_bytes(b"PK\x03\x04 not really a zip archive")
     _fails(capsys, flags(tiny_model(tmp_path), out, 10) + ["--resume"], "step-00000005.pt: corrupt checkpoint")
     _fails(capsys, flags(tiny_model(tmp_path), out, 10), "holds checkpoints of an earlier run")
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoints"]
+    assert sorted(p.name for p in out.iterdir()) == [".lock", "checkpoints", "identity.json"]
+
+
+def test_divergence_stops_before_a_nan_model_is_saved(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert cli.main(["pretrain", *flags(tiny_model(tmp_path), out, 20, lr=1e3, save_every=5)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert re.fullmatch(r"miniberts pretrain: error: training diverged at step \d+ \((loss|gradient norm) (nan|inf)\); "
+                        r"try a lower --lr", err), err
+    assert not (out / "model.safetensors").exists() and not (out / "metrics.json").exists()
+    for step in _checkpoint_steps(out):  # checkpoints before the divergence hold finite weights only
+        state = torch.load(out / "checkpoints" / f"step-{step:08d}.pt", weights_only=True)
+        assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_rerun_with_other_settings_is_refused_and_fresh_starts_afresh(tmp_path, capsys):
+    out = tmp_path / "out"
+    first = run(config(tmp_path, out=str(out), steps=2))
+    _fails(capsys, flags(tiny_model(tmp_path), out, 2, seed=7) + ["--resume"],
+           "was made with --seed 42, now --seed 7; use --fresh to start afresh or another --out")
+    _fails(capsys, flags(tiny_model(tmp_path), out, 2), "holds checkpoints of an earlier run: pass --resume")
+    _fails(capsys, flags(tiny_model(tmp_path), out, 2) + ["--fresh", "--resume"], "not both")
+    again = run(config(tmp_path, out=str(out), steps=2, seed=7, fresh=True))
+    assert again["config"]["seed"] == 7 and again["train_mlm_loss"] != first["train_mlm_loss"]
+    assert (out / "data").is_dir()  # the token cache survives --fresh
 
 
 # --- the built-in corpus -------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import random
 import re
@@ -22,7 +23,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, MinibertsError
 from ..figures import pyplot, save_figure
 from ..fileio import atomic_path, atomic_write_text
 
@@ -51,6 +52,14 @@ def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
     if step < warmup:
         return peak * (step + 1) / warmup
     return peak * max(0.0, (total - step) / max(1, total - warmup))
+
+
+def check_finite(step: int, loss: float, grad_norm: float = 0.0) -> None:
+    """Stop a diverged run at once, before a NaN model is saved under a final name (every recipe, one wording)."""
+    if not math.isfinite(loss):
+        raise MinibertsError(f"training diverged at step {step} (loss {loss}); try a lower --lr")
+    if not math.isfinite(grad_norm):
+        raise MinibertsError(f"training diverged at step {step} (gradient norm {grad_norm}); try a lower --lr")
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

@@ -19,12 +19,12 @@ import torch
 import torch.nn.functional as F
 
 from ..checkpoint import check_max_length, load_classifier, load_tokenizer, read_checkpoint, save_hf
-from ..data.load import cache_root, load_task, targets_of
+from ..data.load import TaskData, cache_root, load_task, targets_of
 from ..device import pick_device, resolve_dtype
 from ..distill_targets import check_same_vocab, kl_to_teacher, soft_target_loss, teacher_logits
 from ..errors import DataError, MinibertsError
 from ..infer import read_lines
-from . import finetune
+from . import finetune, rundir
 from .common import JsonlLog, set_seed, write_json
 
 log = logging.getLogger("miniberts")
@@ -86,7 +86,12 @@ def distillation_loss(num_outputs: int, temperature: float, alpha: float, regres
 
 
 def run(cfg: DistillConfig) -> dict:
-    """Distill `cfg.teacher` into `cfg.student` on the transfer texts (+ labeled train texts); RUN = cfg.out."""
+    """Distill `cfg.teacher` into `cfg.student` on the transfer texts (+ labeled train texts); RUN = cfg.out.
+
+    RUN is a `rundir` run as fine-tuning's is: locked, its identity (settings, teacher, student, transfer and task
+    files) recorded; a finished run with the same identity is returned as it is, another identity refused unless
+    `cfg.fresh`.
+    """
     for flag in ("teacher", "student", "out"):
         if not getattr(cfg, flag):
             raise MinibertsError(f"--{flag} is required")
@@ -95,8 +100,15 @@ def run(cfg: DistillConfig) -> dict:
     data = load_task(cfg)
     pairs = any(ex.text_b is not None for ex in data.train)
     transfer_texts, transfer_pairs = read_transfer(cfg.transfer, pairs, cfg.transfer_limit)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    ident = finetune.run_identity(cfg, teacher=cfg.teacher, student=cfg.student, transfer=cfg.transfer)
+    with rundir.open_run(cfg.out, ident, cfg.fresh) as run_dir:
+        if run_dir.finished:
+            return run_dir.finished_metrics()
+        return _distill(cfg, data, pairs, transfer_texts, transfer_pairs, run_dir.path)
+
+
+def _distill(cfg: DistillConfig, data: TaskData, pairs: bool, transfer_texts: list[str],
+             transfer_pairs: list[str] | None, out: Path) -> dict:
     for stale in ("metrics.json", "log.jsonl"):
         (out / stale).unlink(missing_ok=True)
 
@@ -116,9 +128,12 @@ def run(cfg: DistillConfig) -> dict:
     train_pairs = [ex.text_b or "" for ex in data.train] if pairs else None
     dev_name, dev_examples = next(iter(data.dev.items()))
     dev_split = ([ex.text_a for ex in dev_examples], [ex.text_b or "" for ex in dev_examples] if pairs else None)
-    t_transfer, t_train, t_dev = (torch.from_numpy(x) for x in teacher_logits(
-        cfg.teacher, [(transfer_texts, transfer_pairs), (train_texts, train_pairs), dev_split], cfg.max_length, cache,
-        cfg.eval_batch_size, cfg.dtype))
+    # Loading the teacher draws random numbers (its init), a cache hit does not: fork_rng keeps the student's dropout
+    # stream the same either way, so a rerun (warm cache) reproduces the first run (cold cache).
+    with torch.random.fork_rng(devices=[]):
+        t_transfer, t_train, t_dev = (torch.from_numpy(x) for x in teacher_logits(
+            cfg.teacher, [(transfer_texts, transfer_pairs), (train_texts, train_pairs), dev_split], cfg.max_length,
+            cache, cfg.eval_batch_size, cfg.dtype))
 
     gold = targets_of(data, data.train).float()
     missing = torch.full((len(transfer_texts),), float("nan") if data.regression else -1.0)
@@ -151,7 +166,7 @@ def run(cfg: DistillConfig) -> dict:
     if cfg.finetune_after:
         distilled = out / "distilled"
         save_hf(student, tokenizer, distilled)
-        ft_cfg = dataclasses.replace(cfg, model=str(distilled), out=str(out / "finetuned"),
+        ft_cfg = dataclasses.replace(cfg, model=str(distilled), out=str(out / "finetuned"), fresh=True,  # ours
                                      epochs=cfg.finetune_epochs or cfg.epochs, lr=cfg.finetune_lr or cfg.lr)
         metrics["finetune"] = finetune.run(finetune.FinetuneConfig(**{
             f.name: getattr(ft_cfg, f.name) for f in dataclasses.fields(finetune.FinetuneConfig)}), data)

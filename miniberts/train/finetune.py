@@ -34,8 +34,8 @@ from torch import nn
 from tqdm import tqdm
 
 from ..checkpoint import check_max_length, load_classifier, save_hf
-from ..data.load import TaskData, load_task, targets_of
-from ..data.tasks import Example
+from ..data.load import TaskData, builtin_name, builtin_task_dir, load_task, targets_of
+from ..data.tasks import Example, get_task
 from ..device import DTYPES, autocast, pick_device, resolve_dtype
 from ..errors import MinibertsError
 from ..fileio import atomic_write_text
@@ -43,7 +43,8 @@ from ..metrics import task_metrics
 from ..predict import decode, format_predictions, predict_logits
 from ..settings import validate
 from ..tokenizer import CASED_HELP, VOCAB_HELP, WordPieceTokenizer
-from .common import JsonlLog, lr_at, make_optimizer, set_lr, set_seed, write_json
+from . import rundir
+from .common import JsonlLog, check_finite, lr_at, make_optimizer, set_lr, set_seed, write_json
 
 log = logging.getLogger("miniberts")
 
@@ -95,6 +96,8 @@ class FinetuneConfig(LoopConfig):
                                                           "$MINIBERTS_CACHE or ~/.cache/miniberts)"})
     vocab: str = field(default="", metadata={"help": VOCAB_HELP})
     cased: bool = field(default=False, metadata={"help": CASED_HELP})
+    fresh: bool = field(default=False, metadata={"help": "remove the results in --out first, even if they were "
+                                                         "made with other settings (else such a rerun is refused)"})
 
 
 # --- data: token ids + targets, batched by length -------------------------------------------------------------
@@ -244,8 +247,7 @@ def train_classifier(model: nn.Module, train: Encoded, loss_fn: LossFn, cfg: Loo
             optimizer.step()
             step += 1
             value = loss.item()
-            if not math.isfinite(value):
-                raise MinibertsError(f"training diverged at step {step} (loss {value}); try a lower --lr")
+            check_finite(step, value)
             epoch_loss, epoch_steps, window_loss = epoch_loss + value, epoch_steps + 1, window_loss + value
             window_tokens += int(batch["attention_mask"].sum())
             bar.update(1)
@@ -303,7 +305,10 @@ def _logits(model, tokenizer, examples, max_length, batch_size, device, dtype) -
 def run(cfg: FinetuneConfig, data: TaskData | None = None) -> dict:
     """Fine-tune `cfg.model` on the task; write RUN = cfg.out; return the contents of RUN/metrics.json.
 
-    `data` skips loading the task again (the GLUE sweep loads each task once for its many runs).
+    `data` skips loading the task again (the GLUE sweep loads each task once for its many runs). RUN is locked for
+    the run and records its identity (`rundir`): a finished run with the same settings and files is not trained
+    again (its metrics are returned), an unfinished one restarts from scratch, one made with other settings is
+    refused unless `cfg.fresh`.
     """
     if not cfg.model:
         raise MinibertsError("--model is required (a model directory or a preset name)")
@@ -311,8 +316,25 @@ def run(cfg: FinetuneConfig, data: TaskData | None = None) -> dict:
         raise MinibertsError("--out is required (the run directory to write)")
     check_max_length(cfg.model, cfg.max_length)  # from config.json alone, before any data file is read
     data = data or load_task(cfg)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    with rundir.open_run(cfg.out, run_identity(cfg), cfg.fresh) as run_dir:
+        if run_dir.finished:
+            return run_dir.finished_metrics()
+        return _train_run(cfg, data, run_dir.path)
+
+
+def run_identity(cfg: FinetuneConfig, **inputs) -> dict:
+    """What defines a run's results (`rundir.identity`): its settings, the bytes of the model and of the task's
+    files (a GLUE task's folder, a built-in task's cache, the user's files); `inputs` adds a recipe's own."""
+    task_files = {"model": cfg.model, "train": cfg.train, "dev": cfg.dev, "test": cfg.test, "vocab": cfg.vocab,
+                  **inputs}
+    glue = cfg.task and cfg.glue_dir and not builtin_name(cfg.task)
+    task_files["glue_dir"] = Path(cfg.glue_dir) / get_task(cfg.task).directory if glue else ""  # moving it: no change
+    if cfg.task and builtin_name(cfg.task):
+        task_files["cache_dir"] = builtin_task_dir(builtin_name(cfg.task), cfg.cache_dir)
+    return rundir.identity(cfg, task_files)
+
+
+def _train_run(cfg: FinetuneConfig, data: TaskData, out: Path) -> dict:
     for stale in ("metrics.json", "log.jsonl"):  # a restarted run starts clean; metrics.json means "finished"
         (out / stale).unlink(missing_ok=True)
 

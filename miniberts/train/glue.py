@@ -5,6 +5,9 @@ and trained for 4 epochs: batch sizes 8, 16, 32, 64, 128; learning rates 3e-4, 1
 
 - Resumable: each run is OUT/runs/<task>/bs<B>-lr<LR>-seed<S>/, a `finetune.run` directory; its metrics.json is
   written last, so a run with one is finished and is never trained again. A crash loses at most the run in flight.
+- One identity (`rundir`): OUT/identity.json records the settings every run shares (model, epochs, max length, ...),
+  each run's identity.json its own with the task's files; a rerun with others is refused naming them (`--fresh`
+  starts over), so results.md never labels old numbers with new settings. The grid, tasks and seeds may grow.
 - Ordered so a partial sweep is already useful: seed by seed, grid settings from the middle of the grid outwards,
   and within a setting every task before the next setting. After the first len(tasks) runs every task has a result.
 - After every run: OUT/results.md and results.csv (the card's columns: Score, CoLA, SST-2, MRPC F1/Acc, STS-B
@@ -19,6 +22,7 @@ and trained for 4 epochs: batch sizes 8, 16, 32, 64, 128; learning rates 3e-4, 1
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import logging
@@ -38,7 +42,7 @@ from ..figures import pyplot, save_figure
 from ..fileio import atomic_write_text
 from ..metrics import GLUE_SCORE_COLUMNS, glue_score
 from ..settings import validate
-from . import finetune
+from . import finetune, rundir
 from .common import write_json
 
 log = logging.getLogger("miniberts")
@@ -81,6 +85,8 @@ class GlueConfig:
     keep_models: bool = field(default=False, metadata={"help": "keep the weights of every run, not only the best"})
     cache_dir: str = field(default="", metadata={"help": "where built-in tasks are written"})
     progress: bool = field(default=True, metadata={"help": "progress bars"})
+    fresh: bool = field(default=False, metadata={"help": "remove the sweep in --out first (needed to rerun it with "
+                                                         "another model, --epochs, --max-length, ...)"})
 
     def __post_init__(self):
         validate(self)
@@ -156,30 +162,40 @@ def run_config(cfg: GlueConfig, run: Run, out: Path) -> finetune.FinetuneConfig:
         dtype=cfg.dtype, max_train_examples=cfg.max_train_examples, cache_dir=cfg.cache_dir, progress=cfg.progress)
 
 
+# The settings every run of a sweep shares, and so its results.md states: the sweep's identity with the model's files.
+SWEEP_IDENTITY = ("model", "epochs", "max_length", "eval_batch_size", "dtype", "max_train_examples")
+
+
+def sweep_identity(cfg: GlueConfig) -> dict:
+    skip = [f.name for f in dataclasses.fields(cfg) if f.name not in SWEEP_IDENTITY]
+    return rundir.identity(cfg, {"model": cfg.model}, skip)
+
+
 def sweep(cfg: GlueConfig) -> dict:
     """Train every unfinished run of the plan, write the results after each; return results.json's contents."""
     tasks = task_names(cfg)
     _check(cfg, tasks)
     out = Path(cfg.out)
     runs = plan(cfg)
-    data: dict[str, TaskData] = {}  # each task is read and checked once, before its first run
-    for n, run in enumerate(runs, 1):
-        where = run.dir(out)
-        label = f"[{n}/{len(runs)}] {run.task} batch {run.batch_size} lr {run.lr:g} seed {run.seed}"
-        if (where / "metrics.json").is_file():
-            log.info("%s: finished before, skipped", label)
-            continue
-        log.info("%s", label)
-        if run.task not in data:
-            data[run.task] = load_task(run_config(cfg, run, out))
-        finetune.run(run_config(cfg, run, out), data[run.task])
-        results = write_results(cfg, tasks, runs, out, heatmaps=[run.task])
-        if not cfg.keep_models:
-            prune(results["tasks"][run.task], out)
-    results = write_results(cfg, tasks, runs, out)
-    if cfg.submission:
-        write_submission(cfg, results, runs, out, data)
-    return results
+    with rundir.open_run(out, sweep_identity(cfg), cfg.fresh):
+        data: dict[str, TaskData] = {}  # each task is read and checked once, before its first run
+        for n, run in enumerate(runs, 1):
+            run_cfg = run_config(cfg, run, out)
+            label = f"[{n}/{len(runs)}] {run.task} batch {run.batch_size} lr {run.lr:g} seed {run.seed}"
+            if rundir.finished(run.dir(out), finetune.run_identity(run_cfg)):
+                log.info("%s: finished before, skipped", label)
+                continue
+            log.info("%s", label)
+            if run.task not in data:
+                data[run.task] = load_task(run_cfg)
+            finetune.run(run_cfg, data[run.task])
+            results = write_results(cfg, tasks, runs, out, heatmaps=[run.task])
+            if not cfg.keep_models:
+                prune(results["tasks"][run.task], out)
+        results = write_results(cfg, tasks, runs, out)
+        if cfg.submission:
+            write_submission(cfg, results, runs, out, data)
+        return results
 
 
 def prune(task_results: dict, out: Path) -> None:
@@ -203,7 +219,7 @@ def collect(cfg: GlueConfig, tasks: list[str], runs: list[Run], out: Path) -> di
         finished = []
         for run in (r for r in runs if r.task == task):
             path = run.dir(out) / "metrics.json"
-            if path.is_file():
+            if rundir.finished(run.dir(out), finetune.run_identity(run_config(cfg, run, out))):  # never another's
                 m = json.loads(path.read_text(encoding="utf-8"))
                 best = m["best"]
                 finished.append({"batch_size": run.batch_size, "lr": run.lr, "seed": run.seed,
@@ -362,7 +378,7 @@ def write_submission(cfg: GlueConfig, results: dict, runs: list[Run], out: Path,
             if not (run_dir / "model.safetensors").is_file():  # pruned when it was not the best: train it again
                 log.info("retraining %s for its weights (pruned earlier)", best["dir"])
                 run = next(r for r in runs if r.dir(out) == run_dir)
-                fcfg = run_config(cfg, run, out)
+                fcfg = dataclasses.replace(run_config(cfg, run, out), fresh=True)  # finished, so it would be kept
                 finetune.run(fcfg, data.get(model_task) or load_task(fcfg))
             models[model_task] = load_predictor(run_dir)
         model, tokenizer = models[model_task]

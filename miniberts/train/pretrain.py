@@ -50,8 +50,9 @@ from ..model import BertForPreTraining
 from ..settings import validate
 from ..tokenizer import CASED_HELP, VOCAB_HELP, WordPieceTokenizer, open_vocab
 from ..vocab import cached_vocab
-from .common import (Checkpoints, JsonlLog, init_distributed, lr_at, make_optimizer, plot_curves, read_jsonl,
-                     rng_state, set_lr, set_rng_state, set_seed, write_json)
+from . import rundir
+from .common import (Checkpoints, JsonlLog, check_finite, init_distributed, lr_at, make_optimizer, plot_curves,
+                     read_jsonl, rng_state, set_lr, set_rng_state, set_seed, write_json)
 
 log = logging.getLogger("miniberts")
 
@@ -118,6 +119,8 @@ class PretrainConfig:
     progress: bool = field(default=True, metadata={"help": "progress bar on a terminal"})
     vocab: str = field(default="", metadata={"help": VOCAB_HELP})
     cased: bool = field(default=False, metadata={"help": CASED_HELP})
+    fresh: bool = field(default=False, metadata={"help": "remove the run in --out (checkpoints, model, logs; not the "
+                                                         "token cache RUN/data) and start afresh"})
 
     def __post_init__(self):
         validate(self)
@@ -126,6 +129,10 @@ class PretrainConfig:
 # Settings a resumed run must share with the checkpoint: they decide which batch comes at which step.
 RESUME_KEYS = ("train_files", "batch_size", "seq_len", "max_predictions", "nsp", "whole_word", "short_seq_prob",
                "eval_files", "eval_fraction", "seed", "vocab_size", "vocab", "cased")
+# Settings a resumed run may change: its length and how often it evaluates and saves. All the others define the
+# run (`rundir` identity), with the model and data files by their bytes.
+EXTENDABLE = ("steps", "max_minutes", "eval_every", "eval_every_minutes", "save_every", "keep_checkpoints",
+              "grad_accum")
 DATA_FIELDS = ("model", "train_files", "eval_files", "eval_fraction", "seq_len", "nsp", "short_seq_prob", "seed",
                "cache_dir", "vocab_size", "vocab", "cased")
 
@@ -325,6 +332,8 @@ def run(cfg: PretrainConfig) -> dict:
         raise MinibertsError("give the run directory with --out RUN")
     if cfg.steps <= 0 and cfg.max_minutes <= 0:
         raise MinibertsError("give a length with --steps N and/or --max-minutes M")
+    if cfg.fresh and cfg.resume:
+        raise MinibertsError("give --resume (continue the run in --out) or --fresh (start it afresh), not both")
     check_files(cfg.train_files, "train")
     if cfg.eval_files:
         check_files(cfg.eval_files, "eval")
@@ -334,10 +343,20 @@ def run(cfg: PretrainConfig) -> dict:
         if cfg.batch_size % (world * cfg.grad_accum):
             raise MinibertsError(f"--batch-size {cfg.batch_size} must be divisible by processes x --grad-accum "
                                  f"({world} x {cfg.grad_accum})")
-        return _run(cfg, rank, world, device)
+        if rank > 0:  # rank 0 holds the lock and checks the identity for all
+            return _run(cfg, rank, world, device)
+        keep = () if cfg.cache_dir else ("data",)  # the token cache is keyed by its inputs: still valid
+        with rundir.open_run(cfg.out, run_identity(cfg), cfg.fresh, keep):
+            return _run(cfg, rank, world, device)
     finally:
         if started_dist and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def run_identity(cfg: PretrainConfig) -> dict:
+    """What defines a pre-training run (`rundir`): every setting but EXTENDABLE ones, the files by their bytes."""
+    inputs = {"model": cfg.model, "train_files": cfg.train_files, "eval_files": cfg.eval_files, "vocab": cfg.vocab}
+    return rundir.identity(cfg, inputs, skip=EXTENDABLE)
 
 
 def _run(cfg: PretrainConfig, rank: int, world: int, device: torch.device) -> dict:
@@ -345,6 +364,9 @@ def _run(cfg: PretrainConfig, rank: int, world: int, device: torch.device) -> di
     cache_root = Path(cfg.cache_dir) if cfg.cache_dir else run_dir / "data"
     new_dirs = _new_dirs(run_dir, cache_root)
     ckpts = Checkpoints(run_dir, keep=cfg.keep_checkpoints)
+    if rank == 0:
+        for stale in ckpts.dir.glob(".step-*.tmp"):  # a save cut short by a kill (the lock: nobody is saving now)
+            stale.unlink(missing_ok=True)
     try:  # nothing is left behind when the inputs are rejected
         for turn in (0, 1):  # rank 0 first builds what is cached (vocabulary, shards); then the others open it
             if (rank == 0) == (turn == 0):
@@ -353,7 +375,7 @@ def _run(cfg: PretrainConfig, rank: int, world: int, device: torch.device) -> di
                 state = _resume_state(cfg, ckpts, model.cfg) if cfg.resume else None
                 if not cfg.resume and ckpts.steps():
                     raise MinibertsError(f"{ckpts.dir} holds checkpoints of an earlier run: pass --resume to continue "
-                                         "it, or choose another --out")
+                                         "it, --fresh to start afresh, or choose another --out")
                 data = prepare_data(cfg, tokenizer, cache_root)
             if world > 1 and turn == 0:
                 dist.barrier()
@@ -487,6 +509,9 @@ def _run(cfg: PretrainConfig, rank: int, world: int, device: torch.device) -> di
             optimizer.zero_grad(set_to_none=True)
             step += 1
             stats_all = np.array(_all_reduce(stats.tolist(), device, world))
+            # Already on the host: checking every step is free, and stops before a NaN model could be saved.
+            check_finite(step, stats_all[0] / max(stats_all[2], 1) + stats_all[3] / max(stats_all[5], 1),
+                         float(grad_norm))
             train_s += time.perf_counter() - t0
             window_s += time.perf_counter() - t0
             tokens_seen += int(stats_all[6])
@@ -548,8 +573,6 @@ def _resume_state(cfg: PretrainConfig, ckpts: Checkpoints, model_cfg: BertConfig
     if differ:
         flags = ", ".join(f"--{k.replace('_', '-')} {saved.get(k)}" for k in differ)
         raise MinibertsError(f"{where}: resume with the settings it was written with ({flags})")
-    for stale in ckpts.dir.glob(".step-*.tmp"):  # a save cut short by a kill
-        stale.unlink(missing_ok=True)
     return state
 
 
@@ -560,8 +583,14 @@ def _trim_log(path: Path, keep_until: int | None) -> None:
     if keep_until is None:
         path.unlink()
         return
-    kept = [line for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= keep_until]
+    kept = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:  # the record a kill cut short (appends are not atomic): it is written again
+            continue
+        if record.get("step", 0) <= keep_until:
+            kept.append(line)
     atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 

@@ -1,0 +1,253 @@
+"""Run directories: what a run was made with (its identity), and one process at a time (a lock).
+
+A run directory (fine-tuning, distillation, pre-training, a GLUE sweep, an experiment and each of its cells) holds
+RUN/identity.json: the settings that define its results, with every input file replaced by a digest of its bytes
+(so moving a data folder changes nothing, editing a file does). Progress and logging flags, the output path and
+`--fresh`/`--resume` themselves are not part of it. Rerunning into the directory then means:
+
+- same identity: continue (resume, restart an unfinished run, or skip a finished one; the recipe decides);
+- another identity: one line naming what changed, e.g.
+  `RUN: was made with --model tiny, now --model 2-256; use --fresh to start afresh or another --out`;
+- `fresh=True`: the old contents are removed first (those named in `keep`, e.g. a token cache, stay).
+
+While a run is open it holds an exclusive `fcntl.flock` on RUN/.lock, so a second process (a second `finetune`,
+a second `pretrain --resume`) gets `RUN: in use by another miniberts process (pid N)` instead of mixing its outputs
+with the first one's. The kernel drops the lock when the holder dies, even by kill -9: a stale lock never blocks.
+
+Use (a recipe, an experiment's top directory or each of its cells alike):
+
+    ident = identity(cfg, inputs={"train": [cfg.train], "model": [cfg.model]})
+    with open_run(cfg.out, ident, fresh=cfg.fresh) as run:
+        if run.finished:          # RUN/metrics.json exists and came from these settings
+            return run.finished_metrics()
+        ...                       # train, write outputs (atomically), metrics.json last
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import functools
+import hashlib
+import json
+import logging
+import os
+import shutil
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import MinibertsError
+from ..fileio import atomic_write_text
+
+log = logging.getLogger("miniberts")
+
+IDENTITY = "identity.json"
+LOCK = ".lock"
+# Where the results go and how a run shows its progress: none of them changes a number of the results.
+NOT_IDENTITY = frozenset({"out", "fresh", "resume", "progress", "log_every", "cache_dir"})
+
+
+class RunInUse(MinibertsError):
+    """Another process holds the run directory's lock."""
+
+
+class RunMismatch(MinibertsError):
+    """The run directory was made with other settings or other input files."""
+
+
+# --- identity -------------------------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=256)
+def _digest(path: str, size: int, mtime_ns: int) -> str:
+    """sha256 of a file's bytes; cached per (path, size, mtime) so a sweep reads each input once per process."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return "sha256:" + h.hexdigest()
+
+
+def file_digest(path: str | Path) -> str:
+    st = os.stat(path)
+    return _digest(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+def fingerprint(value: str | Path):
+    """An input as identity: a file -> its digest; a directory (a model) -> {file name: digest} of its visible
+    top-level files (the weights, config, vocabulary; hidden files such as .lock and temporaries are not content);
+    anything else (a preset name, "") is kept as the string it is."""
+    path = Path(value)
+    if value and path.is_file():
+        return file_digest(path)
+    if value and path.is_dir():
+        return {p.name: file_digest(p) for p in sorted(path.iterdir()) if p.is_file() and not p.name.startswith(".")}
+    return str(value)
+
+
+def identity(cfg, inputs: Mapping[str, Sequence[str | Path] | str | Path] = (), skip: Sequence[str] = ()) -> dict:
+    """The identity of a run configured by the dataclass `cfg`: every field but NOT_IDENTITY and `skip`; the fields
+    named in `inputs` (a path or a list of paths each) are replaced by the fingerprints of those paths."""
+    inputs = dict(inputs)
+    out = {}
+    for f in dataclasses.fields(cfg):
+        if f.name in NOT_IDENTITY or f.name in skip:
+            continue
+        out[f.name] = getattr(cfg, f.name)
+    for name, paths in inputs.items():
+        out[name] = ([fingerprint(p) for p in paths] if isinstance(paths, (list, tuple)) else fingerprint(paths))
+    return json.loads(json.dumps(out))  # what identity.json will hold: tuples as lists, floats as written
+
+
+def _is_content(value) -> bool:
+    """A fingerprint of files (a digest, a {name: digest} dict, or a list of them), not a plain setting."""
+    if isinstance(value, str):
+        return value.startswith("sha256:")
+    if isinstance(value, list):
+        return any(_is_content(v) for v in value)
+    return isinstance(value, dict)
+
+
+def _describe(name: str, value) -> str:
+    """A setting as the flag that gives it: `--epochs 3`, `--nsp`, `--tasks RTE CoLA`, `--model (a directory)`."""
+    flag = "--" + name.replace("_", "-")
+    if value is _MISSING:
+        return f"(no {flag})"
+    if isinstance(value, bool):
+        return flag if value else "--no-" + flag[2:]
+    if _is_content(value):
+        return f"{flag} (a directory)" if isinstance(value, dict) else f"{flag} (files)"
+    if isinstance(value, list):
+        return f"{flag} {' '.join(map(str, value)) or '(none)'}"
+    return f"{flag} {value if value != '' else '(none)'}"
+
+
+_MISSING = object()
+
+
+def differences(old: dict, new: dict) -> str:
+    """One phrase naming every setting whose value changed and every input whose files changed."""
+    was, now, changed = [], [], []
+    for key in [*new, *(k for k in old if k not in new)]:
+        a, b = old.get(key, _MISSING), new.get(key, _MISSING)
+        if a == b:
+            continue
+        if _is_content(a) and _is_content(b):
+            changed.append("--" + key.replace("_", "-"))
+        else:
+            was.append(_describe(key, a))
+            now.append(_describe(key, b))
+    parts = []
+    if was:
+        parts.append(f"was made with {' '.join(was)}, now {' '.join(now)}")
+    if changed:
+        parts.append(f"the files of {', '.join(changed)} differ from those it was made with")
+    return "; ".join(parts)
+
+
+# --- the lock and the directory -------------------------------------------------------------------------------
+
+@dataclass
+class RunDir:
+    path: Path
+    identity: dict
+    existed: bool  # identity.json was there already, with this identity: an earlier attempt of this very run
+    done: str = "metrics.json"
+
+    @property
+    def finished(self) -> bool:
+        return self.existed and (self.path / self.done).is_file()
+
+    def finished_metrics(self) -> dict:
+        """The results of the earlier, finished attempt, which a recipe returns instead of training again."""
+        log.info("%s: finished before with these settings; kept as it is (--fresh to run it again)", self.path)
+        return json.loads((self.path / self.done).read_text(encoding="utf-8"))
+
+
+def read_identity(path: str | Path) -> dict | None:
+    """RUN/identity.json's identity, or None when there is none (or it cannot be read: a foreign file)."""
+    file = Path(path) / IDENTITY
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))["identity"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def finished(path: str | Path, ident: dict, done: str = "metrics.json") -> bool:
+    """Whether RUN holds a finished run made with `ident` (a look without the lock, e.g. to skip it in a sweep)."""
+    return read_identity(path) == ident and (Path(path) / done).is_file()
+
+
+def _acquire(path: Path) -> int:
+    fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        raise RunInUse(f"{path}: in use by another miniberts process (pid {holder})") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    return fd
+
+
+def _clear(path: Path, keep: Sequence[str]) -> None:
+    for entry in path.iterdir():
+        if entry.name in (LOCK, *keep):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+def _visible(path: Path) -> list[str]:
+    """What a directory holds besides hidden files (the lock, temporaries, a .gitkeep)."""
+    return sorted(p.name for p in path.iterdir() if not p.name.startswith("."))
+
+
+@contextmanager
+def open_run(out: str | Path, ident: dict, fresh: bool = False, keep: Sequence[str] = (),
+             done: str = "metrics.json") -> Iterator[RunDir]:
+    """Lock RUN = `out` for the whole `with` block and check (or record) its identity; see the module docstring.
+
+    A directory that holds files but no identity.json is not taken over (it may be the user's own, or a run from
+    before identities): one line says so. A run rejected inside the block before it wrote anything leaves the
+    directory as it found it. Stale temporary files of atomic writes cut short by a kill are removed.
+    """
+    path = Path(out)
+    created = [d for d in (path, *path.parents) if not d.exists()]
+    path.mkdir(parents=True, exist_ok=True)
+    fd = _acquire(path)
+    wrote_identity = False
+    try:
+        old = read_identity(path)
+        if old is None and _visible(path):
+            raise RunMismatch(f"{path}: holds files but no {IDENTITY} (not a miniberts run directory, or one made "
+                              "before run identities); choose another --out or empty it")
+        if old is not None and old != ident and not fresh:
+            raise RunMismatch(f"{path}: {differences(old, ident)}; use --fresh to start afresh or another --out")
+        if fresh and old is not None:
+            log.info("%s: --fresh: removing the earlier run%s", path, f" (keeping {', '.join(keep)})" if keep else "")
+            _clear(path, keep)
+        for stale in path.glob(".*.tmp"):  # fileio.atomic_path's temporaries; the lock says nobody is writing
+            stale.unlink(missing_ok=True)
+        existed = old == ident and not fresh
+        if not existed:
+            atomic_write_text(path / IDENTITY, json.dumps({"identity": ident}, indent=2) + "\n")
+            wrote_identity = True
+        yield RunDir(path, ident, existed, done)
+    except BaseException:
+        if wrote_identity and _visible(path) == [IDENTITY]:  # rejected before any output: leave no trace
+            (path / IDENTITY).unlink(missing_ok=True)
+            if created:
+                (path / LOCK).unlink(missing_ok=True)
+                for d in created:
+                    try:
+                        d.rmdir()
+                    except OSError:
+                        break
+        raise
+    finally:
+        os.close(fd)  # releases the flock

@@ -27,6 +27,7 @@ COMMANDS = [
     "data",
     "distill",
     "quickstart",
+    "experiment",
     "export",
     "bench",
 ]

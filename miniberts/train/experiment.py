@@ -33,6 +33,7 @@ import dataclasses
 import json
 import logging
 import multiprocessing
+import os
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -432,8 +433,14 @@ def _teacher_work(job: Job) -> None:
                                                             "transfer_texts": counts}, indent=2) + "\n")
 
 
-def _worker_init() -> None:
+def _worker_init(counter, gpus: int) -> None:
+    """Logging for the worker; with several GPUs, worker i sees only GPU i mod gpus (set before CUDA starts)."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    with counter.get_lock():
+        index = counter.value
+        counter.value += 1
+    if gpus > 1:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(index % gpus)
 
 
 def execute(jobs: list[Job], workers: int, threads: int, on_done) -> None:
@@ -449,7 +456,9 @@ def execute(jobs: list[Job], workers: int, threads: int, on_done) -> None:
             on_done(job)
         return
     context = multiprocessing.get_context("spawn")  # no fork: torch's thread pools do not survive it
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init) as pool:
+    gpus = torch.cuda.device_count()  # one worker per GPU on a multi-GPU machine
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init,
+                             initargs=(context.Value("i", 0), gpus)) as pool:
         running = {}
         while todo or running:
             for job in [j for j in todo if all(d in done for d in j.deps)]:

@@ -137,42 +137,43 @@ def _errorbar(ax, xs, summaries, label):
     ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=label)
 
 
+def _group_lines(lines: dict[str, list[dict]], x: str, split: str, xlabel: str, title: str, metric: str,
+                 path: Path) -> None:
+    """One line per label through its groups' means at x = g[x] (log scale), 95% error bars."""
+    fig, ax = pyplot().subplots(figsize=(7, 4.5))
+    for label, members in lines.items():
+        members = sorted(members, key=lambda g: g[x])
+        _errorbar(ax, [g[x] for g in members], [g[split] for g in members], label)
+    ax.set(xscale="log", xlabel=xlabel, ylabel=f"{split} {metric} (%)", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    save_figure(fig, path)
+
+
+def _several_budgets(groups: list[dict]) -> bool:
+    return len({(g["pretrain_on"], g["pretrain_steps"]) for g in groups if g["pretrain_steps"]}) > 1
+
+
 def figure_params(groups: list[dict], split: str, metric: str, path: Path) -> None:
     """Score against parameters, one line per strategy, at the largest transfer size (the paper's Figure 2)."""
     sizes = [g["transfer_size"] for g in groups if g["transfer_size"]]
     largest = max(sizes, key=lambda s: float("inf") if s == "all" else int(s)) if sizes else None
-    variants = {(g["pretrain_on"], g["pretrain_steps"]) for g in groups if g["pretrain_steps"]}
     lines: dict[str, list[dict]] = {}
     for g in groups:
         if g[split] is not None and g["transfer_size"] in (None, largest):
-            lines.setdefault(_label(g, len(variants) > 1), []).append(g)
-    fig, ax = pyplot().subplots(figsize=(7, 4.5))
-    for label, members in lines.items():
-        members = sorted(members, key=lambda g: g["params"])
-        _errorbar(ax, [g["params"] for g in members], [g[split] for g in members], label)
-    ax.set(xscale="log", xlabel="parameters", ylabel=f"{split} {metric} (%)",
-           title=f"{split} {metric} against student size (95% intervals over seeds)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    save_figure(fig, path)
+            lines.setdefault(_label(g, _several_budgets(groups)), []).append(g)
+    _group_lines(lines, "params", split, "parameters", f"{split} {metric} against student size (95% intervals over "
+                 "seeds)", metric, path)
 
 
 def figure_transfer(groups: list[dict], split: str, metric: str, path: Path) -> None:
     """Score against transfer-set size (texts), one line per student and distilled strategy."""
     lines: dict[str, list[dict]] = {}
-    variants = {(g["pretrain_on"], g["pretrain_steps"]) for g in groups if g["pretrain_steps"]}
     for g in groups:
         if g["transfer_size"] and g[split] is not None:
-            lines.setdefault(_label(g, len(variants) > 1, True), []).append(g)
-    fig, ax = pyplot().subplots(figsize=(7, 4.5))
-    for label, members in lines.items():
-        members = sorted(members, key=lambda g: g["transfer_examples"])
-        _errorbar(ax, [g["transfer_examples"] for g in members], [g[split] for g in members], label)
-    ax.set(xscale="log", xlabel="transfer texts", ylabel=f"{split} {metric} (%)",
-           title=f"{split} {metric} against transfer-set size (95% intervals)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    save_figure(fig, path)
+            lines.setdefault(_label(g, _several_budgets(groups), True), []).append(g)
+    _group_lines(lines, "transfer_examples", split, "transfer texts",
+                 f"{split} {metric} against transfer-set size (95% intervals)", metric, path)
 
 
 def figure_budget(diffs: list[dict], groups: list[dict], split: str, metric: str, path: Path) -> None:
@@ -208,7 +209,6 @@ def figure_dev_curves(groups: list[dict], cell_dirs: dict, metric: str, path: Pa
     for cell, run_dir in cell_dirs.items():
         by_group.setdefault(tuple(getattr(cell, a) for a in AXES), []).append(run_dir)
     series = {}
-    variants = {(g["pretrain_on"], g["pretrain_steps"]) for g in groups if g["pretrain_steps"]}
     several = len({g["student"] for g in groups}) > 1
     for g in groups:
         curves = []
@@ -219,7 +219,7 @@ def figure_dev_curves(groups: list[dict], cell_dirs: dict, metric: str, path: Pa
         if curves:
             epochs = min(len(c) for c in curves)
             mean = [sum(c[e] for c in curves) / len(curves) for e in range(epochs)]
-            label = _label(g, len(variants) > 1, several) + (f" t{g['transfer_size']}" if g["transfer_size"] else "")
+            label = _label(g, _several_budgets(groups), several) + (f" t{g['transfer_size']}" if g["transfer_size"] else "")
             series[label] = (list(range(1, epochs + 1)), mean)
     if series:
         plot_curves(series, path, "epoch", f"dev {metric} (%)", "dev score per epoch (mean over seeds)")

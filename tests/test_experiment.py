@@ -88,7 +88,7 @@ def test_tiny_spec_writes_every_file(unbroken):
             assert r["pretrain_on"] is None and "pretrain_tokens" not in r
         assert r["transfer_examples" if r["strategy"] != "scratch-ft" else "seed"]
     # shared work ran once: one pre-trained student per preset, one teacher fine-tuning
-    assert sorted(p.name for p in (out / "pretrained").iterdir()) == ["4-128-generic-5", "tiny-generic-5"]
+    assert sorted(p.name for p in (out / "pretrained").iterdir()) == ["4-128-generic-5steps", "tiny-generic-5steps"]
     assert (out / "teacher" / "metrics.json").is_file() and summary["teacher"]["test"]["accuracy"] >= 0
     # the summary's intervals are the t-intervals of the seeds' scores
     group = next(g for g in summary["groups"] if (g["student"], g["strategy"]) == ("tiny", "pd"))

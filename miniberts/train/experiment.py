@@ -82,8 +82,8 @@ class ExperimentConfig:
     pretrain_files: list[str] = field(default_factory=list, metadata={
         "help": "generic pre-training text (default: the built-in corpus, written under --cache-dir)"})
     pretrain_eval_files: list[str] = field(default_factory=list, metadata={
-        "help": "held-out text for the students' MLM accuracy (default: the built-in corpus' eval.txt with the "
-                "built-in corpus, else 1%% of the pre-training documents)"})
+        "help": "held-out text for the students' MLM accuracy, the same for every source (default: the built-in "
+                "corpus' eval.txt; with --pretrain-files, 1%% of their documents)"})
     pretrain_steps: list[int] = field(default_factory=lambda: [2000], metadata={
         "help": "pre-training budgets in optimizer steps (several = the budget curve)", "min": 1})
     pretrain_minutes: float = field(default=0.0, metadata={
@@ -176,7 +176,7 @@ class Cell:
     def path(self) -> str:
         parts = [self.student, self.strategy]
         if self.pretrain_on:
-            parts.append(self.pretrain_on if self.pretrain_steps is None else f"{self.pretrain_on}-{self.pretrain_steps}")
+            parts.append(self.pretrain_on if self.pretrain_steps is None else f"{self.pretrain_on}-{self.pretrain_steps}steps")
         if self.transfer_size:
             parts.append(f"transfer-{self.transfer_size}")
         return "/".join(parts + [f"seed-{self.seed}"])
@@ -240,10 +240,17 @@ def plan(cfg: ExperimentConfig) -> Plan:
     if distilling:
         teacher_dir, teacher_ft = _teacher(cfg, data, students, out, task_fields)
 
-    generic, generic_eval = _generic_corpus(cfg, cache) if pretraining and any(
-        src != "transfer" for src in cfg.pretrain_on) else ([], [])
+    # The built-in corpus is written when a source uses it or, by default, for its held-out eval.txt: every
+    # source's MLM accuracy is then measured on the same generic held-out text.
+    uses_generic = any(src != "transfer" for src in cfg.pretrain_on) or not cfg.pretrain_eval_files
+    generic, generic_eval = _generic_corpus(cfg, cache) if pretraining and uses_generic else ([], [])
     corpora = {"generic": generic, "transfer": transfer, "both": generic + transfer}
+    if pretraining and cfg.pretrain_eval_files:
+        check_files(cfg.pretrain_eval_files, "pretrain-eval")
     eval_files = cfg.pretrain_eval_files or generic_eval
+    if pretraining and "transfer" in cfg.pretrain_on and not eval_files:
+        raise MinibertsError("--pretrain-on transfer needs --pretrain-eval-files: the transfer text is one document, "
+                             "so none of it can be held out")
 
     jobs: list[Job] = []
     pretrained: dict[tuple[str, str, int], Path] = {}
@@ -253,7 +260,7 @@ def plan(cfg: ExperimentConfig) -> Plan:
                 continue
             for source in cfg.pretrain_on:
                 for steps in cfg.pretrain_steps:
-                    run_dir = out / "pretrained" / f"{s.label}-{source}-{steps}"
+                    run_dir = out / "pretrained" / f"{s.label}-{source}-{steps}steps"
                     pretrained[(s.label, source, steps)] = run_dir
                     jobs.append(Job(f"pretrain {s.label} {source} {steps}", "pretrain", pretrain.PretrainConfig(
                         model=s.model, train_files=corpora[source], eval_files=eval_files, out=str(run_dir),

@@ -477,7 +477,10 @@ def execute(jobs: list[Job], workers: int, threads: int, on_done) -> None:
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in finished:
                 job = running.pop(future)
-                future.result()  # a worker's error (one line for bad input) surfaces here
+                if future.exception() is not None:  # a worker's error (one line for bad input) surfaces here
+                    for other in running:
+                        other.cancel()  # queued jobs do not start; running ones finish (they are resumable)
+                    raise future.exception()
                 done.add(job.name)
                 on_done(job)
 

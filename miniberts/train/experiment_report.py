@@ -138,13 +138,19 @@ def _errorbar(ax, xs, summaries, label):
 
 
 def _group_lines(lines: dict[str, list[dict]], x: str, split: str, xlabel: str, title: str, metric: str,
-                 path: Path) -> None:
+                 path: Path, ticks_text: list[str] | None = None) -> None:
     """One line per label through its groups' means at x = g[x] (log scale), 95% error bars."""
     fig, ax = pyplot().subplots(figsize=(7, 4.5))
     for label, members in lines.items():
         members = sorted(members, key=lambda g: g[x])
         _errorbar(ax, [g[x] for g in members], [g[split] for g in members], label)
     ax.set(xscale="log", xlabel=xlabel, ylabel=f"{split} {metric} (%)", title=title)
+    xs = sorted({g[x] for members in lines.values() for g in members})
+    ax.set_xticks(xs, ticks_text or [f"{v:,}" for v in xs])  # the values that ran, not log-scale decades
+    ax.minorticks_off()
+    low, high = ax.get_ylim()
+    floor = 0 if all(g[split]["mean"] >= 0 for m in lines.values() for g in m) else -100  # correlations go below 0
+    ax.set_ylim(max(low, floor), min(high, 100))  # few-seed t-intervals overshoot the metric's range
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     save_figure(fig, path)
@@ -162,8 +168,9 @@ def figure_params(groups: list[dict], split: str, metric: str, path: Path) -> No
     for g in groups:
         if g[split] is not None and g["transfer_size"] in (None, largest):
             lines.setdefault(_label(g, _several_budgets(groups)), []).append(g)
+    names = {g["params"]: f"{g['student']}\n{g['params'] / 1e6:.1f}M" for g in groups}
     _group_lines(lines, "params", split, "parameters", f"{split} {metric} against student size (95% intervals over "
-                 "seeds)", metric, path)
+                 "seeds)", metric, path, [names[v] for v in sorted({g["params"] for m in lines.values() for g in m})])
 
 
 def figure_transfer(groups: list[dict], split: str, metric: str, path: Path) -> None:

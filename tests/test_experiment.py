@@ -200,3 +200,24 @@ def test_settings_bounds_and_directory_students(task, tiny, tmp_path):
     assert pd_ft.settings.model == str(tmp_path / "dir" / "cells" / pd_ft.cell.path.replace("pd-ft", "pd", 1))
     with pytest.raises(MinibertsError, match="no preset has this one"):  # hidden 32: no random-init preset
         experiment.plan(experiment.ExperimentConfig(out=str(tmp_path / "dir2"), **{**spec, "strategies": ["distill"]}))
+
+
+@pytest.mark.slow
+def test_kill_9_during_pretraining_resumes_it(task, tiny, tmp_path):
+    """Killed after the pre-training run's first checkpoint: the rerun resumes it and ends as an unbroken run."""
+    spec = {**flags(task, tiny), "students": ["tiny"], "strategies": ["pt-ft"], "seeds": 1, "pretrain_steps": [400]}
+    unbroken = tmp_path / "unbroken"
+    experiment.run(experiment.ExperimentConfig(out=str(unbroken), **spec))
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "miniberts", "experiment", *argv(spec), "--out", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoints = out / "pretrained" / "tiny-generic-400steps" / "checkpoints"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not list(checkpoints.glob("step-*.pt")):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert [p.name for p in checkpoints.glob("step-*.pt")] == ["step-00000100.pt"], "the kill did not land mid-way"
+    assert subprocess.run(cmd, env=env, capture_output=True).returncode == 0
+    assert rows(out) == rows(unbroken)

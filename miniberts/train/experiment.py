@@ -267,45 +267,50 @@ def plan(cfg: ExperimentConfig) -> Plan:
                         steps=steps, max_minutes=cfg.pretrain_minutes, batch_size=cfg.pretrain_batch_size,
                         lr=cfg.pretrain_lr, seq_len=cfg.pretrain_seq_len, dropout=0.0, eval_every=0,
                         save_every=max(100, steps // 4), seed=cfg.shared_seed, dtype=cfg.dtype, progress=False,
-                        resume=True), run_dir))
+                        resume=True), run_dir))  # resume: a run killed half-way continues (none yet: fresh)
 
     student_loop = dict(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, **task_fields)
     distill_extra = dict(teacher=str(teacher_dir), transfer=transfer, temperature=cfg.temperature, alpha=cfg.alpha)
-    label_for = {}  # transfer size -> a distillation config asking for its teacher logits
+    cells = _cell_jobs(cfg, students, pretrained, out, student_loop, distill_extra)
     if distilling:
-        jobs.append(Job("teacher", "teacher", TeacherWork(teacher_ft, []), out / "teacher-logits"))
-    cells = []
+        label = {}  # transfer size -> the first distillation config of that size: the logits its cells ask for
+        for job in cells:
+            if job.kind == "distill":
+                label.setdefault(job.cell.transfer_size, job.settings)
+        jobs.append(Job("teacher", "teacher", TeacherWork(teacher_ft, list(label.values())), out / "teacher-logits"))
+    return Plan(cfg, data, students, jobs + cells, teacher_dir, pretrained)
+
+
+def _cell_jobs(cfg: ExperimentConfig, students: list[Student], pretrained: dict, out: Path, student_loop: dict,
+               distill_extra: dict) -> list[Job]:
+    """One job per cell, seed by seed (the first seeds' rows come first), each after the jobs it starts from."""
+    jobs: dict[Cell, Job] = {}
     for seed in range(1, cfg.seeds + 1):
         for s in students:
             for strategy in cfg.strategies:
                 for source, steps, init in _starts(s, strategy, cfg, pretrained):
                     for size in cfg.transfer_sizes if strategy in DISTILLED else [None]:
                         cell = Cell(s.label, strategy, source, steps, size, seed)
-                        cells.append((cell, init))
-    by_cell = {}
-    for cell, init in cells:
-        run_dir = out / "cells" / cell.path
-        deps = []
-        if cell.pretrain_on and cell.pretrain_on != GIVEN and cell.strategy != "pd-ft":
-            deps.append(f"pretrain {cell.student} {cell.pretrain_on} {cell.pretrain_steps}")
-        if cell.strategy == "pd-ft":
-            pd = by_cell[dataclasses.replace(cell, strategy="pd")]
-            job = Job(f"cell {cell.path}", "finetune", finetune.FinetuneConfig(
-                model=str(pd.out), out=str(run_dir), seed=cell.seed, **student_loop), run_dir, (pd.name,), cell)
-        elif cell.strategy in DISTILLED:
-            limit = 0 if cell.transfer_size == "all" else int(cell.transfer_size)
-            settings = distill.DistillConfig(student=init, out=str(run_dir), transfer_limit=limit, seed=cell.seed,
-                                             **distill_extra, **student_loop)
-            label_for.setdefault(cell.transfer_size, settings)
-            job = Job(f"cell {cell.path}", "distill", settings, run_dir, tuple(deps) + ("teacher",), cell)
-        else:
-            job = Job(f"cell {cell.path}", "finetune", finetune.FinetuneConfig(
-                model=init, out=str(run_dir), seed=cell.seed, **student_loop), run_dir, tuple(deps), cell)
-        by_cell[cell] = job
-        jobs.append(job)
-    if distilling:
-        next(j for j in jobs if j.kind == "teacher").settings.label.extend(label_for[size] for size in cfg.transfer_sizes)
-    return Plan(cfg, data, students, jobs, teacher_dir, pretrained)
+                        jobs[cell] = _cell_job(cell, init, out / "cells" / cell.path, jobs, student_loop,
+                                               distill_extra)
+    return list(jobs.values())
+
+
+def _cell_job(cell: Cell, init: str, run_dir: Path, earlier: dict, student_loop: dict, distill_extra: dict) -> Job:
+    name = f"cell {cell.path}"
+    if cell.strategy == "pd-ft":  # fine-tunes the student of the pd cell with the same axes
+        pd = earlier[dataclasses.replace(cell, strategy="pd")]
+        return Job(name, "finetune", finetune.FinetuneConfig(model=str(pd.out), out=str(run_dir), seed=cell.seed,
+                                                             **student_loop), run_dir, (pd.name,), cell)
+    deps = (f"pretrain {cell.student} {cell.pretrain_on} {cell.pretrain_steps}",) if cell.pretrain_on not in (
+        None, GIVEN) else ()
+    if cell.strategy in DISTILLED:
+        limit = 0 if cell.transfer_size == "all" else int(cell.transfer_size)
+        return Job(name, "distill", distill.DistillConfig(student=init, out=str(run_dir), transfer_limit=limit,
+                                                          seed=cell.seed, **distill_extra, **student_loop),
+                   run_dir, deps + ("teacher",), cell)
+    return Job(name, "finetune", finetune.FinetuneConfig(model=init, out=str(run_dir), seed=cell.seed, **student_loop),
+               run_dir, deps, cell)
 
 
 def _student(name: str, cfg: ExperimentConfig) -> Student:

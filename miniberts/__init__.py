@@ -9,7 +9,7 @@ The recipes take the CLI's settings as keyword arguments (or their config datacl
 and return the metrics the CLI writes. The model classes are here for writing your own loop.
 """
 
-from .api import Model, distill, finetune, glue, load, pretrain
+from .api import Model, distill, experiment, finetune, glue, load, pretrain
 from .checkpoint import load_classifier, load_encoder, load_pretraining, save_hf
 from .config import PRESETS, BertConfig, find_preset
 from .errors import MinibertsError
@@ -19,9 +19,9 @@ from .tokenizer import WordPieceTokenizer
 # The recipes' configs import the training stack (data readers, metrics, plotting): loaded when first asked for, so
 # `import miniberts` and every CLI command stay quick.
 _CONFIGS = {"PretrainConfig": "pretrain", "FinetuneConfig": "finetune", "DistillConfig": "distill",
-            "GlueConfig": "glue"}
+            "GlueConfig": "glue", "ExperimentConfig": "experiment"}
 
-__all__ = ["Model", "load", "pretrain", "finetune", "distill", "glue", "BertConfig", "PRESETS", "find_preset",
+__all__ = ["Model", "load", "pretrain", "finetune", "distill", "glue", "experiment", "BertConfig", "PRESETS", "find_preset",
            "BertModel", "BertForPreTraining", "BertForSequenceClassification", "WordPieceTokenizer", "load_encoder",
            "load_classifier", "load_pretraining", "save_hf", "MinibertsError", *_CONFIGS]
 

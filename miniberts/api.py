@@ -178,3 +178,12 @@ def glue(config=None, **settings) -> dict:
     from .train.glue import GlueConfig, sweep
 
     return sweep(_config(GlueConfig, config, settings, "glue"))
+
+
+def experiment(config=None, **settings) -> dict:
+    """The paper's comparisons as one resumable grid: `train.experiment.ExperimentConfig` (students, strategies,
+    pretrain_on, pretrain_steps, teacher, the task, transfer_sizes, seeds, workers, out, ...). Returns the summary
+    (per group mean ± std, 95% t-interval, n; the paired differences) that OUT/summary.json holds."""
+    from .train.experiment import ExperimentConfig, run
+
+    return run(_config(ExperimentConfig, config, settings, "experiment"))

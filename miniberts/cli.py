@@ -29,6 +29,7 @@ COMMANDS = [
     "data",
     "distill",
     "quickstart",
+    "experiment",
     "export",
     "bench",
 ]

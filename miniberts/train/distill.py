@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from ..checkpoint import check_max_length, load_classifier, load_tokenizer, read_checkpoint, save_hf
 from ..data.load import TaskData, cache_root, load_task, targets_of
 from ..device import pick_device, resolve_dtype
-from ..distill_targets import check_same_vocab, kl_to_teacher, soft_target_loss, teacher_logits
+from ..distill_targets import Split, check_same_vocab, kl_to_teacher, soft_target_loss, teacher_logits
 from ..errors import DataError, MinibertsError
 from ..infer import read_lines
 from . import finetune, rundir
@@ -85,6 +85,27 @@ def distillation_loss(num_outputs: int, temperature: float, alpha: float, regres
     return loss_fn
 
 
+def teacher_splits(data: TaskData, transfer_texts: list[str], transfer_pairs: list[str] | None) -> list[Split]:
+    """What the teacher labels for one distillation run: the transfer texts, the labeled train texts, the first dev
+    split (for the student's KL to the teacher)."""
+    pairs = transfer_pairs is not None
+    dev_examples = next(iter(data.dev.values()))
+    return [(transfer_texts, transfer_pairs),
+            ([ex.text_a for ex in data.train], [ex.text_b or "" for ex in data.train] if pairs else None),
+            ([ex.text_a for ex in dev_examples], [ex.text_b or "" for ex in dev_examples] if pairs else None)]
+
+
+def teacher_targets(cfg: DistillConfig, splits: list[Split]) -> list[torch.Tensor]:
+    """The teacher's logits [N, C] on each split, from the on-disk cache (under --cache-dir) or computed into it: an
+    experiment labels its transfer sets once, before its distillation cells run."""
+    cache = cache_root(cfg.cache_dir) / "teacher-logits"
+    # Loading the teacher draws random numbers (its init), a cache hit does not: fork_rng keeps the student's dropout
+    # stream the same either way, so a rerun (warm cache) reproduces the first run (cold cache).
+    with torch.random.fork_rng(devices=[]):
+        return [torch.from_numpy(x) for x in teacher_logits(cfg.teacher, splits, cfg.max_length, cache,
+                                                            cfg.eval_batch_size, cfg.dtype)]
+
+
 def run(cfg: DistillConfig) -> dict:
     """Distill `cfg.teacher` into `cfg.student` on the transfer texts (+ labeled train texts); RUN = cfg.out.
 
@@ -123,17 +144,10 @@ def _distill(cfg: DistillConfig, data: TaskData, pairs: bool, transfer_texts: li
                              f"differ from the task's {data.id2label or 'regression'}")
 
     # The teacher labels the transfer texts and the labeled train texts (one cached pass each).
-    cache = cache_root(cfg.cache_dir) / "teacher-logits"
-    train_texts = [ex.text_a for ex in data.train]
-    train_pairs = [ex.text_b or "" for ex in data.train] if pairs else None
+    splits = teacher_splits(data, transfer_texts, transfer_pairs)
+    train_texts, train_pairs = splits[1]
     dev_name, dev_examples = next(iter(data.dev.items()))
-    dev_split = ([ex.text_a for ex in dev_examples], [ex.text_b or "" for ex in dev_examples] if pairs else None)
-    # Loading the teacher draws random numbers (its init), a cache hit does not: fork_rng keeps the student's dropout
-    # stream the same either way, so a rerun (warm cache) reproduces the first run (cold cache).
-    with torch.random.fork_rng(devices=[]):
-        t_transfer, t_train, t_dev = (torch.from_numpy(x) for x in teacher_logits(
-            cfg.teacher, [(transfer_texts, transfer_pairs), (train_texts, train_pairs), dev_split], cfg.max_length,
-            cache, cfg.eval_batch_size, cfg.dtype))
+    t_transfer, t_train, t_dev = teacher_targets(cfg, splits)
 
     gold = targets_of(data, data.train).float()
     missing = torch.full((len(transfer_texts),), float("nan") if data.regression else -1.0)

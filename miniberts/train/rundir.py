@@ -223,7 +223,7 @@ def open_run(out: str | Path, ident: dict, fresh: bool = False, keep: Sequence[s
     wrote_identity = False
     try:
         old = read_identity(path)
-        if old is None and _visible(path):
+        if old is None and [name for name in _visible(path) if name not in keep]:  # `keep` (a cache) may precede
             raise RunMismatch(f"{path}: holds files but no {IDENTITY} (not a miniberts run directory, or one made "
                               "before run identities); choose another --out or empty it")
         if old is not None and old != ident and not fresh:

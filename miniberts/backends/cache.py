@@ -13,13 +13,13 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from torch import nn
+
+from ..fileio import build_dir
 
 log = logging.getLogger(__name__)
 
@@ -45,20 +45,7 @@ def fingerprint(model: nn.Module) -> str:
 def artifact(model: nn.Module, engine: str, variant: str, build: Callable[[Path], None]) -> Path:
     """The folder of `engine`'s `variant` export of `model`; `build(folder)` writes it when it is not cached."""
     final = root() / fingerprint(model) / f"{engine}-{variant}-v{FORMAT}"
-    if (final / "DONE").is_file():
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     start = time.perf_counter()
-    try:
-        build(tmp)
-        (tmp / "DONE").write_text("")
-        try:
-            os.rename(tmp, final)
-        except OSError:  # another process finished the same export first: keep theirs
-            if not (final / "DONE").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    log.info("exported %s %s to %s (%.1f s, once for these weights)", engine, variant, final, time.perf_counter() - start)
+    if build_dir(final, build):
+        log.info("exported %s %s to %s (%.1f s, once for these weights)", engine, variant, final, time.perf_counter() - start)
     return final

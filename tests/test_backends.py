@@ -204,3 +204,25 @@ def test_predict_cli_with_an_engine_equals_torch(tmp_path, backend):
     assert len(outputs["torch"][0]) == 20
     assert (outputs["torch"][0] == outputs[backend][0]).all()
     assert np.abs(outputs["torch"][1] - outputs[backend][1]).max() < 1e-4
+
+
+def test_mask_free_trace_is_exact_and_never_used_for_padded_batches(monkeypatch):
+    """The torch fp32 path traces the mask-free branch after TRACE_AFTER calls: bit-identical to eager for inputs
+    without padding of any size, and a padded batch after the trace still runs (and equals) the eager model."""
+    from miniberts.backends import pytorch
+
+    monkeypatch.setattr(pytorch, "TRACE_AFTER", 1)
+    torch.manual_seed(0)
+    encoder = load_encoder("2-128")[0].eval()
+    module, dtype = backends.for_encoder(encoder, "torch", "fp32")
+    assert dtype == torch.float32 and isinstance(module, pytorch.MaskFreeTrace)
+    tok = WordPieceTokenizer(BUILTIN_VOCAB)
+    full = [tok(["a sentence of some length, for the trace"]), tok(["two rows", "of equal"]), tok(["x"])]
+    padded = tok(["short", "a much longer sentence than the first one"])
+    with torch.no_grad():
+        for batch in full + [padded]:
+            got_hidden, got_pooled = module(**batch)
+            want_hidden, want_pooled = encoder(**batch)
+            assert torch.equal(got_hidden, want_hidden) and torch.equal(got_pooled, want_pooled)
+    assert list(module._traced) == ["cpu"], "the mask-free calls after the first ran the trace"
+    assert module.mask_free_calls == 3

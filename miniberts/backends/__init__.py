@@ -6,7 +6,7 @@ code (infer.py, predict.py) runs any of them unchanged; the engines' `run(...)` 
 
 | backend | precisions | artifact (exported once per weights fingerprint, cache.py) | extra |
 |---|---|---|---|
-| torch | fp32, bf16 (autocast, weights cast once), int8 (dynamic, fast.quantize_int8) | none | (core) |
+| torch | fp32 (batches without padding: a frozen trace, pytorch.py), bf16 (autocast, weights cast once), int8 (dynamic, fast.quantize_int8) | none | (core) |
 | onnxruntime | fp32 (graph fused by onnxruntime.transformers.optimizer), int8 (quantize_dynamic, per channel) | model.onnx | onnx |
 | openvino | fp32 (INFERENCE_PRECISION_HINT f32), bf16 (hint bf16; OpenVINO runs f32 where the CPU lacks it) | model.xml | engines |
 | ctranslate2 | fp32 (float32), int8 (int8 weights, VNNI GEMMs) | model.bin | engines |
@@ -26,6 +26,7 @@ from ..errors import MinibertsError
 from ..model import BertForSequenceClassification, BertModel
 from .auto import choose
 from .base import EngineClassifier, EngineEncoder
+from .pytorch import MaskFreeTrace
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +121,9 @@ def for_encoder(encoder: BertModel, backend: str = "torch", precision: str = "fp
             if device.type != "cpu":
                 raise MinibertsError("int8 (dynamic quantization) runs on the CPU only; use bf16 on a GPU")
             return quantize_int8(encoder.float()), torch.float32
-        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-        return for_inference(encoder.to(device), dtype), dtype
+        if precision == "bf16":
+            return for_inference(encoder.to(device), torch.bfloat16), torch.bfloat16
+        return MaskFreeTrace(encoder.to(device).eval()), torch.float32
     return engine(name, encoder, precision, threads), torch.float32
 
 
@@ -137,7 +139,9 @@ def for_classifier(model: BertForSequenceClassification, backend: str = "torch",
             if device.type != "cpu":
                 raise MinibertsError("int8 (dynamic quantization) runs on the CPU only; use bf16 on a GPU")
             return quantize_int8(model.float()), torch.float32
-        return model.eval(), torch.bfloat16 if precision == "bf16" else torch.float32
+        if precision == "bf16":
+            return model.eval(), torch.bfloat16
+        return MaskFreeTrace(model.eval()), torch.float32
     log.info("backend: %s (%s)%s", name, precision, " (auto)" if backend == "auto" else "")
     return EngineClassifier(engine(name, model.bert, precision, threads), model), torch.float32
 

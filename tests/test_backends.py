@@ -226,3 +226,42 @@ def test_mask_free_trace_is_exact_and_never_used_for_padded_batches(monkeypatch)
             assert torch.equal(got_hidden, want_hidden) and torch.equal(got_pooled, want_pooled)
     assert list(module._traced) == ["cpu"], "the mask-free calls after the first ran the trace"
     assert module.mask_free_calls == 3
+
+
+def test_export_engine_artifacts_run_outside_miniberts(tiny, tmp_path):
+    """`miniberts export --engine NAME --out DIR` writes what the engine itself loads; its outputs equal ours."""
+    encoder, tok = load_encoder(tiny)
+    batch = tok(["a first sentence here", "and a second, longer one with more words"], max_length=32)
+    with torch.no_grad():
+        want = encoder.eval()(**batch)[0]
+    real = batch["attention_mask"].bool()
+    checked = 0
+    for engine in ("onnxruntime", "openvino", "ctranslate2"):
+        if backends.missing_module(engine) is not None:
+            continue
+        out = tmp_path / engine
+        assert cli.main(["export", tiny, "--engine", engine, "--out", str(out)]) == 0
+        ids, mask, types = (batch[k].numpy() for k in ("input_ids", "attention_mask", "token_type_ids"))
+        if engine == "onnxruntime":
+            from miniberts.export import session
+
+            got = session(out / "model.onnx").run(None, {"input_ids": ids, "attention_mask": mask, "token_type_ids": types})[0]
+        elif engine == "openvino":
+            import openvino as ov
+
+            compiled = ov.Core().compile_model(str(out / "model.xml"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+            got = compiled({"input_ids": ids, "attention_mask": mask, "token_type_ids": types})[compiled.outputs[0]]
+        else:
+            import ctranslate2
+
+            lengths = mask.sum(1)
+            got = np.asarray(ctranslate2.Encoder(str(out), device="cpu").forward_batch(
+                [row[:n].tolist() for row, n in zip(ids, lengths)], token_type_ids=[row[:n].tolist() for row, n in zip(types, lengths)]
+            ).last_hidden_state)
+            got = np.pad(got, ((0, 0), (0, ids.shape[1] - got.shape[1]), (0, 0)))
+        assert np.abs(got[real.numpy()] - want[real].numpy()).max() < 5e-3, engine
+        checked += 1
+    if not checked:
+        pytest.skip("no engine installed")
+    code = cli.main(["export", tiny, "--engine", "onnxruntime", "--out", str(tmp_path / "onnxruntime")])
+    assert code == 2, "a non-empty output folder is refused"

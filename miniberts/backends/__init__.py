@@ -106,45 +106,41 @@ def engine(name: str, encoder: BertModel, precision: str, threads: int | None = 
     return cls(encoder, precision, threads or torch.get_num_threads())
 
 
-def for_encoder(encoder: BertModel, backend: str = "torch", precision: str = "fp32", batch_size: int = 32,
-                device: torch.device = torch.device("cpu"), threads: int | None = None) -> tuple[nn.Module, torch.dtype]:
-    """(module with the encoder's forward, the autocast dtype to run it under). torch: the encoder itself, cast
-    once to bf16 or quantized to int8; an engine: its exported graph (engines do their own precision: fp32 here)."""
+def prepare(model: nn.Module, encoder: BertModel, backend: str, precision: str, batch_size: int, device: torch.device,
+            threads: int | None, wrap) -> tuple[nn.Module, torch.dtype]:
+    """(module with `model`'s forward, the autocast dtype to run it under). torch: `model` itself, cast once to bf16,
+    quantized to int8, or in fp32 with its mask-free calls traced (pytorch.py); an engine: `wrap(engine)`, where the
+    engine runs `encoder`'s exported graph in its own precision (the autocast dtype is then fp32, a no-op)."""
     from ..fast import for_inference, quantize_int8
 
     if precision not in PRECISIONS:
         raise MinibertsError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     name = resolve(backend, encoder.cfg, precision, batch_size, device)
     log.info("backend: %s (%s)%s", name, precision, " (auto)" if backend == "auto" else "")
-    if name == "torch":
-        if precision == "int8":
-            if device.type != "cpu":
-                raise MinibertsError("int8 (dynamic quantization) runs on the CPU only; use bf16 on a GPU")
-            return quantize_int8(encoder.float()), torch.float32
-        if precision == "bf16":
-            return for_inference(encoder.to(device), torch.bfloat16), torch.bfloat16
-        return MaskFreeTrace(encoder.to(device).eval()), torch.float32
-    return engine(name, encoder, precision, threads), torch.float32
+    if name != "torch":
+        return wrap(engine(name, encoder, precision, threads)), torch.float32
+    if precision == "int8":
+        if device.type != "cpu":
+            raise MinibertsError("int8 (dynamic quantization) runs on the CPU only; use bf16 on a GPU")
+        return quantize_int8(model.float()), torch.float32
+    if precision == "bf16":
+        return for_inference(model.to(device), torch.bfloat16), torch.bfloat16
+    return MaskFreeTrace(model.to(device).eval()), torch.float32
+
+
+def for_encoder(encoder: BertModel, backend: str = "torch", precision: str = "fp32", batch_size: int = 32,
+                device: torch.device = torch.device("cpu"), threads: int | None = None) -> tuple[nn.Module, torch.dtype]:
+    """An encoder's runner: forward(input_ids, attention_mask, token_type_ids) -> (hidden, pooled)."""
+    return prepare(encoder, encoder, backend, precision, batch_size, device, threads, lambda e: e)
 
 
 def for_classifier(model: BertForSequenceClassification, backend: str = "torch", precision: str = "fp32",
                    batch_size: int = 32, device: torch.device = torch.device("cpu"), threads: int | None = None
                    ) -> tuple[nn.Module, torch.dtype]:
-    """The same for a classifier: the engine runs the encoder, the (tiny) head stays a torch Linear in fp32."""
-    from ..fast import quantize_int8
-
-    name = resolve(backend, model.cfg, precision, batch_size, device)
-    if name == "torch":
-        if precision == "int8":
-            if device.type != "cpu":
-                raise MinibertsError("int8 (dynamic quantization) runs on the CPU only; use bf16 on a GPU")
-            return quantize_int8(model.float()), torch.float32
-        if precision == "bf16":
-            return model.eval(), torch.bfloat16
-        return MaskFreeTrace(model.eval()), torch.float32
-    log.info("backend: %s (%s)%s", name, precision, " (auto)" if backend == "auto" else "")
-    return EngineClassifier(engine(name, model.bert, precision, threads), model), torch.float32
+    """A classifier's runner (-> logits): an engine runs the encoder, the head (one Linear) stays in torch fp32."""
+    return prepare(model, model.bert, backend, precision, batch_size, device, threads,
+                   lambda e: EngineClassifier(e, model))
 
 
-__all__ = ["add_arguments", "BACKENDS", "ENGINES", "PRECISIONS", "EXTRAS", "installed", "require", "resolve", "precision_of",
-           "for_encoder", "for_classifier", "engine"]
+__all__ = ["add_arguments", "BACKENDS", "ENGINES", "PRECISIONS", "EXTRAS", "installed", "require", "resolve",
+           "precision_of", "prepare", "for_encoder", "for_classifier", "engine"]

@@ -38,7 +38,7 @@ from ..errors import MinibertsError
 from ..infer import length_batches
 from ..tokenizer import WordPieceTokenizer
 from .harness import BATCH, LATENCY_TOKENS, MAX_LEN, RT_CORPUS, BenchConfig, Workload, median, native_bf16, nickname
-from .systems import Systems, measure_inference, measure_latency, to_numpy
+from .systems import Systems, make_checkpoint, measure_inference, measure_latency, to_numpy
 
 log = logging.getLogger(__name__)
 
@@ -262,8 +262,6 @@ def cells(r: dict) -> list[dict]:
 
 def run_engines(cfg: BenchConfig, workload: Workload, tokenizer: WordPieceTokenizer, work: Path) -> list[dict]:
     """The engine section for every model of cfg.engine_models (presets with random weights, and the real MiniLM)."""
-    from .systems import make_checkpoint
-
     results = []
     for preset in cfg.engine_models:
         if preset == "minilm":

@@ -95,7 +95,7 @@ def bench_model(preset: str, cfg: BenchConfig, workload: Workload, tokenizer: Wo
         ft_n = sum(len(b["labels"]) for b in ft_batches)
         ft_jobs = {OURS: finetune_steps(model_dir, ft_batches, device, dtype, OURS)}
         try:
-            from .train.finetune import bucket_batches
+            from ..train.finetune import bucket_batches
 
             bucketed = [workload.batch(tokenizer, rows) for rows in bucket_batches(lengths[:ft_n], BATCH, random.Random(0))]
             bucketed = [dict(b, labels=torch.randint(0, 2, (b["input_ids"].shape[0],), generator=labels)) for b in bucketed]

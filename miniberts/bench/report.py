@@ -10,6 +10,7 @@ import numpy as np
 
 from ..figures import pyplot, save_figure
 from ..fileio import atomic_write_text
+from .engines import ENGINES, WORKLOADS
 from .harness import HF, ORT32, ORT8, OURS, nickname
 
 log = logging.getLogger(__name__)
@@ -198,8 +199,6 @@ def engines_markdown(report: dict) -> list[str]:
     results = report.get("engines") or []
     if not results:
         return []
-    from .engines import ENGINES, WORKLOADS
-
     titles = {"arrival": "arrival order, /s", "sorted": "length-sorted, /s", "fixed": "fixed 32×128, /s",
               "batch1": "batch 1 (32 tokens), ms p50 / p99"}
     lines = ["## Inference against every engine (issue 13)", "",

@@ -265,3 +265,27 @@ def test_export_engine_artifacts_run_outside_miniberts(tiny, tmp_path):
         pytest.skip("no engine installed")
     code = cli.main(["export", tiny, "--engine", "onnxruntime", "--out", str(tmp_path / "onnxruntime")])
     assert code == 2, "a non-empty output folder is refused"
+
+
+@needs_minilm
+def test_int8_keeps_task_accuracy():
+    """--int8 through auto (CTranslate2 where installed) on a real task: MiniLM mean-pooled features of fresh/rotten
+    reviews, a logistic-regression head fitted on 320 fp32 features, applied to 160 held-out reviews' fp32 and int8
+    features. Measured (CTranslate2 int8): 98.1% of predictions agree, accuracy 72.5% -> 70.6% (-1.9 points; one
+    review is 0.6 points here). Asserted: >= 95% agreement, <= 3 points. Issue 13 asks for <= 0.5 points; this probe
+    is too small to show it, and does not (the bench's 400-review probe is the finer measure)."""
+    from sklearn.linear_model import LogisticRegression
+
+    from miniberts.infer import embed
+
+    encoder, tok = load_encoder(MINILM)
+    texts, labels = rotten_tomatoes(480)
+    labels = np.array(labels)
+    fp32 = embed(encoder, tok, texts, "mean", max_length=128)
+    int8_module, dtype = backends.for_encoder(load_encoder(MINILM)[0], "auto", "int8")
+    int8 = embed(int8_module, tok, texts[320:], "mean", max_length=128, dtype=dtype)
+    head = LogisticRegression(max_iter=3000).fit(fp32[:320], labels[:320])
+    want, got = head.predict(fp32[320:]), head.predict(int8)
+    assert (want == got).mean() >= 0.95
+    assert abs((want == labels[320:]).mean() - (got == labels[320:]).mean()) <= 0.03
+    assert (want == labels[320:]).mean() > 0.6, "the head learned something (sanity)"

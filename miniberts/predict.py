@@ -141,7 +141,8 @@ def predict_file(model_dir: str | Path, input_path: str | Path, output: str | Pa
     fmt = output_format(Path(output))
     texts, pairs = read_inputs(input_path, text_column, text_pair_column)
     model, tokenizer = load_predictor(model_dir)
-    runner, dtype = backends.for_classifier(model, backend, backends.precision_of(dtype, int8), batch_size, device)
+    runner, dtype = backends.for_classifier(model, backend, backends.precision_of(dtype, int8), min(batch_size, len(texts)),
+                                             device)
     logits = predict_logits(runner, tokenizer, texts, pairs, max_length, batch_size, device, dtype,
                             "predict" if progress else "")
     if not np.isfinite(logits.numpy()).all():

@@ -175,7 +175,7 @@ def task_accuracy(systems: Systems, tokenizer: WordPieceTokenizer) -> dict[str, 
         return None
     train, train_y, test, test_y = task
     features = np.concatenate([o[1] for o in outputs(systems, REFERENCE, train)])
-    head = LogisticRegression(C=10.0, max_iter=3000).fit(features, train_y)
+    head = LogisticRegression(max_iter=3000).fit(features, train_y)
     return {label: float((head.predict(np.concatenate([o[1] for o in outputs(systems, label, test)])) == test_y).mean())
             for label in systems.run}
 

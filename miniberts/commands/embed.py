@@ -31,7 +31,8 @@ def run(args):
     encoder, tokenizer = load_encoder(args.model)
     device = pick_device()
     dtype = resolve_dtype(args.dtype, device)
-    encoder, dtype = backends.for_encoder(encoder, args.backend, backends.precision_of(dtype, args.int8), args.batch_size, device)
+    encoder, dtype = backends.for_encoder(encoder, args.backend, backends.precision_of(dtype, args.int8),
+                                          min(args.batch_size, len(texts)), device)
     vectors = embed(encoder, tokenizer, texts, args.pooling, args.max_length, args.batch_size, device, dtype, progress=True)
     output = Path(args.output)
     with atomic_path(output) as tmp:

@@ -1,4 +1,5 @@
-"""`miniberts bench`: miniberts against `transformers` and ONNX Runtime, same machine, same weights, same inputs.
+"""`miniberts bench`: miniberts against `transformers`, ONNX Runtime, OpenVINO and CTranslate2, same machine, same
+weights, same inputs. The engine section (issue 13) is engines.py's docstring; the rest is issue 7's:
 
 What runs (issue 7; how to run it: benchmarks/README.md):
 - inference on a variable-length workload, batches of 32 in arrival order and length-sorted; a fixed 32x128 batch;

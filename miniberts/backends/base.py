@@ -6,6 +6,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..errors import MinibertsError
 from ..model import BertForSequenceClassification
 
 
@@ -34,8 +35,6 @@ class EngineEncoder(nn.Module):
         mask = np.ones_like(ids) if attention_mask is None else as_numpy(attention_mask).astype(np.int64, copy=False)
         types = np.zeros_like(ids) if token_type_ids is None else as_numpy(token_type_ids).astype(np.int64, copy=False)
         if ids.shape[1] > self.cfg.max_position_embeddings:
-            from ..errors import MinibertsError
-
             raise MinibertsError(f"sequence length {ids.shape[1]} exceeds the model's {self.cfg.max_position_embeddings} positions")
         hidden, pooled = self.run(ids, mask, types)
         return torch.from_numpy(np.ascontiguousarray(hidden, dtype=np.float32)), torch.from_numpy(

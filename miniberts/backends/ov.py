@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import MinibertsError
 from ..export import export_onnx
 from ..model import BertModel
 from .base import EngineEncoder
@@ -36,8 +37,6 @@ class OpenVinoEncoder(EngineEncoder):
         import openvino as ov
 
         if precision == "int8":
-            from ..errors import MinibertsError
-
             raise MinibertsError("--backend openvino has no int8 path here (it needs NNCF calibration); "
                                  "int8 runs on onnxruntime, ctranslate2 or torch")
         super().__init__(encoder.cfg, precision)

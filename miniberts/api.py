@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import backends
 from .checkpoint import load_classifier, load_encoder, resolve, save_hf
 from .config import BertConfig
 from .device import pick_device, resolve_dtype
@@ -39,6 +40,7 @@ class Model:
         self.tokenizer = tokenizer
         self.source = source
         self.layout = layout
+        self._runners: dict[tuple, tuple[nn.Module, torch.dtype]] = {}  # backends made ready once, reused per call
 
     @property
     def config(self) -> BertConfig:
@@ -55,18 +57,19 @@ class Model:
                 f"pooling={self.layout.pooling if self.layout else 'mean'!r})")
 
     def embed(self, texts: list[str] | str, pooling: str = "auto", normalize: bool | None = None,
-              batch_size: int = 32, max_length: int | None = None, dtype: str = "auto",
-              progress: bool = False) -> np.ndarray:
+              batch_size: int = 32, max_length: int | None = None, dtype: str = "auto", backend: str = "torch",
+              int8: bool = False, progress: bool = False) -> np.ndarray:
         """Sentence embeddings: float32 [len(texts), hidden], one row per text in order ([hidden] for one string).
 
         pooling: "auto" (a sentence-transformers directory's own pooling, else "mean"), "cls" (the raw [CLS] hidden
         state), "pooler" (BERT's tanh pooled output) or "mean" (the average over real tokens). normalize: L2-normalise
         the rows; None = as the directory says (its Normalize module) under "auto", else no. max_length: tokens per
         text with [CLS]/[SEP]; None = the directory's max_seq_length, else the model's positions. dtype: "fp32" for
-        exact numbers, "auto" for bf16 where the hardware has it natively.
+        exact numbers, "auto" for bf16 where the hardware has it natively. backend: what runs the encoder ("torch",
+        "onnxruntime", "openvino", "ctranslate2" or "auto", miniberts/backends); int8: int8 weights.
         """
         cfg = EmbedConfig(pooling=pooling, normalize=normalize, batch_size=batch_size, max_length=max_length,
-                          dtype=dtype)
+                          dtype=dtype, backend=backend, int8=int8)
         one = isinstance(texts, str)
         texts = _texts([texts] if one else texts)
         pooling, normalize, length = self.embedding_settings(cfg)
@@ -75,8 +78,10 @@ class Model:
             texts = [t.lower() for t in texts]
         if not texts:
             return np.zeros((0, self.config.hidden_size), dtype=np.float32)
-        vectors = embed_texts(self.encoder, self.tokenizer, texts, pooling, length, cfg.batch_size, self.device,
-                              resolve_dtype(cfg.dtype, self.device), progress, normalize)
+        runner, run_dtype = self._runner(False, cfg.backend, resolve_dtype(cfg.dtype, self.device), cfg.int8,
+                                         min(cfg.batch_size, len(texts)))
+        vectors = embed_texts(runner, self.tokenizer, texts, pooling, length, cfg.batch_size, self.device, run_dtype,
+                              progress, normalize)
         check_finite(vectors, self.source)
         return vectors[0] if one else vectors
 
@@ -91,10 +96,11 @@ class Model:
         return pooling, normalize, length
 
     def predict(self, texts: list[str], pairs: list[str] | None = None, batch_size: int = 64, max_length: int = 128,
-                dtype: str = "auto", progress: bool = False) -> list:
+                dtype: str = "auto", backend: str = "torch", int8: bool = False, progress: bool = False) -> list:
         """A fine-tuned classifier's {"label": name, "probabilities": {name: p}} per text (or text pair), or a
-        regressor's float score per text, in order. `pairs`: the second texts of sentence-pair tasks."""
-        cfg = PredictConfig(max_length=max_length, batch_size=batch_size, dtype=dtype)
+        regressor's float score per text, in order. `pairs`: the second texts of sentence-pair tasks. `backend`,
+        `int8`: as in `embed`."""
+        cfg = PredictConfig(max_length=max_length, batch_size=batch_size, dtype=dtype, backend=backend, int8=int8)
         if not isinstance(self.module, BertForSequenceClassification):
             raise no_head(self.source)
         texts = _texts(texts)
@@ -102,9 +108,26 @@ class Model:
             raise MinibertsError(f"predict: {len(texts)} texts but {len(pairs)} pairs (one second text per text)")
         if not texts:
             return []
-        logits = checked_logits(self.module, self.tokenizer, texts, pairs, cfg, self.device,
-                                resolve_dtype(cfg.dtype, self.device), self.source, "predict" if progress else "")
+        runner, run_dtype = self._runner(True, cfg.backend, resolve_dtype(cfg.dtype, self.device), cfg.int8,
+                                         min(cfg.batch_size, len(texts)))
+        logits = checked_logits(self.module, self.tokenizer, texts, pairs, cfg, self.device, run_dtype, self.source,
+                                "predict" if progress else "", runner)
         return results(logits, self.config.id2label, self.config.regression)
+
+    def _runner(self, head: bool, backend: str, dtype: torch.dtype, int8: bool, batch_size: int
+                ) -> tuple[nn.Module, torch.dtype]:
+        """What runs the encoder (`head`: with the classifier head) and the autocast dtype to run it under, made once
+        per setting. torch bf16 autocasts the fp32 weights rather than casting them in place (backends' one-shot
+        path), so the same Model still runs exact fp32 afterwards."""
+        module = self.module if head else self.encoder
+        precision = backends.precision_of(dtype, int8)
+        if backend == "torch" and precision == "bf16":
+            return module, dtype
+        key = (head, backend, precision, batch_size if backend == "auto" else None)
+        if key not in self._runners:
+            make = backends.for_classifier if head else backends.for_encoder
+            self._runners[key] = make(module, backend, precision, batch_size, self.device)
+        return self._runners[key]
 
     def save(self, out_dir: str | Path) -> Path:
         """Write the Hugging Face layout (config.json, model.safetensors, vocab and tokenizer files) that

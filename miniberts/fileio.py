@@ -9,6 +9,7 @@ no file under the final name (an older file there stays as it was) and no tempor
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -70,3 +71,26 @@ def atomic_write_text(path: Path, text: str) -> None:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
+
+
+def build_dir(final: Path, build, done: str = "DONE") -> bool:
+    """Make the folder `final` by `build(tmp)` in a temporary folder beside it, then rename it into place, with the
+    file `done` written last. Returns False when `final` was already complete (nothing built). When two processes
+    build it at once, the first rename wins and the other one's copy is discarded."""
+    final = Path(final)
+    if (final / done).is_file():
+        return False
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; a cache may be shared
+    try:
+        build(tmp)
+        (tmp / done).write_text("")
+        try:
+            os.rename(tmp, final)
+        except OSError:  # another process finished first: keep theirs
+            if not (final / done).is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return True

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .backends import BACKENDS
 from .config import BertConfig
 from .device import DTYPES
 from .settings import SettingsError, validate
@@ -19,6 +20,11 @@ POOLINGS = ("auto", "cls", "pooler", "mean")
 MIN_LENGTH = 3
 MIN_PAIR_LENGTH = 5
 DTYPE_HELP = "fp32 = exact reference numbers; auto = bf16 where the hardware has it natively"
+BACKEND_HELP = ("what runs the encoder: torch (the reference), an engine on its exported graph (exported once per "
+                "weights, cached in $MINIBERTS_CACHE or ~/.cache/miniberts), or auto (by model size and batch shape, "
+                "miniberts/backends/auto.py)")
+INT8_HELP = ("int8 weights: with --backend auto the most accurate fast int8 engine (CTranslate2, cosine >= 0.99 to fp32 "
+             "on MiniLM), else the named backend's int8 path")
 
 
 @dataclass
@@ -34,6 +40,8 @@ class EmbedConfig:
                 "positions)", "min": MIN_LENGTH})
     batch_size: int = field(default=32, metadata={"help": "texts per forward pass", "min": 1})
     dtype: str = field(default="auto", metadata={"help": DTYPE_HELP, "choices": DTYPES})
+    backend: str = field(default="torch", metadata={"help": BACKEND_HELP, "choices": BACKENDS})
+    int8: bool = field(default=False, metadata={"help": INT8_HELP})
 
     def __post_init__(self):
         validate(self)
@@ -45,6 +53,8 @@ class PredictConfig:
                                                    "min": MIN_LENGTH})
     batch_size: int = field(default=64, metadata={"help": "texts per forward pass", "min": 1})
     dtype: str = field(default="auto", metadata={"help": DTYPE_HELP, "choices": DTYPES})
+    backend: str = field(default="torch", metadata={"help": BACKEND_HELP, "choices": BACKENDS})
+    int8: bool = field(default=False, metadata={"help": INT8_HELP})
 
     def __post_init__(self):
         validate(self)

@@ -19,6 +19,7 @@ import json
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from .checkpoint import Checkpoint, load_classifier, read_checkpoint
 from .data.tabular import SUFFIXES as TABLE_SUFFIXES, check_input_file, read_table
@@ -47,11 +48,13 @@ def predict_logits(model: BertForSequenceClassification, tokenizer: WordPieceTok
 
 def checked_logits(model: BertForSequenceClassification, tokenizer: WordPieceTokenizer, texts: list[str],
                    pairs: list[str] | None, cfg: PredictConfig, device: torch.device, dtype: torch.dtype, where: str,
-                   desc: str = "") -> torch.Tensor:
+                   desc: str = "", runner: nn.Module | None = None) -> torch.Tensor:
     """`predict_logits` for `predict_file` and `Model.predict`: the length is checked against the model before any
-    text runs, and non-finite outputs (broken weights) are refused."""
+    text runs, and non-finite outputs (broken weights) are refused. `runner`: what computes the logits in `model`'s
+    place (a backend, miniberts/backends; default `model` itself)."""
     check_length(cfg.max_length, model.cfg, where, pairs is not None)
-    logits = predict_logits(model, tokenizer, texts, pairs, cfg.max_length, cfg.batch_size, device, dtype, desc)
+    logits = predict_logits(runner or model, tokenizer, texts, pairs, cfg.max_length, cfg.batch_size, device, dtype,
+                            desc)
     check_finite(logits, where)
     return logits
 
@@ -145,14 +148,19 @@ def load_predictor(model_dir: str | Path) -> tuple[BertForSequenceClassification
 def predict_file(model_dir: str | Path, input_path: str | Path, output: str | Path, text_column: str | None = None,
                  text_pair_column: str | None = None, max_length: int = 128, batch_size: int = 64,
                  device: torch.device = torch.device("cpu"), dtype: torch.dtype = torch.float32,
-                 progress: bool = False) -> int:
-    """Predict every row of `input_path` into `output` (format from its extension). Returns the row count."""
-    cfg = PredictConfig(max_length=max_length, batch_size=batch_size)  # refused before any file is read
+                 progress: bool = False, backend: str = "torch", int8: bool = False) -> int:
+    """Predict every row of `input_path` into `output` (format from its extension). Returns the row count.
+    `backend`/`int8`: what runs the encoder (miniberts/backends)."""
+    from . import backends
+
+    cfg = PredictConfig(max_length=max_length, batch_size=batch_size, backend=backend, int8=int8)  # before any file
     fmt = output_format(Path(output))
     check_output_path(Path(output))  # a folder as --output fails before the model runs
     texts, pairs = read_inputs(input_path, text_column, text_pair_column)
     model, tokenizer = load_predictor(model_dir)
+    runner, dtype = backends.for_classifier(model, cfg.backend, backends.precision_of(dtype, cfg.int8),
+                                            min(batch_size, len(texts)), device)
     logits = checked_logits(model, tokenizer, texts, pairs, cfg, device, dtype, str(model_dir),
-                            "predict" if progress else "")
+                            "predict" if progress else "", runner)
     atomic_write_text(Path(output), format_predictions(logits, model.cfg.id2label, model.cfg.regression, fmt))
     return len(texts)

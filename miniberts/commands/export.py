@@ -1,20 +1,33 @@
-"""`miniberts export MODEL --onnx OUT.onnx [--quantize int8] [--opset N]`: an ONNX graph for ONNX Runtime."""
+"""`miniberts export MODEL (--onnx OUT.onnx | --engine NAME --out DIR) [--quantize int8] [--opset N]`: an ONNX graph
+for ONNX Runtime, or the artifact an inference engine runs (ONNX Runtime fused, OpenVINO IR, CTranslate2)."""
 
 import logging
 
-from ..export import DEFAULT_OPSET, export
+from ..errors import MinibertsError
+from ..export import DEFAULT_OPSET, export, export_engine
 
-HELP = "Export an encoder or classifier to ONNX (dynamic batch and sequence axes), optionally int8-quantized"
+HELP = "Export an encoder or classifier to ONNX (dynamic batch and sequence axes), or an engine's artifact; optionally int8"
 
 
 def add_arguments(parser):
     parser.add_argument("model", help="a model directory (Hugging Face or Google TF layout); a classifier if it has a head")
-    parser.add_argument("--onnx", required=True, metavar="OUT", help="output .onnx file")
+    parser.add_argument("--onnx", metavar="OUT", help="output .onnx file")
+    parser.add_argument("--engine", choices=["onnxruntime", "openvino", "ctranslate2"],
+                        help="write this engine's artifact of the encoder to --out DIR instead (what --backend runs)")
+    parser.add_argument("--out", metavar="DIR", help="output folder for --engine (new or empty)")
     parser.add_argument("--quantize", choices=["int8"], default=None, help="int8 dynamic quantization (onnxruntime)")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default: {DEFAULT_OPSET})")
 
 
 def run(args):
+    if bool(args.onnx) == bool(args.engine):
+        raise MinibertsError("give either --onnx OUT.onnx or --engine NAME --out DIR")
+    if args.engine:
+        if not args.out:
+            raise MinibertsError("--engine needs --out DIR")
+        out = export_engine(args.model, args.engine, args.out, args.quantize)
+        logging.info("wrote %s (%s, %s; the encoder with its pooler)", out, args.engine, args.quantize or "fp32")
+        return
     out = export(args.model, args.onnx, args.quantize, args.opset)
     logging.info("wrote %s (%s, opset %d; inputs input_ids, attention_mask, token_type_ids [batch, sequence] int64)",
                  out, args.quantize or "fp32", args.opset)

@@ -26,5 +26,6 @@ def run(args):
     device = pick_device()
     dtype = resolve_dtype(settings.dtype, device)
     n = predict_file(args.model, args.input, args.output, args.text_column, args.text_pair_column,
-                     settings.max_length, settings.batch_size, device, dtype, progress=True)
+                     settings.max_length, settings.batch_size, device, dtype, progress=True,
+                     backend=settings.backend, int8=settings.int8)
     logging.info("wrote %s: %d predictions (%s on %s)", Path(args.output), n, str(dtype).removeprefix("torch."), device)

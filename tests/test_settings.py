@@ -94,7 +94,7 @@ from miniberts.train.pretrain import PretrainConfig  # noqa: E402
     (GlueConfig, {"grid": "huge"}, "--grid must be one of card, quick, got 'huge'"),
     (GlueConfig, {"batch_sizes": [16, 0]}, "--batch-sizes must be at least 1, got 0"),
     (GlueConfig, {"seeds": 0}, "--seeds must be at least 1, got 0"),
-    (QuickstartConfig, {"pretrain_minutes": 0.0}, "--pretrain-minutes must be greater than 0, got 0.0"),
+    (QuickstartConfig, {"pretrain_steps": 0}, "--pretrain-steps must be at least 1, got 0"),
     (QuickstartConfig, {"n_train": 0}, "--n-train must be at least 2, got 0"),
 ])
 def test_recipe_configs_check_their_bounds(cls, kwargs, message):

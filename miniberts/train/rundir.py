@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import MinibertsError
-from ..fileio import atomic_write_text
+from ..fileio import OutputError, atomic_write_text, make_folder
 
 log = logging.getLogger("miniberts")
 
@@ -180,16 +180,31 @@ def finished(path: str | Path, ident: dict, done: str = "metrics.json") -> bool:
 
 
 def _acquire(path: Path) -> int:
-    fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    """The lock, with this process' pid in it. The pid is removed when the run closes, so a pid found there by the
+    next holder is that of a process that died holding the run (kill -9, the OOM killer): named, then taken over."""
+    try:
+        fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise OutputError(f"{path}: cannot write ({e.strerror or e})") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
         os.close(fd)
         raise RunInUse(f"{path}: in use by another miniberts process (pid {holder})") from None
+    dead = os.read(fd, 32).decode("ascii", "replace").strip()
+    if dead and dead != str(os.getpid()):
+        log.warning("%s: pid %s died while it held this run (killed, or out of memory); taking it over", path, dead)
     os.ftruncate(fd, 0)
-    os.write(fd, str(os.getpid()).encode())
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
     return fd
+
+
+def _release(fd: int) -> None:
+    try:
+        os.ftruncate(fd, 0)  # closed in order: no pid for the next holder to report
+    finally:
+        os.close(fd)  # releases the flock
 
 
 def _clear(path: Path, keep: Sequence[str]) -> None:
@@ -217,8 +232,7 @@ def open_run(out: str | Path, ident: dict, fresh: bool = False, keep: Sequence[s
     directory as it found it. Stale temporary files of atomic writes cut short by a kill are removed.
     """
     path = Path(out)
-    created = [d for d in (path, *path.parents) if not d.exists()]
-    path.mkdir(parents=True, exist_ok=True)
+    created = make_folder(path)
     fd = _acquire(path)
     wrote_identity = False
     try:
@@ -250,4 +264,4 @@ def open_run(out: str | Path, ident: dict, fresh: bool = False, keep: Sequence[s
                         break
         raise
     finally:
-        os.close(fd)  # releases the flock
+        _release(fd)

@@ -139,6 +139,11 @@ def check_folder(folder: Path, names: Iterable[str] = (), force: bool = False, f
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise OutputError(f"{folder}: is a file, expected a folder")
+    nearest = next(p for p in (folder, *folder.parents) if p.exists())  # where the first write or mkdir happens
+    if not nearest.is_dir():
+        raise OutputError(f"{nearest}: cannot create the folder (Not a directory)")
+    if not os.access(nearest, os.W_OK | os.X_OK):  # mode bits and read-only mounts
+        raise OutputError(f"{nearest}: cannot write (Permission denied)")
     ours = made_here(folder)
     foreign = [name for name in _visible(folder) if name not in ours]
     clash = [name for name in names if name in foreign]
@@ -159,9 +164,8 @@ def output_folder(folder: Path, names: Iterable[str], force: bool = False, flag:
     folder, names = Path(folder), sorted(set(names))
     check_folder(folder, names, force, flag)
     created = make_folder(folder)
-    ours = made_here(folder)
-    atomic_write_text(folder / MADE, json.dumps({"files": sorted(ours | set(names))}, indent=1) + "\n")
     try:
+        atomic_write_text(folder / MADE, json.dumps({"files": sorted(made_here(folder) | set(names))}, indent=1) + "\n")
         yield folder
     except BaseException:
         if created and not _visible(folder):

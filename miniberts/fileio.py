@@ -19,7 +19,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -170,6 +170,35 @@ def output_folder(folder: Path, names: Iterable[str], force: bool = False, flag:
     except BaseException:
         if created and not _visible(folder):
             (folder / MADE).unlink(missing_ok=True)
+            for d in created:
+                try:
+                    d.rmdir()
+                except OSError:
+                    break
+        raise
+
+
+@contextmanager
+def as_found_on_refusal(folder: Path, unless: tuple[type[BaseException], ...] = ()) -> Iterator[Callable[[], None]]:
+    """A command's checks run inside the block: a MinibertsError before the yielded `accept()` is called removes
+    what the block created under `folder` (files, folders, `folder` itself and the parents it needed; a lock, a
+    cache, an identity) and re-raises, so a refused command leaves the folder as it found it and its corrected rerun
+    is not refused by the refused one's traces. After `accept()` (the work has begun) nothing is removed: a failure
+    then keeps what a rerun resumes from. `unless`: errors that mean another process works there (nothing is ours)."""
+    folder = Path(folder)
+    created = [d for d in (folder, *folder.parents) if not d.exists()]
+    before = set(folder.rglob("*")) if folder.is_dir() else set()
+    accepted: list[bool] = []
+    try:
+        yield lambda: accepted.append(True)
+    except MinibertsError as e:
+        if not accepted and not isinstance(e, unless):
+            new = set(folder.rglob("*")) - before if folder.is_dir() else set()
+            for path in sorted(new, key=lambda p: len(p.parts), reverse=True):  # contents before their folders
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
             for d in created:
                 try:
                     d.rmdir()

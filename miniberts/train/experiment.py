@@ -36,6 +36,7 @@ import logging
 import multiprocessing
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +50,7 @@ from ..data.pretraining import check_files
 from ..device import DTYPES
 from ..distill_targets import check_same_vocab
 from ..errors import MinibertsError
-from ..fileio import atomic_write_text
+from ..fileio import as_found_on_refusal, atomic_write_text
 from ..lifetime import die_with_parent
 from ..settings import SettingsError, validate
 from ..data.load import TaskData, builtin_name, builtin_task_dir, load_task
@@ -485,14 +486,20 @@ def execute(jobs: list[Job], workers: int, threads: int, on_done) -> None:
                 on_done(job)
 
 
-def run(cfg: ExperimentConfig) -> dict:
-    """Plan (checking every input), record the spec, run what is not finished, write the report; the summary."""
+def run(cfg: ExperimentConfig, prepare: Callable[[], None] = lambda: None) -> dict:
+    """Plan (checking every input), record the spec, run what is not finished, write the report; the summary.
+    `prepare()` writes input files that `cfg` names (the quickstart's split) before they are fingerprinted."""
     started = time.time()
     out = Path(cfg.out)
-    # The lock is held for the whole run, and an OUT made with other settings is refused before any planning;
-    # --fresh keeps OUT/cache (token shards and teacher logits are keyed by their inputs).
-    with rundir.open_run(out, identity(cfg), cfg.fresh, keep=("cache",)):
-        return _run(cfg, plan(cfg), out, started)
+    # A refusal (bad settings, another OUT) leaves OUT as it was: no identity, cache or lock of the refused run.
+    with as_found_on_refusal(out, unless=(rundir.RunInUse,)) as accept:
+        prepare()
+        # The lock is held for the whole run, and an OUT made with other settings is refused before any planning;
+        # --fresh keeps OUT/cache (token shards and teacher logits are keyed by their inputs).
+        with rundir.open_run(out, identity(cfg), cfg.fresh, keep=("cache",)):
+            p = plan(cfg)
+            accept()
+            return _run(cfg, p, out, started)
 
 
 def _run(cfg: ExperimentConfig, p: Plan, out: Path, started: float) -> dict:

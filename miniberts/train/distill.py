@@ -23,7 +23,7 @@ from ..data.load import TaskData, cache_root, load_task, targets_of
 from ..device import pick_device, resolve_dtype
 from ..distill_targets import Split, check_same_vocab, kl_to_teacher, soft_target_loss, teacher_logits
 from ..errors import DataError, MinibertsError
-from ..infer import read_lines
+from ..infer import unlabeled_texts
 from . import finetune, rundir
 from .common import JsonlLog, set_seed, write_json
 
@@ -52,11 +52,13 @@ def read_transfer(files: list[str], pairs: bool, limit: int = 0) -> tuple[list[s
         raise DataError("distillation needs --transfer FILE... (unlabeled text, one example per line)")
     texts, seconds = [], []
     for name in files:
-        for number, line in enumerate(read_lines(name), 1):
+        for number, line in unlabeled_texts(name):  # blank lines are not texts: skipped (and counted in the log)
             if pairs:
                 parts = line.split("\t")
                 if len(parts) != 2:
                     raise DataError(f"{name}:{number}: expected text_a<TAB>text_b for a pair task, got {len(parts)} field(s)")
+                if not (parts[0].strip() and parts[1].strip()):
+                    raise DataError(f"{name}:{number}: an empty text in a pair (expected text_a<TAB>text_b)")
                 texts.append(parts[0])
                 seconds.append(parts[1])
             else:

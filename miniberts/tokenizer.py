@@ -130,6 +130,7 @@ class WordPieceTokenizer:
         `recorded_casing`); a directory that records none (a Google release) is uncased unless `cased`. `cased` with
         a directory that records uncased is an error: its vocabulary was built lower-cased."""
         model_dir = Path(model_dir)
+        check_one_truth(model_dir)
         recorded, where = recorded_casing(model_dir)
         if cased and recorded is True:
             raise CheckpointError(f"{where}: records do_lower_case=true (an uncased vocabulary), but --cased "
@@ -170,6 +171,41 @@ def recorded_casing(model_dir: Path) -> tuple[bool | None, Path]:
             if isinstance(lowercase, bool):
                 return lowercase, tok_path
     return None, config_path
+
+
+def check_one_truth(model_dir: Path) -> None:
+    """A directory holding both vocab.txt and tokenizer.json must hold one tokenizer: miniberts (and Google's code,
+    and transformers' slow BertTokenizer) read vocab.txt, transformers' AutoTokenizer reads tokenizer.json, so where
+    they disagree the same model would tokenize two ways, silently. Compared: every token's id, the ids of the
+    special tokens (tokenizer.json's added tokens and [CLS]/[SEP] of its post-processor) and the casing
+    (tokenizer_config.json's do_lower_case against tokenizer.json's normalizer). A disagreement is refused in one line
+    naming both files."""
+    txt, tok_json = model_dir / "vocab.txt", model_dir / "tokenizer.json"
+    if not (txt.is_file() and tok_json.is_file()):
+        return
+    lines, words = read_vocab(txt), _tokenizer_json_vocab(tok_json)
+    data = _json_object(tok_json)
+    problem = None
+    if lines != words:
+        token = next((t for t in lines if words.get(t) != lines[t]), None)
+        problem = (f"{len(lines)} tokens in one, {len(words)} in the other" if token is None else
+                   f"{token!r} is id {lines[token]} in one, {words.get(token, 'absent')} in the other")
+    added = [a for a in data.get("added_tokens") or [] if isinstance(a, dict)]
+    specials = (data.get("post_processor") or {}).get("special_tokens") or {}
+    for content, ids in [(a.get("content"), [a.get("id")]) for a in added] + [
+            (name, s.get("ids")) for name, s in specials.items() if isinstance(s, dict)]:
+        if problem is None and ids != [lines.get(content)]:
+            problem = f"special token {content!r} is id {lines.get(content, 'absent')} in one, {ids} in the other"
+    if problem is not None:
+        raise CheckpointError(f"{txt} and {tok_json} disagree: {problem}; delete the one the model was not trained "
+                              "with (transformers reads tokenizer.json, miniberts vocab.txt)")
+    config = model_dir / "tokenizer_config.json"
+    recorded = _json_object(config).get("do_lower_case") if config.is_file() else None
+    normalizer = data.get("normalizer")
+    lowercase = normalizer.get("lowercase") if isinstance(normalizer, dict) else None
+    if isinstance(recorded, bool) and isinstance(lowercase, bool) and recorded != lowercase:
+        raise CheckpointError(f"{config} and {tok_json} disagree: do_lower_case={str(recorded).lower()} in one, "
+                              f"a normalizer with lowercase={str(lowercase).lower()} in the other; make them agree")
 
 
 def open_vocab(vocab: str | Path = "", cased: bool = False) -> WordPieceTokenizer:

@@ -145,7 +145,7 @@ def export_engine(model_dir: str | Path, engine: str, out: str | Path, quantize:
 
     if quantize not in (None, "int8"):
         raise MinibertsError(f"--quantize must be int8, got {quantize!r}")
-    backends.require(engine)
+    backends.require(engine, "--engine")
     if engine == "openvino" and quantize:
         raise MinibertsError("--engine openvino has no int8 export here (it needs NNCF calibration); use onnxruntime or ctranslate2")
     out = Path(out)

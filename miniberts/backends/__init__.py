@@ -55,13 +55,13 @@ def installed() -> list[str]:
     return ["torch"] + [b for b in ENGINES if missing_module(b) is None]
 
 
-def require(backend: str) -> None:
-    """A one-line error naming the extra when `backend` cannot run here."""
+def require(backend: str, flag: str = "--backend") -> None:
+    """A one-line error naming the extra when `backend` cannot run here (`flag`: the option that chose it)."""
     if backend not in BACKENDS:
-        raise MinibertsError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        raise MinibertsError(f"{flag} must be one of {', '.join(BACKENDS)}, got {backend!r}")
     module = missing_module(backend)
     if module is not None:
-        raise MinibertsError(f"--backend {backend} needs {module}, which is not installed: {EXTRAS[backend]}")
+        raise MinibertsError(f"{flag} {backend} needs {module}, which is not installed: {EXTRAS[backend]}")
 
 
 def precision_of(dtype: torch.dtype, int8: bool) -> str:

@@ -3,6 +3,7 @@
 import logging
 from pathlib import Path
 
+from ..backends import precision_of
 from ..cli import add_dataclass_arguments, dataclass_from_args
 from ..device import pick_device, resolve_dtype
 from ..infer_config import PredictConfig
@@ -28,4 +29,5 @@ def run(args):
     n = predict_file(args.model, args.input, args.output, args.text_column, args.text_pair_column,
                      settings.max_length, settings.batch_size, device, dtype, progress=True,
                      backend=settings.backend, int8=settings.int8)
-    logging.info("wrote %s: %d predictions (%s on %s)", Path(args.output), n, str(dtype).removeprefix("torch."), device)
+    logging.info("wrote %s: %d predictions (%s on %s)", Path(args.output), n, precision_of(dtype, settings.int8),
+                 device)

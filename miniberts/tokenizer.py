@@ -188,14 +188,15 @@ def check_one_truth(model_dir: Path) -> None:
     problem = None
     if lines != words:
         token = next((t for t in lines if words.get(t) != lines[t]), None)
-        problem = (f"{len(lines)} tokens in one, {len(words)} in the other" if token is None else
-                   f"{token!r} is id {lines[token]} in one, {words.get(token, 'absent')} in the other")
+        problem = (f"{len(lines)} tokens in vocab.txt, {len(words)} in tokenizer.json" if token is None else
+                   f"{token!r} is id {lines[token]} in vocab.txt, {words.get(token, 'absent')} in tokenizer.json")
     added = [a for a in data.get("added_tokens") or [] if isinstance(a, dict)]
     specials = (data.get("post_processor") or {}).get("special_tokens") or {}
     for content, ids in [(a.get("content"), [a.get("id")]) for a in added] + [
             (name, s.get("ids")) for name, s in specials.items() if isinstance(s, dict)]:
         if problem is None and ids != [lines.get(content)]:
-            problem = f"special token {content!r} is id {lines.get(content, 'absent')} in one, {ids} in the other"
+            problem = (f"special token {content!r} is id {lines.get(content, 'absent')} in vocab.txt, "
+                       f"{', '.join(map(str, ids or [])) or 'absent'} in tokenizer.json")
     if problem is not None:
         raise CheckpointError(f"{txt} and {tok_json} disagree: {problem}; delete the one the model was not trained "
                               "with (transformers reads tokenizer.json, miniberts vocab.txt)")
@@ -204,8 +205,9 @@ def check_one_truth(model_dir: Path) -> None:
     normalizer = data.get("normalizer")
     lowercase = normalizer.get("lowercase") if isinstance(normalizer, dict) else None
     if isinstance(recorded, bool) and isinstance(lowercase, bool) and recorded != lowercase:
-        raise CheckpointError(f"{config} and {tok_json} disagree: do_lower_case={str(recorded).lower()} in one, "
-                              f"a normalizer with lowercase={str(lowercase).lower()} in the other; make them agree")
+        raise CheckpointError(f"{config} and {tok_json} disagree: do_lower_case={str(recorded).lower()} in "
+                              f"tokenizer_config.json, lowercase={str(lowercase).lower()} in tokenizer.json's "
+                              "normalizer; make them agree")
 
 
 def open_vocab(vocab: str | Path = "", cased: bool = False) -> WordPieceTokenizer:

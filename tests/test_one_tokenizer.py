@@ -47,6 +47,8 @@ def test_ids_that_disagree_are_refused_naming_both_files(model_dir, tmp_path, ca
         WordPieceTokenizer.from_dir(model_dir)
     message = str(e.value)
     assert message.startswith(f"{model_dir / 'vocab.txt'} and {model_dir / 'tokenizer.json'} disagree: 'stock' is id ")
+    assert message.endswith("in tokenizer.json; delete the one the model was not trained with (transformers reads "
+                            "tokenizer.json, miniberts vocab.txt)")
     assert "\n" not in message
     texts = tmp_path / "t.txt"
     texts.write_text(TEXT + "\n", encoding="utf-8")
@@ -63,8 +65,8 @@ def test_special_tokens_that_disagree_are_refused(model_dir):
         if added["content"] == "[MASK]":
             added["id"] = 104
     path.write_text(json.dumps(data), encoding="utf-8")
-    with pytest.raises(CheckpointError, match=r"disagree: special token '\[MASK\]' is id 103 in one, \[104\] in the "
-                                              r"other"):
+    with pytest.raises(CheckpointError, match=r"disagree: special token '\[MASK\]' is id 103 in vocab.txt, 104 in "
+                                              r"tokenizer.json"):
         WordPieceTokenizer.from_dir(model_dir)
 
 
@@ -75,5 +77,5 @@ def test_casing_that_disagrees_is_refused(model_dir):
     path.write_text(json.dumps(config), encoding="utf-8")
     with pytest.raises(CheckpointError) as e:
         WordPieceTokenizer.from_dir(model_dir)
-    assert str(e.value).startswith(f"{path} and {model_dir / 'tokenizer.json'} disagree: do_lower_case=false in one, "
-                                   "a normalizer with lowercase=true in the other")
+    assert str(e.value).startswith(f"{path} and {model_dir / 'tokenizer.json'} disagree: do_lower_case=false in "
+                                   "tokenizer_config.json, lowercase=true in tokenizer.json's normalizer")

@@ -52,3 +52,12 @@ def test_a_refused_experiment_into_a_users_folder_leaves_no_lock(tiny, tmp_path,
     assert refused(capsys, [*argv[:-1], str(new), "--max-length", "600"]).endswith(
         "tiny: --max-length 600 exceeds its 512 positions")
     assert os.listdir(tmp_path) == ["mine"]
+
+
+def test_a_refused_finetune_into_a_users_folder_leaves_no_lock(tiny, tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    argv = ["finetune", "--model", tiny, *TASK, "--out", str(mine), "--epochs", "1", "--no-progress"]
+    assert "holds files but no identity.json" in refused(capsys, argv)
+    assert everything(mine) == ["notes.txt"]

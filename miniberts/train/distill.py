@@ -124,7 +124,7 @@ def run(cfg: DistillConfig) -> dict:
     pairs = any(ex.text_b is not None for ex in data.train)
     transfer_texts, transfer_pairs = read_transfer(cfg.transfer, pairs, cfg.transfer_limit)
     ident = finetune.run_identity(cfg, teacher=cfg.teacher, student=cfg.student, transfer=cfg.transfer)
-    with rundir.open_run(cfg.out, ident, cfg.fresh) as run_dir:
+    with rundir.claim_run(cfg.out, ident, cfg.fresh) as run_dir:
         if run_dir.finished:
             return run_dir.finished_metrics()
         return _distill(cfg, data, pairs, transfer_texts, transfer_pairs, run_dir.path)

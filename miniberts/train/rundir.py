@@ -13,11 +13,15 @@ RUN/identity.json: the settings that define its results, with every input file r
 While a run is open it holds an exclusive `fcntl.flock` on RUN/.lock, so a second process (a second `finetune`,
 a second `pretrain --resume`) gets `RUN: in use by another miniberts process (pid N)` instead of mixing its outputs
 with the first one's. The kernel drops the lock when the holder dies, even by kill -9: a stale lock never blocks.
+The holder's pid stays in RUN/.lock until the run closes, so the next holder names a process that died holding it
+("pid N died while it held this run ...; taking it over"). What kept a lock held after its command was killed was
+the command's own children (an experiment's workers): they now die with their parent (`lifetime`).
 
-Use (a recipe, an experiment's top directory or each of its cells alike):
+Use (a recipe, an experiment's top directory or each of its cells alike; `claim_run` is `open_run` whose refusal
+leaves the folder as it was found, without a lock file):
 
     ident = identity(cfg, inputs={"train": [cfg.train], "model": [cfg.model]})
-    with open_run(cfg.out, ident, fresh=cfg.fresh) as run:
+    with claim_run(cfg.out, ident, fresh=cfg.fresh) as run:
         if run.finished:          # RUN/metrics.json exists and came from these settings
             return run.finished_metrics()
         ...                       # train, write outputs (atomically), metrics.json last
@@ -39,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import MinibertsError
-from ..fileio import OutputError, atomic_write_text, make_folder
+from ..fileio import OutputError, as_found_on_refusal, atomic_write_text, make_folder
 
 log = logging.getLogger("miniberts")
 
@@ -265,3 +269,14 @@ def open_run(out: str | Path, ident: dict, fresh: bool = False, keep: Sequence[s
         raise
     finally:
         _release(fd)
+
+
+@contextmanager
+def claim_run(out: str | Path, ident: dict, fresh: bool = False, keep: Sequence[str] = (),
+              done: str = "metrics.json") -> Iterator[RunDir]:
+    """`open_run` as a command uses it: when the run is refused (another identity, a folder that is not a run), the
+    folder is left as it was found, without the lock file or the folders the refused run made."""
+    with as_found_on_refusal(Path(out), unless=(RunInUse,)) as accept:
+        with open_run(out, ident, fresh, keep, done) as run:
+            accept()
+            yield run

@@ -116,6 +116,15 @@ def build_dir(final: Path, build, done: str = "DONE") -> bool:
     return True
 
 
+def remove_created(created: list[Path]) -> None:
+    """Remove the folders `make_folder` created (deepest first), as far as they are empty."""
+    for d in created:
+        try:
+            d.rmdir()
+        except OSError:
+            break
+
+
 # --- the folder rule --------------------------------------------------------------------------------------------
 
 MADE = ".miniberts-made.json"
@@ -129,7 +138,7 @@ def made_here(folder: Path) -> set[str]:
         return set()
 
 
-def _visible(folder: Path) -> list[str]:
+def visible(folder: Path) -> list[str]:
     """What a folder holds besides hidden files (records, temporaries, a .gitkeep)."""
     return sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) if folder.is_dir() else []
 
@@ -145,7 +154,7 @@ def check_folder(folder: Path, names: Iterable[str] = (), force: bool = False, f
     if not os.access(nearest, os.W_OK | os.X_OK):  # mode bits and read-only mounts
         raise OutputError(f"{nearest}: cannot write (Permission denied)")
     ours = made_here(folder)
-    foreign = [name for name in _visible(folder) if name not in ours]
+    foreign = [name for name in visible(folder) if name not in ours]
     clash = [name for name in names if name in foreign]
     if clash:
         raise OutputError(f"{folder / clash[0]}: not written by miniberts, so never replaced; move it or choose "
@@ -168,13 +177,9 @@ def output_folder(folder: Path, names: Iterable[str], force: bool = False, flag:
         atomic_write_text(folder / MADE, json.dumps({"files": sorted(made_here(folder) | set(names))}, indent=1) + "\n")
         yield folder
     except BaseException:
-        if created and not _visible(folder):
+        if created and not visible(folder):
             (folder / MADE).unlink(missing_ok=True)
-            for d in created:
-                try:
-                    d.rmdir()
-                except OSError:
-                    break
+            remove_created(created)
         raise
 
 
@@ -199,11 +204,7 @@ def as_found_on_refusal(folder: Path, unless: tuple[type[BaseException], ...] = 
                     shutil.rmtree(path, ignore_errors=True)
                 else:
                     path.unlink(missing_ok=True)
-            for d in created:
-                try:
-                    d.rmdir()
-                except OSError:
-                    break
+            remove_created(created)
         raise
 
 

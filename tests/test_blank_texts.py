@@ -7,8 +7,8 @@ import logging
 from pathlib import Path
 
 import pytest
+from conftest import refused
 
-from miniberts.cli import main
 from miniberts.data.tasks import read_user_file
 from miniberts.errors import DataError
 from miniberts.infer import read_lines, unlabeled_texts
@@ -24,14 +24,6 @@ def real_sentences(n: int) -> list[str]:
     lines = [line.strip() for line in EXCERPT.read_text(encoding="utf-8").splitlines() if line.strip()]
     assert len(lines) >= n
     return lines[:n]
-
-
-def refused(capsys, argv: list[str]) -> str:
-    capsys.readouterr()
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err
-    return err
 
 
 def test_unlabeled_lines_skip_blanks_and_say_how_many(tmp_path, caplog):

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import alive
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,13 +31,6 @@ assert child.stdout.readline().strip() == "armed"
 print(child.pid, flush=True)
 time.sleep(120)
 """
-
-
-def alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="watches the grandchild through /proc (Linux)")

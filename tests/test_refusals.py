@@ -6,21 +6,13 @@ import os
 from pathlib import Path
 
 import pytest
+from conftest import refused
 
-from miniberts.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 GLUE = REPO / "tests" / "fixtures" / "glue_data"
 TASK = ["--train", str(GLUE / "RTE" / "train.tsv"), "--dev", str(GLUE / "RTE" / "dev.tsv"), "--text-column",
         "sentence1", "--text-pair-column", "sentence2", "--label-column", "label"]
-
-
-def refused(capsys, argv: list[str]) -> str:
-    capsys.readouterr()
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err
-    return err
 
 
 def everything(folder: Path) -> list[str]:

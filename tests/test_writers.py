@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import refused
 
 from miniberts import fileio
 from miniberts.cli import main
@@ -24,15 +25,6 @@ TASK = ["--train", str(GLUE / "RTE" / "train.tsv"), "--dev", str(GLUE / "RTE" / 
         "sentence1", "--text-pair-column", "sentence2", "--label-column", "label"]
 
 needs_gensim = pytest.mark.skipif(importlib.util.find_spec("gensim") is None, reason="needs PyPI gensim")
-
-
-def fails(capsys, argv: list[str]) -> str:
-    """The one stderr line of a command refused with exit status 2."""
-    capsys.readouterr()
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith(f"miniberts {argv[0]}: error: "), err
-    return err
 
 
 def tree(folder: Path) -> dict:
@@ -87,9 +79,9 @@ def test_every_writer_into_a_file_or_under_a_file_is_one_line(tiny, tmp_path, ca
     afile = tmp_path / "afile"
     afile.write_text("mine\n")
     out = afile if name != "bench" else tmp_path / "afile" / "sub"  # bench's --out names a file in a folder
-    err = fails(capsys, writers(tiny, out)[name])
+    err = refused(capsys, writers(tiny, out)[name])
     assert str(afile) in err and ("a file" in err or "Not a directory" in err), err
-    err = fails(capsys, writers(tiny, afile / "below")[name])
+    err = refused(capsys, writers(tiny, afile / "below")[name])
     assert f"{afile}: cannot create the folder (" in err, err
     assert afile.read_text() == "mine\n" and sorted(os.listdir(tmp_path)) == ["afile"]
 
@@ -98,7 +90,7 @@ def test_every_writer_into_a_file_or_under_a_file_is_one_line(tiny, tmp_path, ca
 def test_every_writer_into_a_read_only_folder_is_one_line(tiny, read_only, capsys, name):
     _skip_missing(name)
     for out in (read_only, read_only / "new"):
-        err = fails(capsys, writers(tiny, out)[name])
+        err = refused(capsys, writers(tiny, out)[name])
         assert str(read_only) in err and ("Permission denied" in err or "Operation not permitted" in err), err
     assert os.listdir(read_only) == []
 
@@ -109,7 +101,7 @@ def test_data_fetch_never_replaces_a_users_file(tmp_path, capsys):
     out.mkdir()
     (out / "train.tsv").write_text("my own rows\n")
     for force in ([], ["--force"]):
-        err = fails(capsys, ["data", "fetch", "lee_similarity", "--out", str(out), *force])
+        err = refused(capsys, ["data", "fetch", "lee_similarity", "--out", str(out), *force])
         assert err.endswith(f"{out / 'train.tsv'}: not written by miniberts, so never replaced; move it or choose "
                             "another folder")
     assert tree(out) == {"train.tsv": b"my own rows\n"}
@@ -120,7 +112,7 @@ def test_a_folder_holding_other_files_needs_force_and_keeps_them(tmp_path, capsy
     out = tmp_path / "data"
     out.mkdir()
     (out / "notes.md").write_text("mine")
-    err = fails(capsys, ["data", "fetch", "lee_similarity", "--out", str(out)])
+    err = refused(capsys, ["data", "fetch", "lee_similarity", "--out", str(out)])
     assert err.endswith(f"{out}: holds files miniberts did not write (notes.md); choose another folder, or --force "
                         "to write beside them")
     assert tree(out) == {"notes.md": b"mine"}
@@ -142,7 +134,7 @@ def test_a_full_disk_leaves_no_folder_and_no_file(tmp_path, capsys, monkeypatch)
 
     monkeypatch.setattr(Path, "write_text", full)
     out = tmp_path / "data"
-    err = fails(capsys, ["data", "fetch", "lee_similarity", "--out", str(out)])
+    err = refused(capsys, ["data", "fetch", "lee_similarity", "--out", str(out)])
     assert err.endswith("cannot write (No space left on device)") and str(out) in err, err
     assert os.listdir(tmp_path) == []
 
@@ -152,10 +144,10 @@ def test_vocab_beside_other_files_with_force_only(tmp_path, capsys):
     out.mkdir()
     (out / "vocab.txt").write_text("[PAD]\nmine\n")
     argv = ["vocab", "--files", EXCERPT, "--size", "300", "--out", str(out), "--no-progress"]
-    assert fails(capsys, [*argv, "--force"]).endswith(f"{out / 'vocab.txt'}: not written by miniberts, so never "
+    assert refused(capsys, [*argv, "--force"]).endswith(f"{out / 'vocab.txt'}: not written by miniberts, so never "
                                                       "replaced; move it or choose another folder")
     (out / "vocab.txt").rename(out / "old-vocab.txt")
-    assert "--force to write beside them" in fails(capsys, argv)
+    assert "--force to write beside them" in refused(capsys, argv)
     assert main([*argv, "--force"]) == 0
     assert (out / "old-vocab.txt").read_text() == "[PAD]\nmine\n" and (out / "vocab_stats.json").is_file()
 
@@ -170,7 +162,7 @@ def test_convert_and_export_into_their_own_earlier_output(tiny, tmp_path, capsys
     engine = tmp_path / "ort"
     engine.mkdir()
     (engine / "README").write_text("mine")
-    assert "--force to write beside them" in fails(capsys, ["export", tiny, "--engine", "onnxruntime", "--out",
+    assert "--force to write beside them" in refused(capsys, ["export", tiny, "--engine", "onnxruntime", "--out",
                                                             str(engine)])
     assert main(["export", tiny, "--engine", "onnxruntime", "--out", str(engine), "--force"]) == 0
     assert (engine / "README").read_text() == "mine" and (engine / "model.onnx").is_file()
@@ -179,7 +171,7 @@ def test_convert_and_export_into_their_own_earlier_output(tiny, tmp_path, capsys
 
 def test_bench_refuses_to_replace_a_users_report_before_measuring(tmp_path, capsys):
     (tmp_path / "bench.json").write_text("{}")
-    assert fails(capsys, ["bench", "--quick", "--out", str(tmp_path / "bench.md")]).endswith(
+    assert refused(capsys, ["bench", "--quick", "--out", str(tmp_path / "bench.md")]).endswith(
         f"{tmp_path / 'bench.json'}: not written by miniberts, so never replaced; move it or choose another folder")
     # the repository's own reports are on record as written by miniberts
     assert {"benchmarks.md", "benchmarks.json", "benchmarks.png"} <= fileio.made_here(REPO / "docs")

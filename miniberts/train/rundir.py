@@ -43,7 +43,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import MinibertsError
-from ..fileio import OutputError, as_found_on_refusal, atomic_write_text, make_folder
+from ..fileio import (OutputError, as_found_on_refusal, atomic_write_text, make_folder, remove_created,
+                      visible)
 
 log = logging.getLogger("miniberts")
 
@@ -221,11 +222,6 @@ def _clear(path: Path, keep: Sequence[str]) -> None:
             entry.unlink()
 
 
-def _visible(path: Path) -> list[str]:
-    """What a directory holds besides hidden files (the lock, temporaries, a .gitkeep)."""
-    return sorted(p.name for p in path.iterdir() if not p.name.startswith("."))
-
-
 @contextmanager
 def open_run(out: str | Path, ident: dict, fresh: bool = False, keep: Sequence[str] = (),
              done: str = "metrics.json") -> Iterator[RunDir]:
@@ -241,7 +237,7 @@ def open_run(out: str | Path, ident: dict, fresh: bool = False, keep: Sequence[s
     wrote_identity = False
     try:
         old = read_identity(path)
-        if old is None and [name for name in _visible(path) if name not in keep]:  # `keep` (a cache) may precede
+        if old is None and [name for name in visible(path) if name not in keep]:  # `keep` (a cache) may precede
             raise RunMismatch(f"{path}: holds files but no {IDENTITY} (not a miniberts run directory, or one made "
                               "before run identities); choose another --out or empty it")
         if old is not None and old != ident and not fresh:
@@ -257,15 +253,11 @@ def open_run(out: str | Path, ident: dict, fresh: bool = False, keep: Sequence[s
             wrote_identity = True
         yield RunDir(path, ident, existed, done)
     except BaseException:
-        if wrote_identity and _visible(path) == [IDENTITY]:  # rejected before any output: leave no trace
+        if wrote_identity and visible(path) == [IDENTITY]:  # rejected before any output: leave no trace
             (path / IDENTITY).unlink(missing_ok=True)
             if created:
                 (path / LOCK).unlink(missing_ok=True)
-                for d in created:
-                    try:
-                        d.rmdir()
-                    except OSError:
-                        break
+                remove_created(created)
         raise
     finally:
         _release(fd)

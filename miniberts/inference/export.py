@@ -22,11 +22,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import load_state, load_tokenizer, read_checkpoint
-from .errors import MinibertsError
-from .fileio import atomic_path
-from .model import BertForSequenceClassification, BertModel
-from .tokenizer import WordPieceTokenizer
+from ..checkpoint import load_state, load_tokenizer, read_checkpoint
+from ..errors import MinibertsError
+from ..fileio import atomic_path
+from ..model import BertForSequenceClassification, BertModel
+from ..tokenizer import WordPieceTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -137,10 +137,10 @@ def export_engine(model_dir: str | Path, engine: str, out: str | Path, quantize:
     """The artifact an engine backend runs, written to the new folder `out`: onnxruntime -> model.onnx (fused fp32,
     or int8), openvino -> model.xml + model.bin, ctranslate2 -> model.bin (+ config; int8 is chosen when loading).
     The encoder only (with pooler): a classifier's head is one Linear that the backends run in torch. These are the
-    files miniberts/backends caches per weights fingerprint; `--backend` finds its own, this is for other programs."""
+    files miniberts/inference/backends caches per weights fingerprint; `--backend` finds its own, this is for other programs."""
     from . import backends
-    from .checkpoint import load_encoder
-    from .fileio import build_dir
+    from ..checkpoint import load_encoder
+    from ..fileio import build_dir
 
     if quantize not in (None, "int8"):
         raise MinibertsError(f"--quantize must be int8, got {quantize!r}")

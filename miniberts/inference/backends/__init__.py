@@ -2,11 +2,11 @@
 
 Every backend is an `nn.Module` with the encoder's own signature, `forward(input_ids, attention_mask,
 token_type_ids) -> (hidden [B, S, H], pooled [B, H])` on torch tensors (float32 out), so the batching and pooling
-code (infer.py, predict.py) runs any of them unchanged; the engines' `run(...)` takes and returns numpy arrays.
+code (inference/batching.py, inference/predict.py) runs any of them unchanged; the engines' `run(...)` takes and returns numpy arrays.
 
 | backend | precisions | artifact (exported once per weights fingerprint, cache.py) | extra |
 |---|---|---|---|
-| torch | fp32 (batches without padding: a frozen trace, pytorch.py), bf16 (autocast, weights cast once), int8 (dynamic, fast.quantize_int8) | none | (core) |
+| torch | fp32 (batches without padding: a frozen trace, pytorch.py), bf16 (autocast, weights cast once), int8 (dynamic, fast_paths.quantize_int8) | none | (core) |
 | onnxruntime | fp32 (graph fused by onnxruntime.transformers.optimizer), int8 (quantize_dynamic, per channel) | model.onnx | onnx |
 | openvino | fp32 (INFERENCE_PRECISION_HINT f32), bf16 (hint bf16; OpenVINO runs f32 where the CPU lacks it) | model.xml | engines |
 | ctranslate2 | fp32 (float32), int8 (int8 weights, VNNI GEMMs) | model.bin | engines |
@@ -22,8 +22,8 @@ import logging
 import torch
 from torch import nn
 
-from ..errors import MinibertsError
-from ..model import BertForSequenceClassification, BertModel
+from ...errors import MinibertsError
+from ...model import BertForSequenceClassification, BertModel
 from .auto import choose
 from .base import EngineClassifier, EngineEncoder
 from .pytorch import MaskFreeTrace
@@ -100,7 +100,7 @@ def prepare(model: nn.Module, encoder: BertModel, backend: str, precision: str, 
     """(module with `model`'s forward, the autocast dtype to run it under). torch: `model` itself, cast once to bf16,
     quantized to int8, or in fp32 with its mask-free calls traced (pytorch.py); an engine: `wrap(engine)`, where the
     engine runs `encoder`'s exported graph in its own precision (the autocast dtype is then fp32, a no-op)."""
-    from ..fast import for_inference, quantize_int8
+    from ..fast_paths import for_inference, quantize_int8
 
     if precision not in PRECISIONS:
         raise MinibertsError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")

@@ -12,17 +12,21 @@ code (inference/batching.py, inference/predict.py) runs any of them unchanged; t
 | ctranslate2 | fp32 (float32), int8 (int8 weights, VNNI GEMMs) | model.bin | engines |
 
 `auto` picks one from auto.py's table by model size, batch shape and precision, among the installed engines.
+`export_engine` writes an engine's artifact to a folder of the user's (`miniberts export --engine`).
 A backend asked for by name but not installed is a one-line error naming the extra to install.
 """
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from ...checkpoint import load_encoder
 from ...errors import MinibertsError
+from ...fileio import build_dir
 from ...model import BertForSequenceClassification, BertModel
 from .auto import choose
 from .base import EngineClassifier, EngineEncoder
@@ -117,6 +121,35 @@ def prepare(model: nn.Module, encoder: BertModel, backend: str, precision: str, 
     return MaskFreeTrace(model.to(device).eval()), torch.float32
 
 
+def export_engine(model_dir: str | Path, engine: str, out: str | Path, quantize: str | None = None) -> Path:
+    """The artifact an engine backend runs, written to the new folder `out`: onnxruntime -> model.onnx (fused fp32,
+    or int8), openvino -> model.xml + model.bin, ctranslate2 -> model.bin (+ config; int8 is chosen when loading).
+    The encoder only (with pooler): a classifier's head is one Linear that the backends run in torch. These are the
+    files cache.py keeps per weights fingerprint; `--backend` finds its own, this is for other programs."""
+    if quantize not in (None, "int8"):
+        raise MinibertsError(f"--quantize must be int8, got {quantize!r}")
+    require(engine)
+    if engine == "openvino" and quantize:
+        raise MinibertsError("--engine openvino has no int8 export here (it needs NNCF calibration); use onnxruntime or ctranslate2")
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise MinibertsError(f"{out}: exists and is not empty (the export writes a new folder)")
+    if out.exists():
+        out.rmdir()
+    encoder = load_encoder(model_dir)[0].float().eval()
+    if engine == "onnxruntime":
+        from .ort import build
+        writer = build(encoder, quantize or "fp32")
+    elif engine == "openvino":
+        from .ov import build
+        writer = build(encoder)
+    else:
+        from .ct2 import build
+        writer = build(encoder)
+    build_dir(out, writer)
+    return out
+
+
 def for_encoder(encoder: BertModel, backend: str = "torch", precision: str = "fp32", batch_size: int = 32,
                 device: torch.device = torch.device("cpu"), threads: int | None = None) -> tuple[nn.Module, torch.dtype]:
     """An encoder's runner: forward(input_ids, attention_mask, token_type_ids) -> (hidden, pooled)."""
@@ -132,4 +165,4 @@ def for_classifier(model: BertForSequenceClassification, backend: str = "torch",
 
 
 __all__ = ["BACKENDS", "ENGINES", "PRECISIONS", "EXTRAS", "installed", "require", "resolve",
-           "precision_of", "prepare", "for_encoder", "for_classifier", "engine"]
+           "precision_of", "prepare", "for_encoder", "for_classifier", "engine", "export_engine"]

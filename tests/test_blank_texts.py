@@ -11,7 +11,7 @@ from conftest import refused
 
 from miniberts.data.tasks import read_user_file
 from miniberts.errors import DataError
-from miniberts.infer import read_lines, unlabeled_texts
+from miniberts.inference.batching import read_lines, unlabeled_texts
 from miniberts.train.distill import read_transfer
 
 REPO = Path(__file__).resolve().parents[1]

@@ -3,7 +3,7 @@
 
 import logging
 
-from miniberts import backends
+from miniberts.inference import backends
 from miniberts.cli import main
 
 

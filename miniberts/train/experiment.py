@@ -48,13 +48,13 @@ from ..config import find_preset, param_count
 from ..data.builtin import fetch
 from ..data.pretraining import check_files
 from ..device import DTYPES
-from ..distill_targets import check_same_vocab
 from ..errors import MinibertsError
 from ..fileio import as_found_on_refusal, atomic_write_text
 from ..lifetime import die_with_parent
 from ..settings import SettingsError, validate
 from ..data.load import TaskData, builtin_name, builtin_task_dir, load_task
 from . import distill, finetune, pretrain, rundir
+from .distill_targets import check_same_vocab
 from .experiment_report import write_report
 
 log = logging.getLogger("miniberts")

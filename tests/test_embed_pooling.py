@@ -182,7 +182,8 @@ def test_unsupported_modules_and_bad_max_seq_length(tmp_path, tiny):
     (root / "modules.json").write_text("{}")
     with pytest.raises(CheckpointError, match="modules.json: expected a JSON list of modules"):
         miniberts.load(root)
-    (root / "modules.json").write_text(json.dumps([{"path": "", "type": "x.Transformer"}, {"path": "1_Pooling", "type": "x.Pooling"}]))
+    (root / "modules.json").write_text(json.dumps([{"path": "", "type": "sentence_transformers.models.Transformer"},
+                                                      {"path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
     (root / "sentence_bert_config.json").write_text('{"max_seq_length": 0}')
     with pytest.raises(CheckpointError, match="sentence_bert_config.json: max_seq_length must be a positive whole number, got 0"):
         miniberts.load(root)

@@ -189,6 +189,7 @@ def _distill(cfg: DistillConfig, data: TaskData, pairs: bool, transfer_texts: li
     save_hf(student, tokenizer, out)
     if data.test:
         metrics["test"] = finetune.predict_test_splits(student, tokenizer, data, cfg, out, device, dtype)
+    finetune.write_model_card(out, "distill", cfg, data, metrics, [cfg.student, cfg.teacher])
     write_json(out / "metrics.json", metrics)
     return metrics
 

@@ -45,6 +45,7 @@ import torch
 from ..checkpoint import load_tokenizer, read_checkpoint, resolve
 from ..config import find_preset, param_count
 from ..data.builtin import BUILTIN
+from ..hub import local_path
 from ..data.pretraining import check_files
 from ..device import DTYPES
 from ..distill_targets import check_same_vocab
@@ -165,7 +166,7 @@ class Student:
 
     @property
     def pretrained(self) -> bool:
-        return Path(self.model).is_dir()
+        return local_path(self.model).is_dir()
 
 
 @dataclass(frozen=True)
@@ -324,7 +325,7 @@ def _student(name: str, cfg: ExperimentConfig) -> Student:
     c = ckpt.config
     if cfg.max_length > c.max_position_embeddings:
         raise MinibertsError(f"{name}: --max-length {cfg.max_length} exceeds its {c.max_position_embeddings} positions")
-    path = Path(name)
+    path = local_path(name)
     if not path.is_dir():
         return Student(name, name, name, param_count(c))
     preset = find_preset(f"{c.num_layers}-{c.hidden_size}")
@@ -333,6 +334,8 @@ def _student(name: str, cfg: ExperimentConfig) -> Student:
     if scratch is None and any(s in ("scratch-ft", "distill") for s in cfg.strategies):
         raise MinibertsError(f"{path}: scratch-ft and distill start from a random init of the student's shape, and "
                              f"no preset has this one; drop them or give a preset")
+    if not Path(name).exists():  # a Hub id: named and passed on as given (each run records its resolved commit)
+        return Student(name, name, scratch, param_count(c))
     return Student(path.name, str(path), scratch, param_count(c))
 
 

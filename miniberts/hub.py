@@ -15,13 +15,16 @@ References: huggingface_hub/_snapshot_download.py (the cache layout, offline res
 from __future__ import annotations
 
 import fnmatch
+import json
 import re
+import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from .config import find_preset
 from .errors import MinibertsError
+from .fileio import atomic_path, atomic_write_text
 
 RELEASED = "released:"  # `released:tiny`: a colon never appears in a preset name or a Hub id
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
@@ -32,6 +35,7 @@ INSTALL = "pip install 'miniberts[hub]'"
 SMALL_FILES = ["config.json", "*/config.json", "bert_config.json", "vocab.txt", "*/vocab.txt", "tokenizer.json",
                "*/tokenizer.json", "tokenizer_config.json", "*/tokenizer_config.json", "special_tokens_map.json",
                "modules.json", "sentence_bert_config.json", "*/sentence_bert_config.json"]
+CONFIGS = [("config.json",), ("bert_config.json",)]
 # The weights, best first: the first kind the repo has is the only one fetched.
 WEIGHTS = [("model.safetensors",), ("pytorch_model.bin",), ("bert_model.ckpt.index", "bert_model.ckpt.data-*")]
 
@@ -120,20 +124,55 @@ def cache_folder(ref: HubRef) -> Path:
 
 
 def _fetch(ref: HubRef, offline: bool) -> Path:
-    where = _download(ref, SMALL_FILES, offline)
-    if not any((where / name).is_file() for name in ("config.json", "bert_config.json")):
-        raise _incomplete(ref, where, offline, "no config.json")
-    pinned = HubRef(ref.repo_id, where.name)  # the commit: later calls need no request to resolve a branch again
+    listing = None if offline else _listing(ref)
+    if listing is None:  # offline, or the Hub unreachable: the cache alone answers, with no further request
+        why = "offline" if offline else "the Hub could not be reached"
+        where = _download(ref, SMALL_FILES, local=True, why=why)
+        prefix = _module_folder(where)
+        for what, kinds in (("no config.json", CONFIGS), ("no weights", WEIGHTS)):
+            if not any(_present(where, [prefix + p for p in kind]) for kind in kinds):
+                raise HubError(f"{ref}: the cached snapshot at {where} has {what} (a download that did not "
+                               f"finish?); fetch it again with `miniberts download {ref}` on a machine with network")
+        return where
+    files, commit = listing
+    pinned = HubRef(ref.repo_id, commit)  # a branch resolved once: both downloads read the same commit
+    where = _download(pinned, SMALL_FILES, local=False)
     prefix = _module_folder(where)
-    listed = None if offline else _repo_files(pinned)  # online: fetch only the first kind of weights the repo has
-    for kind in WEIGHTS:
-        patterns = [prefix + p for p in kind]
-        if listed is not None and not all(fnmatch.filter(listed, p) for p in patterns):
-            continue
-        where = _download(pinned, patterns, offline)
-        if all(any(f.is_file() for f in where.glob(p)) for p in patterns):  # a dangling link: a blob never came
-            return where
-    raise _incomplete(ref, where, offline, "no weights (model.safetensors, pytorch_model.bin or bert_model.ckpt)")
+    found = {}
+    for what, kinds in (("config", CONFIGS), ("weights", WEIGHTS)):
+        kind = next((k for k in kinds if all(fnmatch.filter(files, prefix + p) for p in k)), None)
+        if kind is None:
+            raise HubError(f"{ref}: the repository has no {what} that miniberts reads "
+                           f"({' or '.join(k[0] for k in kinds)})")
+        found[what] = [prefix + p for p in kind]
+    where = _download(pinned, found["weights"], local=False)  # only the first kind of weights the repo has
+    for patterns in found.values():
+        if not _present(where, patterns):
+            raise HubError(f"{ref}: the download into {where} did not complete ({patterns[0]} is missing); run it "
+                           "again")
+    return where
+
+
+def _listing(ref: HubRef) -> tuple[list[str], str] | None:
+    """(the repo's files, the commit) at `ref`; None when the Hub cannot be reached (then the cache decides, as
+    snapshot_download itself does). A missing repo or revision, a gated repo: one line at once."""
+    hf, _, errors = _hub()
+    with _one_line(ref):
+        try:
+            info = hf.HfApi(library_name="miniberts").model_info(ref.repo_id, revision=ref.revision,
+                                                                 timeout=ETAG_TIMEOUT)
+        except errors.HfHubHTTPError as e:
+            if e.response is None or e.response.status_code < 500:
+                raise  # the repo, the revision or the access is wrong: said in one line by _one_line
+            return None  # the Hub is down
+        except Exception:  # no network: httpx's and OSError's many kinds all mean "ask the cache"
+            return None
+    return [s.rfilename for s in info.siblings or []], info.sha
+
+
+def _present(where: Path, patterns: list[str]) -> bool:
+    """Every pattern matches a readable file (a dangling link is a blob that never came)."""
+    return all(any(f.is_file() for f in where.glob(p)) for p in patterns)
 
 
 def _module_folder(snapshot_dir: Path) -> str:
@@ -146,29 +185,17 @@ def _module_folder(snapshot_dir: Path) -> str:
     return layout.model_dir.relative_to(snapshot_dir).as_posix() + "/"
 
 
-def _incomplete(ref: HubRef, where: Path, offline: bool, what: str) -> HubError:
-    if offline:
-        return HubError(f"{ref}: the cached snapshot at {where} has {what} (a download that did not finish?); "
-                        f"fetch it again with `miniberts download {ref}` on a machine with network")
-    return HubError(f"{ref}: the repository has {what} that miniberts reads")
-
-
-def _download(ref: HubRef, patterns: list[str], offline: bool) -> Path:
+def _download(ref: HubRef, patterns: list[str], local: bool, why: str = "") -> Path:
+    """snapshot_download of `patterns`; `local`: from the cache alone, `why` (offline, the Hub unreachable)."""
     hf, _, _ = _hub()
-    with _one_line(ref, offline):
+    with _one_line(ref, why):
         return Path(hf.snapshot_download(ref.repo_id, revision=ref.revision, allow_patterns=patterns,
-                                         local_files_only=offline, etag_timeout=ETAG_TIMEOUT,
+                                         local_files_only=local, etag_timeout=ETAG_TIMEOUT,
                                          library_name="miniberts"))
 
 
-def _repo_files(ref: HubRef) -> list[str]:
-    hf, _, _ = _hub()
-    with _one_line(ref, offline=False):
-        return hf.HfApi(library_name="miniberts").list_repo_files(ref.repo_id, revision=ref.revision)
-
-
 @contextmanager
-def _one_line(ref: HubRef, offline: bool):
+def _one_line(ref: HubRef, why: str = ""):
     """huggingface_hub's exceptions -> one HubError line each."""
     _, _, errors = _hub()
     incomplete = getattr(errors, "IncompleteSnapshotError", ())  # huggingface_hub >= 1.x checks its tree listing
@@ -188,11 +215,9 @@ def _one_line(ref: HubRef, offline: bool):
         raise HubError(f"{ref}: the repository {ref.repo_id} has no revision {ref.revision!r} (a branch, tag or "
                        "commit)") from None
     except errors.LocalEntryNotFoundError as e:
-        if offline:
-            raise HubError(f"{ref}: no such local directory, and not in the Hugging Face cache at {cache_folder(ref)} "
-                           f"(offline); {how}") from None
-        raise HubError(f"{ref}: the Hub could not be reached ({_cause(e)}) and it is not in the Hugging Face cache at "
-                       f"{cache_folder(ref)}; {how}") from None
+        why = why or f"the Hub could not be reached: {_cause(e)}"
+        raise HubError(f"{ref}: no such local directory, and not in the Hugging Face cache at {cache_folder(ref)} "
+                       f"({why}); {how}") from None
     except (errors.HfHubHTTPError, ValueError, OSError) as e:  # a malformed id (HFValidationError), the Hub down, ...
         raise HubError(f"{ref}: {_cause(e)}") from None
 
@@ -201,3 +226,27 @@ def _cause(e: BaseException) -> str:
     cause = e.__cause__ or e
     lines = str(cause).strip().splitlines()
     return f"{type(cause).__name__}: {lines[0][:160]}" if lines else type(cause).__name__
+
+
+# --- `miniberts download` -------------------------------------------------------------------------------------
+
+def download_ref(name: str) -> HubRef:
+    """What `miniberts download NAME` fetches: a Hub id as given; a preset name (`tiny`) or `released:tiny` -> the
+    released checkpoint at its pinned revision (a download of a random initialisation would mean nothing)."""
+    preset = find_preset(name)
+    ref = HubRef(preset.repo_id, preset.revision) if preset else parse(name)
+    if ref is None:
+        raise HubError(f"{name}: not a Hub id (org/name[@revision]), a preset name or released:NAME")
+    return ref
+
+
+def export_snapshot(ref: HubRef, snapshot_dir: Path, out_dir: Path) -> Path:
+    """A self-contained copy of a snapshot (links followed) in out_dir/<repo name>, for a machine without network,
+    with source.json recording the repo and the commit it came from."""
+    target = out_dir / ref.repo_id.split("/")[-1]
+    for src in sorted(p for p in snapshot_dir.rglob("*") if p.is_file()):
+        with atomic_path(target / src.relative_to(snapshot_dir)) as tmp:
+            shutil.copyfile(src, tmp)
+    source = {"repo_id": ref.repo_id, "revision": ref.revision or "main", "commit": snapshot_dir.name}
+    atomic_write_text(target / "source.json", json.dumps(source, indent=2))
+    return target

@@ -222,7 +222,8 @@ def test_nan_weights_refused_by_embed(capsys, tmp_path, tiny):
     save_file(weights, str(broken / "model.safetensors"))
     (tmp_path / "t.txt").write_text("hello\nworld\n")
     err = one_line_error(capsys, "embed", broken, tmp_path / "t.txt", "--output", tmp_path / "o.npy")
-    assert err == f"miniberts embed: error: {broken}: the model produced non-finite outputs (NaN or infinite weights?)"
+    assert err == (f"miniberts embed: error: {broken / 'model.safetensors'}: tensor encoder.layer.0.output.dense.weight "
+                   "holds NaN or infinite values (a corrupted file or a diverged run); refused")  # at load
     assert not (tmp_path / "o.npy").exists()
 
 

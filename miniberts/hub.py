@@ -98,10 +98,10 @@ def repo_of(model: str | Path) -> str | None:
 def _hub():
     try:
         import huggingface_hub
-        from huggingface_hub import constants, errors
+        from huggingface_hub import constants, utils
     except ImportError:
         raise HubError(f"loading a model by Hugging Face Hub id needs huggingface_hub: {INSTALL}") from None
-    return huggingface_hub, constants, errors
+    return huggingface_hub, constants, utils  # utils: the exception classes, where every version since 0.23 has them
 
 
 _SNAPSHOTS: dict[tuple, Path] = {}  # resolved once per process (a `main` costs a request each time otherwise)
@@ -198,7 +198,9 @@ def _download(ref: HubRef, patterns: list[str], local: bool, why: str = "") -> P
 def _one_line(ref: HubRef, why: str = ""):
     """huggingface_hub's exceptions -> one HubError line each."""
     _, _, errors = _hub()
-    incomplete = getattr(errors, "IncompleteSnapshotError", ())  # huggingface_hub >= 1.x checks its tree listing
+    from huggingface_hub import errors as more_errors
+
+    incomplete = getattr(more_errors, "IncompleteSnapshotError", ())  # huggingface_hub >= 1.x checks its tree listing
     how = f"fetch it with `miniberts download {ref}` on a machine with network"
     try:
         yield

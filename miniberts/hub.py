@@ -95,23 +95,24 @@ def repo_of(model: str | Path) -> str | None:
     return None
 
 
-def _hub():
+def _hub(ref: HubRef | None = None):
     try:
         import huggingface_hub
         from huggingface_hub import constants, utils
     except ImportError:
-        raise HubError(f"loading a model by Hugging Face Hub id needs huggingface_hub: {INSTALL}") from None
+        raise HubError(f"{ref}: no such local directory; loading it as a Hugging Face Hub id needs huggingface_hub: "
+                       f"{INSTALL}") from None
     return huggingface_hub, constants, utils  # utils: the exception classes, where every version since 0.23 has them
 
 
 _SNAPSHOTS: dict[tuple, Path] = {}  # resolved once per process (a `main` costs a request each time otherwise)
 
 
-def snapshot(ref: HubRef, local_files_only: bool = False) -> Path:
+def snapshot(ref: HubRef) -> Path:
     """The snapshot directory of `ref` in the Hugging Face cache, complete for our loaders, fetched if need be
-    (never with HF_HUB_OFFLINE=1 or `local_files_only`). Every failure is one HubError line."""
-    hf, constants, _ = _hub()
-    offline = local_files_only or bool(constants.HF_HUB_OFFLINE)
+    (never with HF_HUB_OFFLINE=1: then from the cache alone). Every failure is one HubError line."""
+    _, constants, _ = _hub(ref)
+    offline = bool(constants.HF_HUB_OFFLINE)
     key = (ref, str(constants.HF_HUB_CACHE), offline)
     if key not in _SNAPSHOTS:
         _SNAPSHOTS[key] = _fetch(ref, offline)

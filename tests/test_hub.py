@@ -244,7 +244,8 @@ def test_hub_errors_are_one_line(cache, monkeypatch, capsys, tmp_path):
 
 def test_without_huggingface_hub_one_line_names_the_extra(monkeypatch, capsys, tmp_path):
     monkeypatch.setitem(__import__("sys").modules, "huggingface_hub", None)
-    assert "pip install 'miniberts[hub]'" in one_line_error(capsys, "convert", "someone/else", tmp_path / "o")
+    err = one_line_error(capsys, "convert", "someone/else", tmp_path / "o")
+    assert "someone/else: no such local directory" in err and "pip install 'miniberts[hub]'" in err
 
 
 # --- safe loading --------------------------------------------------------------------------------------------------

@@ -170,7 +170,7 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0][:200]}" if text else type(e).__name__
 
 
-def check_finite(tensors: dict, where: str | Path) -> None:
+def check_finite_weights(tensors: dict, where: str | Path) -> None:
     """Refuse weights holding NaN or infinite values (a corrupted download, a diverged run): they would load and
     run, and every output would be NaN."""
     for name, tensor in tensors.items():
@@ -195,7 +195,7 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
     except Exception as e:  # safetensors and torch raise several types (SafetensorError, RuntimeError, EOFError, ...)
         raise CheckpointError(f"{path}: corrupt or truncated ({_first_line(e)})") from None
     if isinstance(tensors, dict):
-        check_finite(tensors, path)
+        check_finite_weights(tensors, path)
     return tensors
 
 
@@ -220,7 +220,7 @@ def _read_tf(src: Path) -> Checkpoint:
         raise CheckpointError(f"{src}: no TF checkpoint (*.ckpt.index) next to bert_config.json")
     prefix = indexes[-1].with_suffix("")  # e.g. bert_model.ckpt (the latest of model.ckpt-N when several)
     foreign = {k: torch.from_numpy(v.copy()) for k, v in read_tf_checkpoint(prefix).items()}
-    check_finite(foreign, prefix)
+    check_finite_weights(foreign, prefix)
     state = from_foreign(foreign, "tf", cfg.num_layers, str(prefix))
     if "classifier.weight" in state:  # run_classifier.py's output layer: its width is the number of labels
         cfg = cfg.with_task([str(i) for i in range(state["classifier.weight"].shape[0])], regression=False)

@@ -27,7 +27,9 @@ LICENSE = "apache-2.0"  # miniberts' and the released checkpoints' licence; chan
 RECIPES = {"finetune": "fine-tuned", "distill": "distilled from a fine-tuned teacher", "pretrain": "pre-trained",
            "convert": "converted to the Hugging Face layout", "": "saved"}
 # metrics.json entries that are records of the run, not scores.
-NOT_SCORES = {"epochs", "config", "argv", "versions", "labels", "steps", "seconds", "epoch", "step"}
+NOT_SCORES = {"epochs", "config", "argv", "versions", "labels", "steps", "seconds", "epoch", "step", "eval_step",
+              "eval_curve", "data", "command", "device", "processes", "interrupted", "minutes", "tokens_per_s",
+              "train_time_s", "wall_time_s", "tokens_seen", "train_examples", "transfer_examples", "labeled_examples"}
 
 
 @dataclass

@@ -39,7 +39,8 @@ def run(args):
     if args.json:
         print(json.dumps(table, indent=2))
         return
-    print(f"{'name':<7} {'alias':<7} {'layers':>6} {'hidden':>6} {'heads':>5} {'ffn':>5} {'params':>12}  released as (load it as released:NAME)")
+    print(f"{'name':<7} {'alias':<7} {'layers':>6} {'hidden':>6} {'heads':>5} {'ffn':>5} {'params':>12}  "
+          "released as (load it as released:NAME)")
     for r in table:
         nick = r["aliases"][0] if len(r["aliases"]) > 1 else ""
         print(f"{r['name']:<7} {nick:<7} {r['layers']:>6} {r['hidden']:>6} {r['heads']:>5} {r['intermediate']:>5} "

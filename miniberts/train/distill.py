@@ -32,8 +32,10 @@ log = logging.getLogger("miniberts")
 
 @dataclass
 class DistillConfig(finetune.FinetuneConfig):
-    teacher: str = field(default="", metadata={"help": "fine-tuned teacher directory (any layout miniberts reads)"})
-    student: str = field(default="", metadata={"help": "student: a preset name (random init) or a model directory"})
+    teacher: str = field(default="", metadata={"help": "fine-tuned teacher directory (any layout miniberts reads) or "
+                                                       "Hub id"})
+    student: str = field(default="", metadata={"help": "student: a preset name (random init), a model directory or "
+                                                       "a Hub id (org/name[@revision], released:tiny)"})
     transfer: list[str] = field(default_factory=list, metadata={
         "help": "unlabeled transfer text files, one text per line (pair tasks: text_a<TAB>text_b)"})
     temperature: float = field(default=1.0, metadata={"help": "softmax temperature of the soft targets (loss x T^2)",

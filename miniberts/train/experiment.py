@@ -76,7 +76,8 @@ class ExperimentConfig:
     out: str = field(default="", metadata={"help": "experiment folder: identity.json, results.jsonl, summary.*, figures, "
                                                     "cells/, pretrained/, teacher/"})
     students: list[str] = field(default_factory=lambda: ["tiny"], metadata={
-        "help": "presets (tiny, 2-256, ...; random init) or model directories (already pre-trained students)"})
+        "help": "presets (tiny, 2-256, ...; random init), model directories or Hub ids (released:tiny: already "
+                "pre-trained students)"})
     strategies: list[str] = field(default_factory=lambda: list(STRATEGIES), metadata={
         "help": "of " + ", ".join(f"{k} ({v})" for k, v in STRATEGIES.items()), "choices": tuple(STRATEGIES)})
     pretrain_on: list[str] = field(default_factory=lambda: ["generic"], metadata={

@@ -76,7 +76,8 @@ class LoopConfig:
 
 @dataclass
 class FinetuneConfig(LoopConfig):
-    model: str = field(default="", metadata={"help": "model directory (HF or Google TF layout) or preset name"})
+    model: str = field(default="", metadata={"help": "model directory (HF or Google TF layout), a Hub id "
+                                                     "(org/name[@revision], released:tiny) or preset name"})
     out: str = field(default="", metadata={"help": "run directory to write (HF model + metrics.json + log.jsonl)"})
     task: str = field(default="", metadata={"help": "GLUE task (with --glue-dir) or built-in task: " + ", ".join(
         ["rotten_tomatoes", "lee_similarity", "bbc_topics"])})
@@ -328,7 +329,8 @@ def run_identity(cfg: FinetuneConfig, **inputs) -> dict:
     files (a GLUE task's folder, a built-in task's cache, the user's files); `inputs` adds a recipe's own."""
     task_files = {"model": cfg.model, "train": cfg.train, "dev": cfg.dev, "test": cfg.test, "vocab": cfg.vocab,
                   **inputs}
-    task_files["glue_dir"] = Path(cfg.glue_dir) / get_task(cfg.task).directory if _glue(cfg) else ""  # moving it: no change
+    # moving the GLUE folder changes nothing
+    task_files["glue_dir"] = Path(cfg.glue_dir) / get_task(cfg.task).directory if _glue(cfg) else ""
     if cfg.task and builtin_name(cfg.task):
         task_files["cache_dir"] = builtin_task_dir(builtin_name(cfg.task), cfg.cache_dir)
     return rundir.identity(cfg, task_files)

@@ -62,7 +62,8 @@ log = logging.getLogger("miniberts")
 @dataclass
 class PretrainConfig:
     model: str = field(default="tiny", metadata={"help": "preset (tiny, mini, 4-256, ...) for a random start, a model "
-                                                          "directory to continue from, or a config.json (custom dims)"})
+                                                          "directory or Hub id (released:tiny) to continue from, or a "
+                                                          "config.json (custom dims)"})
     train_files: list[str] = field(default_factory=list, metadata={
         "help": "text files, one sentence per line, a blank line between documents (.gz/.bz2 accepted)"})
     out: str = field(default="", metadata={"help": "run directory: the model (Hugging Face layout), metrics.json, "

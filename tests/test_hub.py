@@ -332,9 +332,18 @@ def test_online_fetches_only_what_the_loaders_read(cache, monkeypatch):
     asked = []
 
     def fake_snapshot_download(repo, revision=None, allow_patterns=(), **kw):
-        asked.append((revision, sorted(huggingface_hub.utils.filter_repo_objects(listed, allow_patterns=allow_patterns))))
+        fetched = huggingface_hub.utils.filter_repo_objects(listed, allow_patterns=allow_patterns)
+        asked.append((revision, sorted(fetched)))
         return str(cache / f"models--google--bert_uncased_L-2_H-128_A-2/snapshots/{MAIN}")
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
     assert read_checkpoint(f"{REPO}@main").config.num_layers == 2
     assert asked == [(MAIN, ["config.json", "vocab.txt"]), (MAIN, ["pytorch_model.bin"])]
+
+
+def test_a_custom_sentence_transformers_module_is_refused(tmp_path, tiny):
+    model = shutil.copytree(tiny, tmp_path / "st")
+    (model / "modules.json").write_text(json.dumps([{"path": "", "type": "my_package.EvilTransformer"},
+                                                    {"path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
+    with pytest.raises(CheckpointError, match="module 'my_package.EvilTransformer' is custom code"):
+        miniberts.load(model)

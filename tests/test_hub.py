@@ -347,3 +347,19 @@ def test_a_custom_sentence_transformers_module_is_refused(tmp_path, tiny):
                                                     {"path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
     with pytest.raises(CheckpointError, match="module 'my_package.EvilTransformer' is custom code"):
         miniberts.load(model)
+
+
+def test_offline_from_the_environment_in_a_fresh_process(cache, tmp_path):
+    """HF_HUB_OFFLINE=1 and HF_HUB_CACHE as a user sets them (huggingface_hub reads them at import)."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    ok = subprocess.run([sys.executable, "-m", "miniberts", "convert", "released:tiny", str(tmp_path / "out")],
+                        env=env, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert front_matter(tmp_path / "out/README.md")["base_model"] == [REPO]
+    missing = subprocess.run([sys.executable, "-m", "miniberts", "convert", "google/bert_uncased_L-4_H-256_A-4",
+                              str(tmp_path / "out2")], env=env, capture_output=True, text=True)
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1
+    assert f"not in the Hugging Face cache at {cache}" in missing.stderr and "(offline)" in missing.stderr

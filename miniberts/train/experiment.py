@@ -335,8 +335,8 @@ def _student(name: str, cfg: ExperimentConfig) -> Student:
     if scratch is None and any(s in ("scratch-ft", "distill") for s in cfg.strategies):
         raise MinibertsError(f"{path}: scratch-ft and distill start from a random init of the student's shape, and "
                              f"no preset has this one; drop them or give a preset")
-    if not Path(name).exists():  # a Hub id: named and passed on as given (each run records its resolved commit)
-        return Student(name, name, scratch, param_count(c))
+    if not Path(name).exists():  # a Hub id, passed on as given (each run records its resolved commit); its label
+        return Student(name.replace("/", "--"), name, scratch, param_count(c))  # names a folder: no "/" in it
     return Student(path.name, str(path), scratch, param_count(c))
 
 

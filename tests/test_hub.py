@@ -363,3 +363,18 @@ def test_offline_from_the_environment_in_a_fresh_process(cache, tmp_path):
                               str(tmp_path / "out2")], env=env, capture_output=True, text=True)
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1
     assert f"not in the Hugging Face cache at {cache}" in missing.stderr and "(offline)" in missing.stderr
+
+
+def test_experiment_plans_a_student_given_by_id(cache, tmp_path):
+    from miniberts.train import experiment
+
+    rows = "".join(f"{t}\t{l}\n" for t, l in (("great film", "pos"), ("dull mess", "neg")) * 4)
+    for split in ("train", "dev", "test"):
+        (tmp_path / f"{split}.tsv").write_text("sentence\tlabel\n" + rows)
+    cfg = experiment.ExperimentConfig(out=str(tmp_path / "exp"), students=[REPO], strategies=["scratch-ft", "pt-ft"],
+                                      seeds=1, train=str(tmp_path / "train.tsv"), dev=str(tmp_path / "dev.tsv"),
+                                      test=str(tmp_path / "test.tsv"), text_column="sentence", label_column="label")
+    cells = {j.cell.strategy: j for j in experiment.plan(cfg).jobs if j.cell is not None}
+    assert {j.cell.student for j in cells.values()} == {"google--bert_uncased_L-2_H-128_A-2"}  # a folder name
+    assert cells["pt-ft"].settings.model == REPO and cells["pt-ft"].cell.pretrain_on == "given"
+    assert cells["scratch-ft"].settings.model == "2-128"  # the released config is the preset's: its random init

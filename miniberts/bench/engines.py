@@ -1,4 +1,4 @@
-"""Inference against the strongest engines (issue 13): every engine and every miniberts path on the same encoder
+"""Inference against the strongest engines: every engine and every miniberts path on the same encoder
 weights and the same padded batches, per workload, with each one's agreement to our fp32 reference.
 
 Rows (ENGINES): our torch paths (fp32 = the reference, bf16 where native, int8), `transformers` BertModel fp32, and

@@ -1,0 +1,1 @@
+"""Inference: batching, prediction, export, engine backends, and the HTTP server (serve/)."""

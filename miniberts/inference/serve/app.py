@@ -19,7 +19,7 @@ import torch
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -79,7 +79,7 @@ def create_app(service: Service) -> Starlette:
                 response = out if isinstance(out, Response) else JSONResponse(out)
             except ApiError as e:
                 response = error(e.status, e.error_type, str(e))
-            except ClientGone:
+            except (ClientGone, ClientDisconnect):
                 response = Response(status_code=CLIENT_CLOSED)
             except Exception as e:  # an engine error or out of memory in this request's batch: 500, the server lives on
                 log.exception("%s failed", path)

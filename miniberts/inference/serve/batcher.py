@@ -91,6 +91,7 @@ class Batcher:
                 return False
             self.waiting += count
             self.metrics.waiting.set(self.waiting)
+            self.metrics.admitted.inc(count)
             return True
 
     def release(self, count: int) -> None:

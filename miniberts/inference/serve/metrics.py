@@ -30,6 +30,8 @@ class Metrics:
         self.batch_size = Histogram("miniberts_batch_size", "inputs per forward pass", buckets=ROWS, registry=r)
         self.batch_tokens = Histogram("miniberts_batch_tokens", "padded tokens per forward pass", buckets=TOKENS,
                                       registry=r)
+        self.admitted = Counter("miniberts_admitted_inputs", "inputs accepted for computing (not refused with 429)",
+                                registry=r)
         self.dropped = Counter("miniberts_dropped_inputs", "inputs of gone clients dropped before computing",
                                registry=r)
 

@@ -38,7 +38,7 @@ pytest.importorskip("uvicorn")
 from starlette.testclient import TestClient  # noqa: E402
 
 from miniberts.inference.serve.app import create_app  # noqa: E402
-from miniberts.inference.serve.batcher import Batcher, Job  # noqa: E402
+from miniberts.inference.serve.batcher import STALL_SECONDS, Batcher, Job  # noqa: E402
 from miniberts.inference.serve.config import ServeConfig  # noqa: E402
 from miniberts.inference.serve.metrics import Metrics  # noqa: E402
 from miniberts.inference.serve.service import Service  # noqa: E402
@@ -253,6 +253,17 @@ def test_draining_answers_503(tiny):
         r = client.get("/health")
         assert r.status_code == 503 and r.json() == {"error": "the server is draining", "error_type": "unhealthy"}
         assert client.post("/embed", json={"inputs": "x"}).status_code == 503
+
+
+def test_a_stuck_model_thread_makes_health_503(tiny_client):
+    client, service = tiny_client
+    service.batcher.busy_since = time.monotonic() - STALL_SECONDS - 1  # a pass "running" for over a minute
+    try:
+        r = client.get("/health")
+    finally:
+        service.batcher.busy_since = None
+    assert r.status_code == 503 and "the model thread is stuck or dead" in r.json()["error"]
+    assert client.get("/health").status_code == 200
 
 
 def test_batches_fit_the_token_budget_longest_first_and_skip_gone_clients():

@@ -70,8 +70,9 @@ class Service:
         self.embed_length, self.predict_length = longest_inputs(self.model)
         self.batcher = Batcher(self._compute, self.cfg.max_batch_tokens, self.cfg.max_concurrent_requests,
                                self.metrics)
-        # Warm up on the batch shapes most requests have, so a backend's one-time export happens before /health is 200.
-        for rows in sorted({1, self.cfg.max_client_batch_size}):
+        # Warm up on one row and on many (--backend auto may pick another engine for each, backends/auto.py), so the
+        # engines' one-time exports happen before /health answers 200, not in the first requests' passes.
+        for rows in (1, max(2, self.cfg.max_client_batch_size)):
             ids, types = self.model.embedding_tokens(["warm up"] * rows, self.embed_length)
             self._compute(("embed", True), ids, types)
             if self.predict_length:

@@ -29,6 +29,7 @@ import miniberts
 from miniberts.checkpoint import save_hf
 from miniberts.cli import main
 from miniberts.config import BertConfig
+from miniberts.errors import MinibertsError
 from miniberts.infer_config import PredictConfig
 from miniberts.model import BertForSequenceClassification
 from miniberts.tokenizer import BUILTIN_VOCAB, WordPieceTokenizer
@@ -384,3 +385,43 @@ def test_real_process_drops_a_gone_client_and_drains_on_sigterm():
     for answer in answers:
         assert isinstance(answer, httpx.Response) and answer.status_code == 200, answer
         assert np.array(answer.json()).shape == (6, 256)
+
+
+def test_ray_settings_are_the_flags_checked_alike():
+    pytest.importorskip("ray.serve")
+    from miniberts.inference.serve.ray_app import serve_config
+    from miniberts.settings import SettingsError
+
+    model, replicas, cfg = serve_config({"model": "tiny", "replicas": "2", "max_batch_tokens": "4096", "int8": "true"})
+    assert (model, replicas, cfg.max_batch_tokens, cfg.int8) == ("tiny", 2, 4096, True)
+    with pytest.raises(MinibertsError, match="unknown setting 'port'"):
+        serve_config({"model": "tiny", "port": "1"})
+    with pytest.raises(MinibertsError, match="max_batch_tokens must be a whole number, got 'lots'"):
+        serve_config({"model": "tiny", "max_batch_tokens": "lots"})
+    with pytest.raises(SettingsError, match="--max-concurrent-requests must be at least 1, got 0"):
+        serve_config({"model": "tiny", "max_concurrent_requests": "0"})
+
+
+@pytest.mark.slow
+def test_ray_serve_deployment_answers_as_miniberts_serve(tiny):
+    """The same app on a local Ray instance, two replicas behind Ray's proxy."""
+    ray = pytest.importorskip("ray")
+    from ray import serve
+
+    from miniberts.inference.serve.ray_app import build
+
+    port = free_port()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(build({"model": tiny, "replicas": "2", "backend": "torch", "dtype": "fp32", "threads": "1"}))
+        base = f"http://127.0.0.1:{port}"
+        wait_for(lambda: httpx.get(f"{base}/health").status_code == 200, "a replica to load", timeout=300)
+        vectors = np.array([httpx.post(f"{base}/embed", json={"inputs": TEXTS}, timeout=60).json() for _ in range(4)])
+        r = httpx.post(f"{base}/embed", json={"inputs": []})
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    expected = miniberts.load(tiny, "cpu").embed(TEXTS, normalize=True, dtype="fp32", backend="torch")
+    assert np.abs(vectors - expected).max() < 1e-5  # every answer, from either replica
+    assert r.status_code == 422 and r.json()["error_type"] == "empty"

@@ -143,26 +143,26 @@ class Batcher:
             self.metrics.queue_seconds.observe(now - it.job.queued_at)
         self.busy_since = now
         try:
-            out = self.compute(batch[0].job.kind, [it.job.ids[it.index] for it in batch],
-                               [it.job.type_ids[it.index] for it in batch])
+            out, error = self.compute(batch[0].job.kind, [it.job.ids[it.index] for it in batch],
+                                      [it.job.type_ids[it.index] for it in batch]), None
         except Exception as e:  # an engine error or out of memory fails this batch's requests, not the server
             log.exception("a batch of %d inputs failed", len(batch))
+            out, error = None, e
+        self.busy_since = None
+        self.metrics.inference_seconds.observe(time.monotonic() - now)
+        self.metrics.batch_size.observe(len(batch))
+        self.metrics.batch_tokens.observe(len(batch) * batch[0].length)
+        self.release(len(batch))  # before any answer goes out: a client holding its answer finds its inputs released
+        if error is not None:
             for job in {id(it.job): it.job for it in batch}.values():
                 job.cancelled = True
-                job.loop.call_soon_threadsafe(_settle, job.future, None, e)
-        else:
-            for row, it in enumerate(batch):
-                it.job.results[it.index] = out[row]
-                it.job.remaining -= 1
-                if it.job.remaining == 0:
-                    it.job.loop.call_soon_threadsafe(_settle, it.job.future, it.job.results, None)
-        finally:
-            seconds = time.monotonic() - now
-            self.busy_since = None
-            self.metrics.inference_seconds.observe(seconds)
-            self.metrics.batch_size.observe(len(batch))
-            self.metrics.batch_tokens.observe(len(batch) * batch[0].length)
-            self.release(len(batch))
+                job.loop.call_soon_threadsafe(_settle, job.future, None, error)
+            return
+        for row, it in enumerate(batch):
+            it.job.results[it.index] = out[row]
+            it.job.remaining -= 1
+            if it.job.remaining == 0:
+                it.job.loop.call_soon_threadsafe(_settle, it.job.future, it.job.results, None)
 
 
 def _settle(future: asyncio.Future, result, error: BaseException | None) -> None:

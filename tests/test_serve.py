@@ -30,7 +30,7 @@ from miniberts.checkpoint import save_hf
 from miniberts.cli import main
 from miniberts.config import BertConfig
 from miniberts.errors import MinibertsError
-from miniberts.infer_config import PredictConfig
+from miniberts.inference.config import PredictConfig
 from miniberts.model import BertForSequenceClassification
 from miniberts.tokenizer import BUILTIN_VOCAB, WordPieceTokenizer
 

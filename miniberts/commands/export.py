@@ -5,7 +5,8 @@ fused, OpenVINO IR, CTranslate2), or a sentence-transformers directory (what tex
 import logging
 
 from ..errors import MinibertsError
-from ..export import DEFAULT_OPSET, export, export_engine
+from ..inference.backends import export_engine
+from ..inference.export import DEFAULT_OPSET, export
 from ..inference.st_export import export_sentence_transformers
 
 HELP = ("Export an encoder or classifier to ONNX (dynamic batch and sequence axes), an engine's artifact (optionally "

@@ -12,12 +12,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..api import load
 from ..checkpoint import save_hf
 from ..errors import MinibertsError
 from ..fileio import atomic_write_text, build_dir
-from ..infer_config import EmbedConfig
 from ..sbert import MODES, SentenceLayout, write_layout
+from .config import EmbedConfig
+from .loaded_model import load
 
 
 def export_sentence_transformers(source: str | Path, out: str | Path) -> Path:

@@ -23,7 +23,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ...predict import results
+from ..predict import results
 from . import bodies
 from .bodies import ApiError
 from .service import ClientGone, Service

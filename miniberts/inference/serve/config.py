@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ...backends import BACKENDS
 from ...device import DTYPES
-from ...infer_config import BACKEND_HELP, DTYPE_HELP, INT8_HELP
 from ...settings import validate
+from ..backends import BACKENDS
+from ..config import BACKEND_HELP, DTYPE_HELP, INT8_HELP
 
 
 @dataclass

@@ -18,7 +18,7 @@ import signal
 import uvicorn
 from uvicorn.supervisors import Multiprocess
 
-from ...api import load
+from ..loaded_model import load
 from .app import create_app
 from .config import ServeConfig
 from .service import Service, check_budget

@@ -16,10 +16,10 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 from starlette.requests import Request
 
-from ...api import Model, load
 from ...errors import MinibertsError
-from ...infer_config import EmbedConfig, PredictConfig
 from ...model import BertForSequenceClassification
+from ..config import EmbedConfig, PredictConfig
+from ..loaded_model import Model, load
 from .batcher import Batcher, Job
 from .bodies import ApiError, Inputs
 from .config import ServeConfig

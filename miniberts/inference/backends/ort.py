@@ -1,4 +1,4 @@
-"""ONNX Runtime backend. fp32: the graph of export.py fused by `onnxruntime.transformers.optimizer` (SkipLayerNorm,
+"""ONNX Runtime backend. fp32: the graph of inference/export.py fused by `onnxruntime.transformers.optimizer` (SkipLayerNorm,
 BiasGelu; the SDPA pattern our export writes is not one its Attention fusion matches). int8: `quantize_dynamic`
 (per-channel int8 MatMul weights, activations quantized per call) of the unfused graph, as `miniberts export
 --quantize int8` writes it: the quantizer's shape inference cannot type the fused graph's com.microsoft ops, and the
@@ -15,7 +15,7 @@ from pathlib import Path
 
 
 from ..export import export_onnx, quantize_onnx, session
-from ..model import BertModel
+from ...model import BertModel
 from .base import EngineEncoder
 from .cache import artifact
 

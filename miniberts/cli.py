@@ -35,6 +35,8 @@ COMMANDS = [
     "experiment",
     "export",
     "bench",
+    "serve",
+    "download",
 ]
 
 

@@ -6,7 +6,8 @@ on POSIX within one file system. Whatever goes wrong (the target is a folder or 
 created or written, the disk fills up mid-write) is one `OutputError` line naming the target, and nothing is left:
 no file under the final name (an older file there stays as it was) and no temporary file.
 
-The folder rule (`data fetch`, `vocab`, `convert`, `export --engine`, `bench --out`, built-in data in a cache):
+The folder rule (`data fetch`, `vocab`, `convert`, `export --engine`, `download --out`, `bench --out`, built-in
+data in a cache):
 FOLDER/.miniberts-made.json records the files miniberts wrote there. A file it did not write is never replaced, not
 even with --force; a folder holding files it did not write is refused in one line unless --force, which writes
 beside them and leaves them as they are: only miniberts' own files are ever replaced.

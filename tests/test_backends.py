@@ -278,7 +278,7 @@ def test_int8_keeps_task_accuracy():
     """--int8 through auto (CTranslate2 where installed) on a real task: MiniLM mean-pooled features of fresh/rotten
     reviews, a logistic-regression head fitted on 320 fp32 features, applied to 160 held-out reviews' fp32 and int8
     features. Measured (CTranslate2 int8): 98.1% of predictions agree, accuracy 72.5% -> 70.6% (-1.9 points; one
-    review is 0.6 points here). Asserted: >= 95% agreement, <= 3 points. Issue 13 asks for <= 0.5 points; this probe
+    review is 0.6 points here). Asserted: >= 95% agreement, <= 3 points. The goal is <= 0.5 points; this probe
     is too small to show it, and does not (the bench's 400-review probe is the finer measure)."""
     from sklearn.linear_model import LogisticRegression
 

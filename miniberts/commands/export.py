@@ -15,7 +15,8 @@ def add_arguments(parser):
     parser.add_argument("--engine", choices=["onnxruntime", "openvino", "ctranslate2"],
                         help="write this engine's artifact of the encoder to --out DIR instead (what --backend runs)")
     parser.add_argument("--out", metavar="DIR", help="output folder for --engine (new or empty)")
-    parser.add_argument("--quantize", choices=["int8"], default=None, help="int8 dynamic quantization (onnxruntime)")
+    parser.add_argument("--quantize", choices=["int8"], default=None, help="int8: --onnx: dynamic quantization; --engine onnxruntime: the calibrated int8 "
+                        "that --backend onnxruntime --int8 runs")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default: {DEFAULT_OPSET})")
 
 

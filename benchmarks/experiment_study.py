@@ -30,8 +30,8 @@ from pathlib import Path
 import torch
 
 from miniberts.fileio import atomic_write_text
-from miniberts.quickstart import QuickstartConfig, experiment_config
 from miniberts.train import experiment
+from miniberts.train.quickstart import QuickstartConfig, experiment_config
 
 PARTS = ("budget", "transfer", "lr", "sizes")
 BUDGETS = [250, 1000, 3000]

@@ -38,7 +38,7 @@ from miniberts.bench.harness import load_workload  # noqa: E402
 from miniberts.checkpoint import load_encoder  # noqa: E402
 from miniberts.config import find_preset  # noqa: E402
 from miniberts.device import autocast, native_bf16  # noqa: E402
-from miniberts.infer import length_batches  # noqa: E402
+from miniberts.inference.batching import length_batches  # noqa: E402
 from miniberts.model import BertForPreTraining, BertModel  # noqa: E402
 from miniberts.tokenizer import BUILTIN_VOCAB, WordPieceTokenizer  # noqa: E402
 

@@ -2,7 +2,7 @@
 
     python benchmarks/int8_accuracy.py [--sentences 1200] [--methods 'NAME;NAME'] [--out FILE.md]
 
-Every method quantizes the same ONNX export of all-MiniLM-L6-v2 (miniberts.export.export_onnx) with ONNX Runtime
+Every method quantizes the same ONNX export of all-MiniLM-L6-v2 (miniberts.inference.export.export_onnx) with ONNX Runtime
 and runs it in an ONNX Runtime session; the reference is the unquantized graph in the same runtime (within 5e-6 of
 our torch fp32). Metrics, on mean-pooled embeddings (the model's own pooling) of padded, length-sorted batches of 32:
 
@@ -11,7 +11,7 @@ our torch fp32). Metrics, on mean-pooled embeddings (the model's own pooling) of
 - accuracy of the bench's linear probe (bench.engines.rt_task: a logistic-regression head fitted on fp32 features of
   800 fresh/rotten reviews, applied to each method's features of 400 held-out ones), and its delta to fp32.
 
-Calibration: the library's default (backends/smoothquant.py: 256 BBC News sentences, the built-in pre-training text,
+Calibration: the library's default (inference/backends/smoothquant.py: 256 BBC News sentences, the built-in pre-training text,
 not the evaluation's Rotten Tomatoes), one sentence per calibration batch.
 
 Methods: `dynamic` (quantize_dynamic, int8 weights per output channel, activations per tensor at run time: what
@@ -32,15 +32,15 @@ from pathlib import Path
 
 import numpy as np
 
-from miniberts.backends.smoothquant import (SMOOTHED, calibration_ids, input_maxima, layer_matmuls, quantize_smooth,
-                                            smooth)
 from miniberts.bench.engines import rt_task
 from miniberts.bench.harness import cpu_model, rt_rows
 from miniberts.checkpoint import load_encoder
 from miniberts.data.builtin import minilm_dir
-from miniberts.export import export_onnx, quantize_onnx, session
 from miniberts.fileio import atomic_write_text
-from miniberts.infer import length_batches
+from miniberts.inference.backends.smoothquant import (SMOOTHED, calibration_ids, input_maxima, layer_matmuls,
+                                                      quantize_smooth, smooth)
+from miniberts.inference.batching import length_batches
+from miniberts.inference.export import export_onnx, quantize_onnx, session
 
 ROLES = ("qkv", "out", "fc", "proj")
 MAX_LEN = 128

@@ -39,8 +39,8 @@ import miniberts
 from miniberts.bench.harness import cpu_model, forward_flops, matmul_peak, rt_rows
 from miniberts.data.builtin import minilm_dir
 from miniberts.fileio import atomic_write_text
-from miniberts.infer import length_batches, pool
-from miniberts.infer_config import EmbedConfig
+from miniberts.inference.batching import length_batches, pool
+from miniberts.inference.config import EmbedConfig
 
 SOURCES = {"minilm": lambda: str(minilm_dir()), "tiny": lambda: "2-128"}
 

@@ -21,10 +21,10 @@ import numpy as np
 import torch
 
 import miniberts
-from miniberts import backends
 from miniberts.bench.harness import cpu_model, rt_rows
 from miniberts.data.builtin import minilm_dir
 from miniberts.fileio import atomic_write_text
+from miniberts.inference import backends
 
 N_BATCH = 1024
 

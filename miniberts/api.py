@@ -1,162 +1,17 @@
-"""The public Python API: `miniberts.load(path)` -> a Model that embeds, predicts and saves, and the recipes as
-functions (`miniberts.finetune(...)`, ...) that the CLI commands call too, so there is one code path.
-
-The shape is sentence-transformers' (`SentenceTransformer(path).encode(texts)`): one object, a few verbs, and the
-directory says how it pools. Settings are the CLI's: `Model.embed` and `Model.predict` take the fields of
-`infer_config.EmbedConfig` / `PredictConfig`, the recipes the fields of their config dataclasses, each checked by
-miniberts/settings.py before any file is read.
+"""The public Python API: `miniberts.load(path)` -> a Model that embeds, predicts and saves (inference/loaded_model.py),
+and the recipes as functions (`miniberts.finetune(...)`, ...) that the CLI commands call too, so there is one code
+path. The recipes take the fields of their config dataclasses, each checked by miniberts/settings.py before any file
+is read.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
-import numpy as np
-import torch
-from torch import nn
-
-from . import backends
-from .checkpoint import load_classifier, load_encoder, resolve, save_hf
-from .config import BertConfig
-from .device import pick_device, resolve_dtype
 from .errors import MinibertsError
-from .infer import check_finite, embed as embed_texts
-from .infer_config import EmbedConfig, PredictConfig, check_length
-from .model import BertForSequenceClassification, BertModel
-from .predict import checked_logits, has_task_head, no_head, results
-from .sbert import SentenceLayout, read_layout, write_layout
-from .tokenizer import WordPieceTokenizer
+from .inference.loaded_model import Model, load
 
-
-class Model:
-    """A loaded model: `module` (a BertModel, or a BertForSequenceClassification when the directory holds a
-    fine-tuned head), its `tokenizer`, and `layout`, what a sentence-transformers directory says about pooling."""
-
-    def __init__(self, module: nn.Module, tokenizer: WordPieceTokenizer, source: str,
-                 layout: SentenceLayout | None = None, device: torch.device | None = None):
-        self.device = device or pick_device()
-        self.module = module.eval().to(self.device)
-        self.tokenizer = tokenizer
-        self.source = source
-        self.layout = layout
-        self._runners: dict[tuple, tuple[nn.Module, torch.dtype]] = {}  # backends made ready once, reused per call
-
-    @property
-    def config(self) -> BertConfig:
-        return self.module.cfg
-
-    @property
-    def encoder(self) -> BertModel:
-        """The BERT encoder itself (inside the classifier, when there is one)."""
-        return self.module.bert if isinstance(self.module, BertForSequenceClassification) else self.module
-
-    def __repr__(self) -> str:
-        cfg = self.config
-        return (f"Model({self.source!r}, {type(self.module).__name__}, L{cfg.num_layers}/H{cfg.hidden_size}, "
-                f"pooling={self.layout.pooling if self.layout else 'mean'!r})")
-
-    def embed(self, texts: list[str] | str, pooling: str = "auto", normalize: bool | None = None,
-              batch_size: int = 32, max_length: int | None = None, dtype: str = "auto", backend: str = "auto",
-              int8: bool = False, progress: bool = False) -> np.ndarray:
-        """Sentence embeddings: float32 [len(texts), hidden], one row per text in order ([hidden] for one string).
-
-        pooling: "auto" (a sentence-transformers directory's own pooling, else "mean"), "cls" (the raw [CLS] hidden
-        state), "pooler" (BERT's tanh pooled output) or "mean" (the average over real tokens). normalize: L2-normalise
-        the rows; None = as the directory says (its Normalize module) under "auto", else no. max_length: tokens per
-        text with [CLS]/[SEP]; None = the directory's max_seq_length, else the model's positions. dtype: "fp32" for
-        exact numbers, "auto" for bf16 where the hardware has it natively. backend: what runs the encoder: "auto" (the
-        fastest installed backend measured for this precision, size and batch shape; fp32 within 1e-5 of torch),
-        "torch" (the reference), "onnxruntime", "openvino" or "ctranslate2" (miniberts/backends); int8: int8 weights.
-        """
-        cfg = EmbedConfig(pooling=pooling, normalize=normalize, batch_size=batch_size, max_length=max_length,
-                          dtype=dtype, backend=backend, int8=int8)
-        one = isinstance(texts, str)
-        texts = _texts([texts] if one else texts)
-        pooling, normalize, length = self.embedding_settings(cfg)
-        check_length(length, self.config, self.source)
-        if self.layout and self.layout.lowercase:  # as sentence-transformers does before tokenizing
-            texts = [t.lower() for t in texts]
-        if not texts:
-            return np.zeros((0, self.config.hidden_size), dtype=np.float32)
-        runner, run_dtype = self._runner(False, cfg.backend, resolve_dtype(cfg.dtype, self.device), cfg.int8,
-                                         min(cfg.batch_size, len(texts)))
-        vectors = embed_texts(runner, self.tokenizer, texts, pooling, length, cfg.batch_size, self.device, run_dtype,
-                              progress, normalize)
-        check_finite(vectors, self.source)
-        return vectors[0] if one else vectors
-
-    def embedding_settings(self, cfg: EmbedConfig) -> tuple[str, bool, int]:
-        """(pooling, normalize, max_length) that `cfg` means for this model: "auto" and the None defaults come from
-        the sentence-transformers directory, else mean pooling, no normalisation and the model's positions."""
-        st = self.layout
-        auto = cfg.pooling == "auto"
-        pooling = (st.pooling if st else "mean") if auto else cfg.pooling
-        normalize = cfg.normalize if cfg.normalize is not None else bool(auto and st and st.normalize)
-        length = cfg.max_length or (st.max_length if st else None) or self.config.max_position_embeddings
-        return pooling, normalize, length
-
-    def predict(self, texts: list[str], pairs: list[str] | None = None, batch_size: int = 64, max_length: int = 128,
-                dtype: str = "auto", backend: str = "auto", int8: bool = False, progress: bool = False) -> list:
-        """A fine-tuned classifier's {"label": name, "probabilities": {name: p}} per text (or text pair), or a
-        regressor's float score per text, in order. `pairs`: the second texts of sentence-pair tasks. `backend`,
-        `int8`: as in `embed`."""
-        cfg = PredictConfig(max_length=max_length, batch_size=batch_size, dtype=dtype, backend=backend, int8=int8)
-        if not isinstance(self.module, BertForSequenceClassification):
-            raise no_head(self.source)
-        texts = _texts(texts)
-        if pairs is not None and len(_texts(pairs)) != len(texts):
-            raise MinibertsError(f"predict: {len(texts)} texts but {len(pairs)} pairs (one second text per text)")
-        if not texts:
-            return []
-        runner, run_dtype = self._runner(True, cfg.backend, resolve_dtype(cfg.dtype, self.device), cfg.int8,
-                                         min(cfg.batch_size, len(texts)))
-        logits = checked_logits(self.module, self.tokenizer, texts, pairs, cfg, self.device, run_dtype, self.source,
-                                "predict" if progress else "", runner)
-        return results(logits, self.config.id2label, self.config.regression)
-
-    def _runner(self, head: bool, backend: str, dtype: torch.dtype, int8: bool, batch_size: int
-                ) -> tuple[nn.Module, torch.dtype]:
-        """What runs the encoder (`head`: with the classifier head) and the autocast dtype to run it under, made once
-        per setting. torch bf16 autocasts the fp32 weights rather than casting them in place (backends' one-shot
-        path), so the same Model still runs exact fp32 afterwards."""
-        module = self.module if head else self.encoder
-        precision = backends.precision_of(dtype, int8)
-        name = backends.resolve(backend, self.config, precision, batch_size, self.device)  # auto's pick, or `backend`
-        if name == "torch" and precision == "bf16":
-            return module, dtype
-        key = (head, name, precision)
-        if key not in self._runners:
-            make = backends.for_classifier if head else backends.for_encoder
-            self._runners[key] = make(module, name, precision, batch_size, self.device, tokenizer=self.tokenizer)
-        return self._runners[key]
-
-    def save(self, out_dir: str | Path) -> Path:
-        """Write the Hugging Face layout (config.json, model.safetensors, vocab and tokenizer files) that
-        `transformers` and `miniberts.load` read; a model loaded from a sentence-transformers directory also gets
-        that directory's pooling files, so the copy embeds the same."""
-        out = save_hf(self.module, self.tokenizer, out_dir)
-        if self.layout:
-            write_layout(self.layout, out, self.config.hidden_size)
-        return out
-
-
-def load(path_or_preset: str | Path, device: str | torch.device | None = None) -> Model:
-    """A model directory (Hugging Face, Google TF or sentence-transformers layout) or a preset name ("tiny", "4-256",
-    ...: random initialisation). A directory with a fine-tuned head loads as a classifier/regressor, which can
-    both `predict` and `embed`; any other as an encoder. `device`: "cpu", "cuda", ... (default: CUDA when present)."""
-    path = Path(path_or_preset)
-    layout = read_layout(path) if path.is_dir() else None
-    ckpt = resolve(layout.model_dir if layout else path_or_preset)
-    module, tokenizer = load_classifier(ckpt) if has_task_head(ckpt) else load_encoder(ckpt)
-    return Model(module, tokenizer, str(path_or_preset), layout, torch.device(device) if device else None)
-
-
-def _texts(texts) -> list[str]:
-    if not isinstance(texts, (list, tuple)) or not all(isinstance(t, str) for t in texts):
-        raise MinibertsError(f"texts must be a list of strings, got {type(texts).__name__}"
-                             + (" with other items" if isinstance(texts, (list, tuple)) else ""))
-    return list(texts)
+__all__ = ["Model", "load", "pretrain", "finetune", "distill", "glue", "experiment"]
 
 
 # --- the recipes ----------------------------------------------------------------------------------------------

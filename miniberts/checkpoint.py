@@ -23,10 +23,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .config import BertConfig, find_preset
+from .config import BertConfig, check_length, find_preset
 from .errors import CheckpointError
 from .fileio import atomic_path, atomic_write_text
-from .infer_config import check_length
 from .model import BertForPreTraining, BertForSequenceClassification, BertModel
 from .tokenizer import BUILTIN_VOCAB, WordPieceTokenizer, open_vocab
 

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from .errors import CheckpointError
+from .settings import SettingsError
 
 LAYERS = (2, 4, 6, 8, 10, 12)
 HIDDEN = (128, 256, 512, 768)
@@ -24,6 +25,9 @@ HF_ACTIVATIONS = {"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh"}
 HF_ACTIVATIONS_IN = {"gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh", "gelu_fast": "gelu_tanh"}
 
 # Sizes that must be whole numbers >= 1 (checked before `hidden_size % num_heads` can raise a ZeroDivisionError).
+# The shortest input that holds a token of each text of a pair: [CLS] a [SEP] b [SEP].
+MIN_PAIR_LENGTH = 5
+
 SIZES = ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size", "max_position_embeddings",
          "type_vocab_size")
 
@@ -185,6 +189,18 @@ def param_count(cfg: BertConfig) -> int:
     layer = 4 * (h * h + h) + 2 * h + (h * i + i) + (i * h + h) + 2 * h
     pooler = h * h + h
     return embeddings + n * layer + pooler
+
+
+def check_length(max_length: int, cfg: BertConfig, where: str, pairs: bool = False) -> None:
+    """A length the model at `where` can run: within its positions, and room for both texts of a pair. Called as
+    soon as the model's config is known, so `--max-length 600` on a 512-position model fails up front instead of when
+    the first long text arrives."""
+    if max_length > cfg.max_position_embeddings:
+        raise SettingsError(f"--max-length must be at most the {cfg.max_position_embeddings} positions of {where}, "
+                            f"got {max_length}")
+    if pairs and max_length < MIN_PAIR_LENGTH:
+        raise SettingsError(f"--max-length must be at least {MIN_PAIR_LENGTH} for text pairs "
+                            f"([CLS] a [SEP] b [SEP]), got {max_length}")
 
 
 def _build(cls, kwargs: dict, path: Path) -> "BertConfig":

@@ -8,7 +8,7 @@ Tolerances (the engine's honest one where it cannot meet 1e-5; each measured on 
 - openvino fp32: 5e-3 max abs (measured 2.2e-3 on |h| up to ~6; its CPU plugin is not bit-close to PyTorch even in
   f32), mean-pooled cosine >= 0.9999;
 - bf16 (torch autocast with weights cast once; openvino's bf16 hint): mean-pooled cosine >= 0.999;
-- int8: onnxruntime (calibrated, backends/smoothquant.py) and ctranslate2 cosine >= 0.99 (what --int8 promises; on
+- int8: onnxruntime (calibrated, inference/backends/smoothquant.py) and ctranslate2 cosine >= 0.99 (what --int8 promises; on
   more sentences only the calibrated one keeps it, tests/test_int8.py); torch dynamic int8 >= 0.93 (measured 0.956).
 No timing assertions.
 """
@@ -22,14 +22,15 @@ import pytest
 import torch
 
 import miniberts
-from miniberts import backends, cli
-from miniberts.backends import cache
-from miniberts.backends.auto import choose
+from miniberts import cli
 from miniberts.checkpoint import load_encoder, save_hf
 from miniberts.config import find_preset
 from miniberts.device import native_bf16
 from miniberts.errors import MinibertsError
-from miniberts.infer_config import EmbedConfig, PredictConfig
+from miniberts.inference import backends
+from miniberts.inference.backends import cache
+from miniberts.inference.backends.auto import choose
+from miniberts.inference.config import EmbedConfig, PredictConfig
 from miniberts.model import BertForSequenceClassification
 from miniberts.tokenizer import BUILTIN_VOCAB, WordPieceTokenizer
 
@@ -119,7 +120,7 @@ def test_export_is_cached_by_weights_fingerprint(tmp_path, monkeypatch):
     torch.manual_seed(0)
     encoder = load_encoder("2-128")[0]
     built = []
-    from miniberts.backends import ort
+    from miniberts.inference.backends import ort
 
     real_build = ort.build
     def counting_build(enc, precision, calibration=None):
@@ -216,7 +217,7 @@ def test_predict_cli_with_an_engine_equals_torch(tmp_path, backend):
 def test_mask_free_trace_is_exact_and_never_used_for_padded_batches(monkeypatch):
     """The torch fp32 path traces the mask-free branch after TRACE_AFTER calls: bit-identical to eager for inputs
     without padding of any size, and a padded batch after the trace still runs (and equals) the eager model."""
-    from miniberts.backends import pytorch
+    from miniberts.inference.backends import pytorch
 
     monkeypatch.setattr(pytorch, "TRACE_AFTER", 1)
     torch.manual_seed(0)
@@ -250,7 +251,7 @@ def test_export_engine_artifacts_run_outside_miniberts(tiny, tmp_path):
         assert cli.main(["export", tiny, "--engine", engine, "--out", str(out)]) == 0
         ids, mask, types = (batch[k].numpy() for k in ("input_ids", "attention_mask", "token_type_ids"))
         if engine == "onnxruntime":
-            from miniberts.export import session
+            from miniberts.inference.export import session
 
             got = session(out / "model.onnx").run(None, {"input_ids": ids, "attention_mask": mask, "token_type_ids": types})[0]
         elif engine == "openvino":
@@ -282,7 +283,7 @@ def test_int8_keeps_task_accuracy():
     bound is measured by benchmarks/int8_accuracy.py's 400-review probe, and tests/test_int8.py checks cosine)."""
     from sklearn.linear_model import LogisticRegression
 
-    from miniberts.infer import embed
+    from miniberts.inference.batching import embed
 
     encoder, tok = load_encoder(MINILM)
     texts, labels = rotten_tomatoes(480)

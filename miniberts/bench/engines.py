@@ -2,10 +2,10 @@
 weights and the same padded batches, per workload, with each one's agreement to our fp32 reference.
 
 Rows (ENGINES): our torch paths (fp32 = the reference, bf16 where native, int8), `transformers` BertModel fp32, and
-the backends of miniberts/backends on their exported graphs: ONNX Runtime fp32 (fused) and int8, OpenVINO in its
+the backends of miniberts/inference/backends on their exported graphs: ONNX Runtime fp32 (fused) and int8, OpenVINO in its
 default precision and f32, CTranslate2 float32 and int8. An engine that is not installed is a row that says
 "skipped (not installed: ...)", never a missing row. `auto` is not a row of its own: it runs one of these rows, and
-the report names which one it picks per cell (backends/auto.py), so the default path's numbers are that row's.
+the report names which one it picks per cell (inference/backends/auto.py), so the default path's numbers are that row's.
 
 Workloads: the variable-length sentences in batches of 32 in arrival order and length-sorted, a fixed 32x128 batch,
 and batch-1 latency (p50/p99) on 32-token inputs, as harness.py builds them for the other sections.
@@ -27,13 +27,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import backends
-from ..backends.auto import choose
 from ..checkpoint import load_encoder, resolve
 from ..data.builtin import minilm_dir
 from ..device import autocast
 from ..errors import MinibertsError
-from ..infer import length_batches
+from ..inference import backends
+from ..inference.backends.auto import choose
+from ..inference.batching import length_batches
 from ..tokenizer import WordPieceTokenizer
 from .harness import (BATCH, LATENCY_TOKENS, MAX_LEN, REAL, BenchConfig, Workload, median, native_bf16, rt_rows,
                       nickname)

@@ -226,7 +226,7 @@ def engines_markdown(report: dict) -> list[str]:
         lines.append("")
     lines += ["### Fastest engine per cell, and ours against it", "",
               "*ours*: the row `--backend auto` runs (default precision: bf16 where native, else fp32; and with "
-              "`--int8`), from backends/auto.py's table. Ratio > 1: ours is faster.", "",
+              "`--int8`), from inference/backends/auto.py's table. Ratio > 1: ours is faster.", "",
               "| model | workload | fastest | fastest non-int8 | ours (default) | ratio | fastest int8 | ours (--int8) | ratio |",
               "|---|---|---|---|---|---:|---|---|---:|"]
     for r in results:
@@ -264,7 +264,7 @@ def gap_notes(report: dict) -> list[str]:
                 "|---|---|---:|---:|---:|---:|", *rows, ""]
     if any("ORT int8" in target for target, _ in missed):
         out.append("- *ours ÷ ORT int8 on length-sorted batches*: sorted batches have little padding left to skip, and "
-                   "int8 matmuls (VNNI) outrun bf16 ones; `fast.quantize_int8` is the torch switch for that precision.")
+                   "int8 matmuls (VNNI) outrun bf16 ones; `fast_paths.quantize_int8` is the torch switch for that precision.")
     if any("latency" in target for target, _ in missed):
         out.append("- *batch-1 latency*: a 32-token forward of a small model is dominated by eager PyTorch's per-op "
                    "dispatch and autocast casts (~10 µs each, ~60 ops for Tiny); ONNX Runtime runs one fused graph.")

@@ -17,8 +17,8 @@ import torch
 
 from ..checkpoint import load_classifier
 from ..device import autocast, resolve_dtype
-from ..fast import for_inference
-from ..infer import length_batches
+from ..inference.batching import length_batches
+from ..inference.fast_paths import for_inference
 from ..tokenizer import BUILTIN_VOCAB, WordPieceTokenizer
 from .engines import run_engines
 from .harness import (BATCH, FINETUNE_BATCHES, HF, LATENCY_TOKENS, MAX_LEN, ORT32, ORT8, OURS, REAL, BenchConfig, Busy,
@@ -178,7 +178,7 @@ def bench_profile(preset: str, workload: Workload, tokenizer: WordPieceTokenizer
                 model(b["input_ids"], b["attention_mask"], b["token_type_ids"])
 
     # Batch 1, where the engines lead (issue 13): 50 requests of 32 tokens on the eager model, so that the per-op
-    # dispatch shows op by op (the traced fp32 path of backends/pytorch.py runs the same ops without Python between).
+    # dispatch shows op by op (the traced fp32 path of inference/backends/pytorch.py runs the same ops without Python between).
     row = next(i for i, L in enumerate(lengths) if L >= LATENCY_TOKENS)
     single = {k: v[:, :LATENCY_TOKENS] for k, v in workload.batch(tokenizer, [row]).items()}
 

@@ -21,7 +21,7 @@ from ..checkpoint import load_classifier, save_hf
 from ..config import BertConfig, find_preset
 from ..device import autocast, resolve_dtype
 from ..errors import MinibertsError
-from ..fast import for_inference
+from ..inference.fast_paths import for_inference
 from ..model import BertForPreTraining, BertForSequenceClassification
 from ..tokenizer import BUILTIN_VOCAB, WordPieceTokenizer
 from .harness import BATCH, HF, MASK_RATE, MAX_LEN, ORT32, ORT8, OURS, round_robin
@@ -73,7 +73,7 @@ def build_systems(model_dir: Path, onnx_dir: Path, device: torch.device, dtype: 
     if ORT32 not in only and ORT8 not in only:
         return systems
     try:
-        from ..export import export_onnx, load_exportable, quantize_onnx, require_onnx, session
+        from ..inference.export import export_onnx, load_exportable, quantize_onnx, require_onnx, session
 
         require_onnx()
         fp32, int8 = onnx_dir / "model.onnx", onnx_dir / "model.int8.onnx"

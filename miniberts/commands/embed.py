@@ -10,8 +10,8 @@ from ..api import load
 from ..cli import add_dataclass_arguments, dataclass_from_args
 from ..device import pick_device, resolve_dtype
 from ..fileio import atomic_path, check_output_path
-from ..infer import read_lines
-from ..infer_config import EmbedConfig
+from ..inference.batching import read_lines
+from ..inference.config import EmbedConfig
 
 HELP = "Sentence embeddings for a text file (one text per line) -> .npy"
 

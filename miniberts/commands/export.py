@@ -4,7 +4,8 @@ for ONNX Runtime, or the artifact an inference engine runs (ONNX Runtime fused, 
 import logging
 
 from ..errors import MinibertsError
-from ..export import DEFAULT_OPSET, export, export_engine
+from ..inference.backends import export_engine
+from ..inference.export import DEFAULT_OPSET, export
 
 HELP = "Export an encoder or classifier to ONNX (dynamic batch and sequence axes), or an engine's artifact; optionally int8"
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from ..cli import add_dataclass_arguments, dataclass_from_args
 from ..device import pick_device, resolve_dtype
-from ..infer_config import PredictConfig
+from ..inference.config import PredictConfig
 
 HELP = "Predict labels + probabilities (or scores) for a CSV/TSV/JSONL/text file with a fine-tuned model"
 
@@ -20,7 +20,7 @@ def add_arguments(parser):
 
 
 def run(args):
-    from ..predict import predict_file
+    from ..inference.predict import predict_file
 
     settings = dataclass_from_args(PredictConfig, args)  # checked before any file is read
     device = pick_device()

@@ -6,13 +6,13 @@ HELP = "The paper's comparison end to end on built-in real data (Tiny student, M
 
 
 def add_arguments(parser):
-    from ..quickstart import QuickstartConfig
+    from ..train.quickstart import QuickstartConfig
 
     add_dataclass_arguments(parser, QuickstartConfig)
 
 
 def run(args):
-    from ..quickstart import QuickstartConfig, run as quickstart
+    from ..train.quickstart import QuickstartConfig, run as quickstart
 
     summary = quickstart(dataclass_from_args(QuickstartConfig, args))
     print(summary["table"])

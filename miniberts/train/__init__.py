@@ -1,1 +1,2 @@
-"""Training recipes: pretrain, finetune, distill, and what they share (common)."""
+"""Training recipes: pretrain, finetune, distill (with the teacher-logit cache, distill_targets), the GLUE sweep, the
+experiment engine and its quickstart preset, and what they share (common, rundir)."""

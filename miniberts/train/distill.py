@@ -21,11 +21,11 @@ import torch.nn.functional as F
 from ..checkpoint import check_max_length, load_classifier, load_tokenizer, read_checkpoint, save_hf
 from ..data.load import TaskData, cache_root, load_task, targets_of
 from ..device import pick_device, resolve_dtype
-from ..distill_targets import Split, check_same_vocab, kl_to_teacher, soft_target_loss, teacher_logits
 from ..errors import DataError, MinibertsError
-from ..infer import read_lines
+from ..inference.batching import read_lines
 from . import finetune, rundir
 from .common import JsonlLog, set_seed, write_json
+from .distill_targets import Split, check_same_vocab, kl_to_teacher, soft_target_loss, teacher_logits
 
 log = logging.getLogger("miniberts")
 

@@ -47,12 +47,12 @@ from ..config import find_preset, param_count
 from ..data.builtin import BUILTIN
 from ..data.pretraining import check_files
 from ..device import DTYPES
-from ..distill_targets import check_same_vocab
 from ..errors import MinibertsError
 from ..fileio import atomic_write_text
 from ..settings import SettingsError, validate
 from ..data.load import TaskData, builtin_name, builtin_task_dir, load_task
 from . import distill, finetune, pretrain, rundir
+from .distill_targets import check_same_vocab
 from .experiment_report import write_report
 
 log = logging.getLogger("miniberts")

@@ -39,8 +39,8 @@ from ..data.tasks import Example, get_task
 from ..device import DTYPES, autocast, pick_device, resolve_dtype
 from ..errors import MinibertsError
 from ..fileio import atomic_write_text
+from ..inference.predict import decode, format_predictions, predict_logits
 from ..metrics import task_metrics
-from ..predict import decode, format_predictions, predict_logits
 from ..settings import validate
 from ..tokenizer import CASED_HELP, VOCAB_HELP, WordPieceTokenizer
 from . import rundir

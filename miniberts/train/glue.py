@@ -362,7 +362,7 @@ def write_submission(cfg: GlueConfig, results: dict, runs: list[Run], out: Path,
                      data: dict[str, TaskData]) -> list[Path]:
     """Predict every GLUE test file with its task's best model (AX with MNLI's) and write the 11 files."""
     from ..device import pick_device, resolve_dtype
-    from ..predict import decode, load_predictor, predict_logits
+    from ..inference.predict import decode, load_predictor, predict_logits
 
     device = pick_device()
     dtype = resolve_dtype(cfg.dtype, device)

@@ -1,8 +1,8 @@
 """Predict with a fine-tuned classifier or regressor: labels and probabilities (or scores), batched by length.
 
 Input is a CSV/TSV/JSONL file with a text column (and optionally a text-pair column), read by
-`data.tabular.read_table`, or plain text with one text per line (`infer.read_lines`). Texts run through the model in
-length-sorted batches (`infer.run_batches`) and come back in input order. Output is chosen by the file's extension:
+`data.tabular.read_table`, or plain text with one text per line (`batching.read_lines`). Texts run through the model in
+length-sorted batches (`batching.run_batches`) and come back in input order. Output is chosen by the file's extension:
 
   .jsonl  {"index": 0, "label": "positive", "probabilities": {"negative": 0.02, "positive": 0.98}}
   .csv    index,label,prob_negative,prob_positive          (regression: index,score)
@@ -21,14 +21,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import Checkpoint, load_classifier, read_checkpoint
-from .data.tabular import SUFFIXES as TABLE_SUFFIXES, check_input_file, read_table
-from .errors import DataError, MinibertsError
-from .fileio import atomic_write_text, check_output_path
-from .infer import check_finite, read_lines, run_batches
-from .infer_config import PredictConfig, check_length
-from .model import BertForSequenceClassification
-from .tokenizer import WordPieceTokenizer
+from ..checkpoint import Checkpoint, load_classifier, read_checkpoint
+from ..config import check_length
+from ..data.tabular import SUFFIXES as TABLE_SUFFIXES, check_input_file, read_table
+from ..errors import DataError, MinibertsError
+from ..fileio import atomic_write_text, check_output_path
+from ..model import BertForSequenceClassification
+from ..tokenizer import WordPieceTokenizer
+from .batching import check_finite, read_lines, run_batches
+from .config import PredictConfig
 
 DEFAULT_TEXT_COLUMNS = ("text", "sentence")  # tried in this order when no --text-column is given
 
@@ -51,7 +52,7 @@ def checked_logits(model: BertForSequenceClassification, tokenizer: WordPieceTok
                    desc: str = "", runner: nn.Module | None = None) -> torch.Tensor:
     """`predict_logits` for `predict_file` and `Model.predict`: the length is checked against the model before any
     text runs, and non-finite outputs (broken weights) are refused. `runner`: what computes the logits in `model`'s
-    place (a backend, miniberts/backends; default `model` itself)."""
+    place (a backend, miniberts/inference/backends; default `model` itself)."""
     check_length(cfg.max_length, model.cfg, where, pairs is not None)
     logits = predict_logits(runner or model, tokenizer, texts, pairs, cfg.max_length, cfg.batch_size, device, dtype,
                             desc)
@@ -150,7 +151,7 @@ def predict_file(model_dir: str | Path, input_path: str | Path, output: str | Pa
                  device: torch.device = torch.device("cpu"), dtype: torch.dtype = torch.float32,
                  progress: bool = False, backend: str = "torch", int8: bool = False) -> int:
     """Predict every row of `input_path` into `output` (format from its extension). Returns the row count.
-    `backend`/`int8`: what runs the encoder (miniberts/backends)."""
+    `backend`/`int8`: what runs the encoder (miniberts/inference/backends)."""
     from . import backends
 
     cfg = PredictConfig(max_length=max_length, batch_size=batch_size, backend=backend, int8=int8)  # before any file

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import MinibertsError
-from ..model import BertModel
-from ..tokenizer import BUILTIN_VOCAB, WordPieceTokenizer
+from ...errors import MinibertsError
+from ...model import BertModel
+from ...tokenizer import BUILTIN_VOCAB, WordPieceTokenizer
 from .base import EngineEncoder
 from .cache import artifact
 
@@ -26,7 +26,7 @@ def build(encoder: BertModel):
     def write(folder: Path) -> None:
         from ctranslate2.converters import TransformersConverter
 
-        from ..checkpoint import save_hf
+        from ...checkpoint import save_hf
 
         with tempfile.TemporaryDirectory(prefix="miniberts-ct2-") as hf:
             # The converter reads only the weights and config; the built-in vocabulary stands in for the tokenizer

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from torch import nn
 
-from ..fileio import build_dir
+from ...fileio import build_dir
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,8 @@
 """The inference switches beyond the model's own fast path: weights cast once to bf16, int8 dynamic quantization,
 and `torch.compile` with a fallback. Each has a parity test against the plain fp32 path (tests/test_fast_paths.py).
 
-The model itself always skips padding (`BertModel.unpad`, see model.py); length-sorted batching is infer.py's
-`length_batches`; bf16 autocast is device.py's `autocast`. What this module adds:
+The model itself always skips padding (`BertModel.unpad`, see miniberts/model.py); length-sorted batching is batching.py's
+`length_batches`; bf16 autocast is miniberts/device.py's `autocast`. What this module adds:
 
 - `for_inference`: under bf16 autocast, cast the nn.Linear weights to bf16 once. Autocast otherwise casts every
   weight on every call: its weight cache is off inside `torch.inference_mode()` (it only caches leaves that require

@@ -1,6 +1,6 @@
 """`--backend auto` (the default): which backend runs, by precision, batch shape and model size, from measured speed.
 
-The library runs length-sorted batches (infer.length_batches), so "batched" rows follow the bench's *length-sorted*
+The library runs length-sorted batches (batching.length_batches), so "batched" rows follow the bench's *length-sorted*
 cell and "single" rows its batch-1 cell. Sources, per precision:
 
 - **fp32** (the default precision where the CPU has no native bf16): `miniberts bench` on 2026-12-01, 2-vCPU AMD

@@ -2,33 +2,37 @@
 
 Every backend is an `nn.Module` with the encoder's own signature, `forward(input_ids, attention_mask,
 token_type_ids) -> (hidden [B, S, H], pooled [B, H])` on torch tensors (float32 out), so the batching and pooling
-code (infer.py, predict.py) runs any of them unchanged; the engines' `run(...)` takes and returns numpy arrays.
+code (inference/batching.py, inference/predict.py) runs any of them unchanged; the engines' `run(...)` takes and returns numpy arrays.
 
 | backend | precisions | artifact (exported once per weights fingerprint, cache.py) | extra |
 |---|---|---|---|
-| torch | fp32 (batches without padding: a frozen trace, pytorch.py), bf16 (autocast, weights cast once), int8 (dynamic, fast.quantize_int8) | none | (core) |
+| torch | fp32 (batches without padding: a frozen trace, pytorch.py), bf16 (autocast, weights cast once), int8 (dynamic, fast_paths.quantize_int8) | none | (core) |
 | onnxruntime | fp32 (graph fused by onnxruntime.transformers.optimizer), int8 (smoothquant.py: calibrated on real text) | model.onnx (int8: per weights and calibration) | onnx |
 | openvino | fp32 (INFERENCE_PRECISION_HINT f32), bf16 (hint bf16; OpenVINO runs f32 where the CPU lacks it) | model.xml | engines |
 | ctranslate2 | fp32 (float32), int8 (int8 weights, VNNI GEMMs) | model.bin | engines |
 
 `auto` picks one from auto.py's table by model size, batch shape and precision, among the installed engines.
+`export_engine` writes an engine's artifact to a folder of the user's (`miniberts export --engine`).
 A backend asked for by name but not installed is a one-line error naming the extra to install.
 """
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..errors import MinibertsError
-from ..model import BertForSequenceClassification, BertModel
-from ..tokenizer import WordPieceTokenizer
+from ...checkpoint import load_encoder
+from ...errors import MinibertsError
+from ...fileio import build_dir
+from ...model import BertForSequenceClassification, BertModel
+from ...tokenizer import WordPieceTokenizer
 from .auto import choose
 from .base import EngineClassifier, EngineEncoder
 from .pytorch import MaskFreeTrace
-from .smoothquant import calibration_installed
+from .smoothquant import calibration_ids, calibration_installed
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +115,7 @@ def prepare(model: nn.Module, encoder: BertModel, backend: str, precision: str, 
     """(module with `model`'s forward, the autocast dtype to run it under). torch: `model` itself, cast once to bf16,
     quantized to int8, or in fp32 with its mask-free calls traced (pytorch.py); an engine: `wrap(engine)`, where the
     engine runs `encoder`'s exported graph in its own precision (the autocast dtype is then fp32, a no-op)."""
-    from ..fast import for_inference, quantize_int8
+    from ..fast_paths import for_inference, quantize_int8
 
     if precision not in PRECISIONS:
         raise MinibertsError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
@@ -126,6 +130,36 @@ def prepare(model: nn.Module, encoder: BertModel, backend: str, precision: str, 
     if precision == "bf16":
         return for_inference(model.to(device), torch.bfloat16), torch.bfloat16
     return MaskFreeTrace(model.to(device).eval()), torch.float32
+
+
+def export_engine(model_dir: str | Path, engine: str, out: str | Path, quantize: str | None = None) -> Path:
+    """The artifact an engine backend runs, written to the new folder `out`: onnxruntime -> model.onnx (fused fp32,
+    or the calibrated int8 of smoothquant.py), openvino -> model.xml + model.bin, ctranslate2 -> model.bin (+ config; int8 is chosen when loading).
+    The encoder only (with pooler): a classifier's head is one Linear that the backends run in torch. These are the
+    files cache.py keeps per weights fingerprint; `--backend` finds its own, this is for other programs."""
+    if quantize not in (None, "int8"):
+        raise MinibertsError(f"--quantize must be int8, got {quantize!r}")
+    require(engine)
+    if engine == "openvino" and quantize:
+        raise MinibertsError("--engine openvino has no int8 export here (it needs NNCF calibration); use onnxruntime or ctranslate2")
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise MinibertsError(f"{out}: exists and is not empty (the export writes a new folder)")
+    if out.exists():
+        out.rmdir()
+    encoder, tokenizer = load_encoder(model_dir)
+    encoder = encoder.float().eval()
+    if engine == "onnxruntime":
+        from .ort import build
+        writer = build(encoder, quantize or "fp32", calibration_ids(tokenizer) if quantize else None)
+    elif engine == "openvino":
+        from .ov import build
+        writer = build(encoder)
+    else:
+        from .ct2 import build
+        writer = build(encoder)
+    build_dir(out, writer)
+    return out
 
 
 def for_encoder(encoder: BertModel, backend: str = "torch", precision: str = "fp32", batch_size: int = 32,
@@ -145,4 +179,4 @@ def for_classifier(model: BertForSequenceClassification, backend: str = "torch",
 
 
 __all__ = ["BACKENDS", "ENGINES", "PRECISIONS", "EXTRAS", "installed", "available", "require", "resolve",
-           "precision_of", "prepare", "for_encoder", "for_classifier", "engine"]
+           "precision_of", "prepare", "for_encoder", "for_classifier", "engine", "export_engine"]

@@ -1,4 +1,4 @@
-"""OpenVINO backend: the fp32 ONNX graph of export.py converted to OpenVINO IR (model.xml/.bin), compiled for the
+"""OpenVINO backend: the fp32 ONNX graph of inference/export.py converted to OpenVINO IR (model.xml/.bin), compiled for the
 CPU with INFERENCE_PRECISION_HINT f32 (fp32) or bf16 (bf16: OpenVINO's bf16 kernels where the CPU reports BF16 in
 OPTIMIZATION_CAPABILITIES, else it runs f32).
 
@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import MinibertsError
+from ...errors import MinibertsError
 from ..export import export_onnx
-from ..model import BertModel
+from ...model import BertModel
 from .base import EngineEncoder
 from .cache import artifact
 

@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..model import BertModel
-from ..tokenizer import WordPieceTokenizer
+from ...model import BertModel
+from ...tokenizer import WordPieceTokenizer
 
 CALIBRATION_SENTENCES = 256
 CALIBRATION_MAX_TOKENS = 128
@@ -47,7 +47,7 @@ def calibration_installed() -> bool:
 def calibration_ids(tokenizer: WordPieceTokenizer, texts: list[str] | None = None) -> list[list[int]]:
     """The token ids of `texts` (default: 256 built-in BBC News sentences, four from each of 64 articles drawn with
     seed 0), truncated to 128 tokens. A DataError names the package when the built-in text is not installed."""
-    from ..data.builtin import news_sentences
+    from ...data.builtin import news_sentences
 
     texts = news_sentences(CALIBRATION_SENTENCES) if texts is None else texts
     return tokenizer.encode(texts, None, CALIBRATION_MAX_TOKENS)[0]

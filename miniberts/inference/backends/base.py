@@ -6,8 +6,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..errors import MinibertsError
-from ..model import BertForSequenceClassification
+from ...errors import MinibertsError
+from ...model import BertForSequenceClassification
 
 
 def as_numpy(x) -> np.ndarray:

@@ -20,9 +20,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .data.builtin import BUILTIN, require_minilm
-from .settings import validate
-from .train import experiment
+from ..data.builtin import BUILTIN, require_minilm
+from ..settings import validate
+from . import experiment
 
 
 @dataclass

@@ -13,7 +13,7 @@ next call or two optimising the graph. So the trace is made only after TRACE_AFT
 is evidently serving many unpadded requests; a one-off `embed` of a few lines never pays for it.
 
 TorchScript is deprecated since torch 2.9 in favour of torch.compile, but still ships and works in 2.13 (its
-DeprecationWarning is silenced here, as export.py does for the TorchScript ONNX exporter). torch.compile of this
+DeprecationWarning is silenced here, as inference/export.py does for the TorchScript ONNX exporter). torch.compile of this
 model takes ~1 minute on a 2-core CPU and recompiles per shape (tests/test_fast_paths.py::test_compile_equals_eager),
 too much for the batch-1 path it is meant to speed up.
 """

@@ -22,11 +22,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import load_state, load_tokenizer, read_checkpoint
-from .errors import MinibertsError
-from .fileio import atomic_path
-from .model import BertForSequenceClassification, BertModel
-from .tokenizer import WordPieceTokenizer
+from ..checkpoint import load_state, load_tokenizer, read_checkpoint
+from ..errors import MinibertsError
+from ..fileio import atomic_path
+from ..model import BertForSequenceClassification, BertModel
+from ..tokenizer import WordPieceTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -133,37 +133,3 @@ def session(path: str | Path, threads: int | None = None):
         options.intra_op_num_threads = threads
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
-
-def export_engine(model_dir: str | Path, engine: str, out: str | Path, quantize: str | None = None) -> Path:
-    """The artifact an engine backend runs, written to the new folder `out`: onnxruntime -> model.onnx (fused fp32,
-    or int8), openvino -> model.xml + model.bin, ctranslate2 -> model.bin (+ config; int8 is chosen when loading).
-    The encoder only (with pooler): a classifier's head is one Linear that the backends run in torch. These are the
-    files miniberts/backends caches per weights fingerprint; `--backend` finds its own, this is for other programs."""
-    from . import backends
-    from .checkpoint import load_encoder
-    from .fileio import build_dir
-
-    if quantize not in (None, "int8"):
-        raise MinibertsError(f"--quantize must be int8, got {quantize!r}")
-    backends.require(engine)
-    if engine == "openvino" and quantize:
-        raise MinibertsError("--engine openvino has no int8 export here (it needs NNCF calibration); use onnxruntime or ctranslate2")
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise MinibertsError(f"{out}: exists and is not empty (the export writes a new folder)")
-    if out.exists():
-        out.rmdir()
-    encoder, tokenizer = load_encoder(model_dir)
-    encoder = encoder.float().eval()
-    if engine == "onnxruntime":
-        from .backends.ort import build
-        from .backends.smoothquant import calibration_ids
-        writer = build(encoder, quantize or "fp32", calibration_ids(tokenizer) if quantize else None)
-    elif engine == "openvino":
-        from .backends.ov import build
-        writer = build(encoder)
-    else:
-        from .backends.ct2 import build
-        writer = build(encoder)
-    build_dir(out, writer)
-    return out

@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .data.tabular import decoded_lines
-from .device import autocast
-from .errors import DataError, MinibertsError
-from .tokenizer import WordPieceTokenizer
+from ..data.tabular import decoded_lines
+from ..device import autocast
+from ..errors import DataError, MinibertsError
+from ..tokenizer import WordPieceTokenizer
 
 
 def read_lines(path: str | Path) -> list[str]:
@@ -51,7 +51,7 @@ def run_batches(tokenizer: WordPieceTokenizer, texts: list[str], pairs: list[str
     return torch.stack(results)
 
 
-POOLINGS = ("cls", "pooler", "mean")  # what `pool` computes; "auto" is resolved by the caller (api.Model.embed)
+POOLINGS = ("cls", "pooler", "mean")  # what `pool` computes; "auto" is resolved by the caller (Model.embed)
 
 
 def pool(hidden: torch.Tensor, pooled: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""ONNX Runtime backend. fp32: the graph of export.py fused by `onnxruntime.transformers.optimizer` (SkipLayerNorm,
+"""ONNX Runtime backend. fp32: the graph of inference/export.py fused by `onnxruntime.transformers.optimizer` (SkipLayerNorm,
 BiasGelu; the SDPA pattern our export writes is not one its Attention fusion matches). int8: smoothquant.py's
 accurate int8 (SmoothQuant scale migration calibrated on real text, int8 weights per channel with activations
 quantized per call, the FFN output in fp32) of the unfused graph: the quantizer's shape inference cannot type the
@@ -16,10 +16,10 @@ import logging
 from pathlib import Path
 
 
-from ..errors import MinibertsError
+from ...errors import MinibertsError
+from ...model import BertModel
+from ...tokenizer import WordPieceTokenizer
 from ..export import export_onnx, session
-from ..model import BertModel
-from ..tokenizer import WordPieceTokenizer
 from .base import EngineEncoder
 from .cache import artifact
 from .smoothquant import calibration_ids, calibration_key, quantize_smooth

@@ -1,27 +1,26 @@
 """Settings of `embed` and `predict`, shared by the CLI flags and the Python API (`Model.embed`, `Model.predict`).
 
 Both dataclasses are checked by miniberts/settings.py when they are built, before any file is read. The one bound that
-needs the model, a length within its positions, is `check_length`, called as soon as the model's config is known, so
-`--max-length 600` on a 512-position model fails up front instead of when the first long text arrives.
+needs the model, a length within its positions, is `miniberts.config.check_length`, called as soon as the model's
+config is known.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..device import DTYPES
+from ..settings import validate
 from .backends import BACKENDS
-from .config import BertConfig
-from .device import DTYPES
-from .settings import SettingsError, validate
 
 POOLINGS = ("auto", "cls", "pooler", "mean")
-# The shortest input that still holds a token of text: [CLS] x [SEP]; a pair needs [CLS] a [SEP] b [SEP]. Shorter
-# lengths would silently drop the whole text (or fail inside the tokenizer), so they are refused.
+# The shortest input that still holds a token of text: [CLS] x [SEP] (a pair's bound, MIN_PAIR_LENGTH, is in
+# miniberts/config.py's check_length). Shorter lengths would silently drop the whole text (or fail inside the
+# tokenizer), so they are refused.
 MIN_LENGTH = 3
-MIN_PAIR_LENGTH = 5
 DTYPE_HELP = "fp32 = exact reference numbers; auto = bf16 where the hardware has it natively"
 BACKEND_HELP = ("what runs the encoder: auto (the default: the fastest installed backend for this precision, model "
-                "size and batch shape, measured, miniberts/backends/auto.py; fp32 stays within 1e-5 of torch), torch "
+                "size and batch shape, measured, miniberts/inference/backends/auto.py; fp32 stays within 1e-5 of torch), torch "
                 "(the reference), or an engine on its exported graph (exported once per weights, cached in "
                 "$MINIBERTS_CACHE or ~/.cache/miniberts)")
 INT8_HELP = ("int8 weights: with --backend auto the most accurate int8 engine (ONNX Runtime calibrated on built-in "
@@ -60,12 +59,3 @@ class PredictConfig:
     def __post_init__(self):
         validate(self)
 
-
-def check_length(max_length: int, cfg: BertConfig, where: str, pairs: bool = False) -> None:
-    """A length the model at `where` can run: within its positions, and room for both texts of a pair."""
-    if max_length > cfg.max_position_embeddings:
-        raise SettingsError(f"--max-length must be at most the {cfg.max_position_embeddings} positions of {where}, "
-                            f"got {max_length}")
-    if pairs and max_length < MIN_PAIR_LENGTH:
-        raise SettingsError(f"--max-length must be at least {MIN_PAIR_LENGTH} for text pairs "
-                            f"([CLS] a [SEP] b [SEP]), got {max_length}")

@@ -18,12 +18,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import load_classifier
-from .device import pick_device, resolve_dtype
-from .errors import MinibertsError
-from .fileio import atomic_path, atomic_write_text
-from .predict import predict_logits
-from .tokenizer import WordPieceTokenizer
+from ..checkpoint import load_classifier
+from ..device import pick_device, resolve_dtype
+from ..errors import MinibertsError
+from ..fileio import atomic_path, atomic_write_text
+from ..inference.predict import predict_logits
+from ..tokenizer import WordPieceTokenizer
 
 log = logging.getLogger("miniberts")
 

@@ -71,9 +71,12 @@ def test_int8_artifact_is_cached_by_weights_and_calibration(tmp_path, monkeypatc
     assert len(list((tmp_path / "cache").glob("*/onnxruntime-int8-smoothquant-*"))) == 3
 
 
-def test_int8_needs_the_tokenizer_and_auto_needs_the_calibration_text(monkeypatch):
+def test_int8_needs_the_tokenizer_and_texts_and_auto_needs_the_calibration_text(monkeypatch):
+    encoder, tok = load_encoder("2-128")
     with pytest.raises(MinibertsError, match="needs the model's tokenizer"):
-        backends.engine("onnxruntime", load_encoder("2-128")[0], "int8", 1)
+        backends.engine("onnxruntime", encoder, "int8", 1)
+    with pytest.raises(MinibertsError, match="at least one text"):
+        backends.engine("onnxruntime", encoder, "int8", 1, tok, [])
     monkeypatch.setattr(backends, "calibration_installed", lambda: False)
     assert "onnxruntime" not in backends.available("int8") and "onnxruntime" in backends.available("fp32")
 

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ...errors import MinibertsError
 from ...model import BertModel
 from ...tokenizer import WordPieceTokenizer
 
@@ -50,6 +51,8 @@ def calibration_ids(tokenizer: WordPieceTokenizer, texts: list[str] | None = Non
     from ...data.builtin import news_sentences
 
     texts = news_sentences(CALIBRATION_SENTENCES) if texts is None else texts
+    if not texts:
+        raise MinibertsError("int8 calibration needs at least one text (an empty calibration set was given)")
     return tokenizer.encode(texts, None, CALIBRATION_MAX_TOKENS)[0]
 
 

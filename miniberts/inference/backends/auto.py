@@ -20,7 +20,7 @@ cell and "single" rows its batch-1 cell. Sources, per precision:
   4,963 on Tiny, 583 vs 516 on MiniLM, 508 vs 468 on Small; batch 1: ONNX Runtime 0.26 ms on Tiny, OpenVINO
   3.4-17 ms on the larger ones vs ours 8.4-33.6.
 - **int8**: ONNX Runtime first everywhere, for accuracy: its calibrated int8 (smoothquant.py) is the one int8 path
-  that keeps the real MiniLM's mean-pooled cosine >= 0.99 to fp32 on every one of 1,200 real sentences (min 0.993)
+  that keeps the real MiniLM's mean-pooled cosine >= 0.99 to fp32 on every one of 1,200 real sentences (min 0.992)
   and a linear probe's accuracy within 0.5 points (benchmarks/int8_accuracy.py); CTranslate2 int8 (0.987 on 256
   sentences, -0.2 points) where ONNX Runtime or its calibration text is not installed. Speed against fp32 is
   for the bench to measure on an idle machine (the uncalibrated ONNX Runtime int8 ran 1.4-1.5x fp32 on sorted

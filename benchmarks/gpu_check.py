@@ -1,4 +1,4 @@
-"""The GPU check (issue 13, part 3), run by benchmarks/gpu_check.sh: on one CUDA device, in one run,
+"""The GPU check, run by benchmarks/gpu_check.sh: on one CUDA device, in one run,
 
 1. the parity tests on the device (tests/test_gpu.py: fp32 vs the CPU reference, unpadded vs padded, bf16 autocast,
    the SDPA flash / memory-efficient kernels, a fused-AdamW pre-training step);

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check of issue 13 on one CUDA machine: parity tests on the device, 2 minutes of Tiny and Small pre-training
+# The GPU check on one CUDA machine: parity tests on the device, 2 minutes of Tiny and Small pre-training
 # against stock BertForMaskedLM, inference throughput; a Markdown report in OUT. Needs torch (CUDA build) and the repo;
 # transformers, pytest, scattertext and the MiniLM checkpoint are used when present and reported as skipped when not.
 # No network. Finishes within 10 minutes (the timeout below enforces it).

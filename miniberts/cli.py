@@ -32,6 +32,7 @@ COMMANDS = [
     "experiment",
     "export",
     "bench",
+    "serve",
 ]
 
 

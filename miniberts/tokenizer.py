@@ -89,6 +89,14 @@ class WordPieceTokenizer:
         encodings = self._tok.encode_batch(inputs, add_special_tokens=add_special_tokens)
         return [e.ids for e in encodings], [e.type_ids for e in encodings]
 
+    def pieces(self, texts: list[str], max_length: int = 512) -> list[list[tuple[int, str, bool, int, int]]]:
+        """Per text its tokens as `encode` makes them: (id, token, special, start, stop), with character offsets into
+        the text (a special token's are 0, 0)."""
+        self._tok.enable_truncation(max_length, strategy="longest_first")
+        return [[(i, token, bool(special), start, stop)
+                 for i, token, special, (start, stop) in zip(e.ids, e.tokens, e.special_tokens_mask, e.offsets)]
+                for e in self._tok.encode_batch(list(texts))]
+
     def pad_batch(self, ids: list[list[int]], type_ids: list[list[int]]) -> dict[str, torch.Tensor]:
         """Right-pad to the longest sequence of the batch: input_ids, attention_mask, token_type_ids [B, S]."""
         width = max(len(x) for x in ids)

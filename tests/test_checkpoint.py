@@ -281,7 +281,7 @@ def test_missing_vocab(tmp_path):
     assert message.startswith(f"{out / 'vocab.txt'}: file not found")
 
 
-# --- one checkpoint reader: corrupt files, legacy names (issue 11, findings 8 and 9) ----------------------------
+# --- one checkpoint reader: corrupt files, legacy names -------------------------------------------------------
 
 @needs_minilm
 @pytest.mark.parametrize("damage", ["truncated", "empty", "garbage"])

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+import miniberts
 from miniberts import cli
 from miniberts.checkpoint import save_hf
 from miniberts.config import find_preset
@@ -129,3 +130,40 @@ def test_missing_onnxruntime_is_one_line_naming_the_extra(tmp_path, monkeypatch,
     assert cli.main(["export", str(tmp_path / "clf"), "--onnx", str(tmp_path / "x.onnx")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "pip install 'miniberts[onnx]'" in err
+
+
+# --- --format sentence-transformers ---------------------------------------------------------------------------------
+
+ST_FILES = ["config.json", "model.safetensors", "vocab.txt", "tokenizer.json", "modules.json", "1_Pooling/config.json",
+            "sentence_bert_config.json", "config_sentence_transformers.json"]
+
+
+def st_export(model, out) -> Path:
+    assert cli.main(["export", str(model), "--format", "sentence-transformers", "--out", str(out)]) == 0
+    assert all((out / name).is_file() for name in ST_FILES)
+    return out
+
+
+@needs_minilm
+def test_sentence_transformers_export_of_minilm_embeds_as_the_original(tmp_path):
+    st = pytest.importorskip("sentence_transformers")
+    out = st_export(MINILM, tmp_path / "st")
+    expected = st.SentenceTransformer(str(MINILM), device="cpu").encode(SENTENCES)
+    got = st.SentenceTransformer(str(out), device="cpu").encode(SENTENCES)
+    assert np.abs(got - expected).max() < 1e-5 and "models.Normalize" in (out / "modules.json").read_text()
+
+
+def test_sentence_transformers_export_of_a_classifier_embeds_as_miniberts(tmp_path, capsys):
+    """A directory without sentence-transformers files (here a Tiny classifier) exports its encoder with the pooling
+    `Model.embed` uses for it: mean, not normalised, up to its positions."""
+    st = pytest.importorskip("sentence_transformers")
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(find_preset("tiny").config().with_task(["a", "b"], False))
+    src = save_hf(model, WordPieceTokenizer(BUILTIN_VOCAB), tmp_path / "clf")
+    out = st_export(src, tmp_path / "st")
+    expected = miniberts.load(src, "cpu").embed(SENTENCES, dtype="fp32", backend="torch")
+    assert np.abs(st.SentenceTransformer(str(out), device="cpu").encode(SENTENCES) - expected).max() < 1e-4
+    capsys.readouterr()  # sentence-transformers' loading bars
+    assert cli.main(["export", str(src), "--format", "sentence-transformers", "--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip() == (f"miniberts export: error: {out}: exists and is not an empty folder "
+                                               "(the export writes a new folder)")

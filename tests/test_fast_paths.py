@@ -1,4 +1,4 @@
-"""Every fast path against the plain path it replaces (issue 7): unpadded vs padded execution (outputs and gradients),
+"""Every fast path against the plain path it replaces: unpadded vs padded execution (outputs and gradients),
 bf16 vs fp32, int8 vs fp32, length-sorted batching, the MLM head on masked positions, torch.compile.
 
 Tolerances, each stated where it is asserted:

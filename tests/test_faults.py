@@ -1,6 +1,6 @@
 """Fault injection: kill -9 every training command at several points, then check that no output under a final name is
 partial and that rerunning the same command gives the results of an unbroken run; a second process into a run
-directory in use is refused (issue 11).
+directory in use is refused.
 
 The killed process is this file run as a script: it installs the fault, then runs `cli.main` on one thread. It
 kills itself with SIGKILL at an exact point, found by wrapping two functions in the child only:

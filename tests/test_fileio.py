@@ -1,5 +1,5 @@
 """The one output writer (fileio.atomic_path): a bad output path or a failing write is one line, and nothing is left
-under the final name or as a temporary file (issue 11, findings 8: full disk, `--output` naming a directory)."""
+under the final name or as a temporary file (a full disk, `--output` naming a directory)."""
 
 import errno
 from pathlib import Path

@@ -204,7 +204,7 @@ def test_restarted_run_starts_a_clean_log(tiny, sentiment, tmp_path):
 
 
 def test_rerun_into_a_finished_run(tiny, sentiment, tmp_path, capsys):
-    """Finding 5 of issue 11: another --seed into a finished --out overwrote it without a word."""
+    """Another --seed into a finished --out overwrote it without a word."""
     train, dev, _ = sentiment
     out = tmp_path / "run"
     user = ["--model", tiny, "--out", str(out), "--train", train, "--dev", dev, "--text-column", "review",

@@ -134,7 +134,7 @@ def test_errors(tiny, tmp_path, capsys):
 
 
 def test_rerun_with_other_settings_is_refused_and_fresh_restarts(tiny, tmp_path, capsys):
-    """Finding 1 of issue 11: a rerun with another --model/--epochs/--max-length skipped every run as "finished
+    """A rerun with another --model/--epochs/--max-length skipped every run as "finished
     before" and results.md labelled the old numbers with the new settings."""
     out = tmp_path / "sweep"
 

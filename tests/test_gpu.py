@@ -1,4 +1,4 @@
-"""The same code on a GPU (issue 13, part 3): parity of every CUDA path with the CPU fp32 reference.
+"""The same code on a GPU: parity of every CUDA path with the CPU fp32 reference.
 
 These run on CUDA when a GPU is present, or on the device named by $MINIBERTS_TEST_DEVICE (benchmarks/gpu_check.sh
 sets it; `--cpu-smoke` sets "cpu" to dry-run the script); otherwise they skip. Tolerances, stated per test:

@@ -1,4 +1,4 @@
-"""Bad input files: every reader answers with one line `file:line: what was expected` (issue 11, findings 6, 8, 9).
+"""Bad input files: every reader answers with one line `file:line: what was expected`.
 
 The readers: the tabular reader (data/tabular.py, behind task files, predict inputs and GLUE splits), the task loader
 (data/load.py), plain text lines (batching.read_lines) and pre-training text (data/pretraining.py). Property-based tests
@@ -155,7 +155,7 @@ def test_a_directory_is_not_a_file(tmp_path):
                                             "(one subfolder per task)"
 
 
-# --- finding 6: NaN regression labels -------------------------------------------------------------------------
+# --- NaN regression labels ----------------------------------------------------------------------------------
 
 def task(tmp_path, train_rows, dev_rows=(("x", "y", "0.5"),), **kw):
     header = ("sentence1", "sentence2", "score")

@@ -1,7 +1,8 @@
 """`miniberts bench`: miniberts against `transformers`, ONNX Runtime, OpenVINO and CTranslate2, same machine, same
-weights, same inputs. The engine section (issue 13) is engines.py's docstring; the rest is issue 7's:
+weights, same inputs. The engine section is engines.py's docstring; the rest compares ours with `transformers` and
+ONNX Runtime.
 
-What runs (issue 7; how to run it: benchmarks/README.md):
+What runs in that comparison (how to run it: benchmarks/README.md):
 - inference on a variable-length workload, batches of 32 in arrival order and length-sorted; a fixed 32x128 batch;
   batch-1 latency (p50/p99) on 32-token inputs; peak memory of a 32x128 batch and of an MLM step;
 - one MLM pre-training step at 32x128 (tokens/s), fine-tuning steps on the variable-length batches (examples/s);

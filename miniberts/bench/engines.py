@@ -1,4 +1,4 @@
-"""Inference against the strongest engines (issue 13): every engine and every miniberts path on the same encoder
+"""Inference against the strongest engines: every engine and every miniberts path on the same encoder
 weights and the same padded batches, per workload, with each one's agreement to our fp32 reference.
 
 Rows (ENGINES): our torch paths (fp32 = the reference, bf16 where native, int8), `transformers` BertModel fp32, and
@@ -188,9 +188,9 @@ def auto_picks(cfg, precision: str) -> dict[str, str]:
 
 
 def row_of(backend: str, precision: str) -> str:
-    """The ENGINES row that a backend + precision runs (OpenVINO's bf16 request is its default-precision row)."""
-    if backend == "openvino" and precision == "bf16":
-        precision = "default"
+    """The ENGINES row that a backend + precision runs: OpenVINO's bf16 request is its default-precision row, and
+    ONNX Runtime answers a bf16 request with its fp32 graph (inference/backends/ort.py)."""
+    precision = {("openvino", "bf16"): "default", ("onnxruntime", "bf16"): "fp32"}.get((backend, precision), precision)
     return next(label for label, b, p in ENGINES if b == backend and p == precision)
 
 

@@ -47,7 +47,7 @@ class BenchConfig:
     batches: dict[str, int] = field(default_factory=lambda: {"2-128": 32, "4-256": 12, "4-512": 8, "6-384": 8, "8-512": 4,
                                                              "12-768": 2})
     # The engine section (engines.py): these presets and "minilm", the real checkpoint. `models` above are the
-    # sections of issue 7 (training steps, memory, the ours/transformers/ONNX Runtime inference tables).
+    # sections against transformers and ONNX Runtime (training steps, memory, inference tables).
     engine_models: list[str] = field(default_factory=list)
 
     @classmethod

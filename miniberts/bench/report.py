@@ -1,4 +1,4 @@
-"""The issue-7 targets, the Markdown report and the chart."""
+"""The targets against transformers and ONNX Runtime, the Markdown report and the chart."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from .harness import HF, LATENCY_TOKENS, ORT32, ORT8, OURS, nickname
 log = logging.getLogger(__name__)
 
 
-# --- targets (issue 7) ------------------------------------------------------------------------------------------
+# --- targets: ours against transformers and ONNX Runtime ------------------------------------------------------
 
 def check_targets(report: dict) -> list[dict]:
     rows = []
@@ -124,7 +124,7 @@ def markdown(report: dict, png_name: str) -> str:
         lines += ["**Could not run**: " + "; ".join(f"{k}: {v}" for k, v in missing.items()), ""]
 
     if report["models"]:  # not with --engines-only
-        lines += issue7_markdown(report)
+        lines += peers_markdown(report)
 
     lines += ["## Machine load per section", "", "| section | other processes' CPU share | load avg start → end | calibration GFLOP/s before → after | busy |",
               "|---|---:|---|---|---|"]
@@ -139,8 +139,8 @@ def markdown(report: dict, png_name: str) -> str:
     return "\n".join(lines)
 
 
-def issue7_markdown(report: dict) -> list[str]:
-    """The sections of issue 7: ours vs transformers and ONNX Runtime, training steps, memory, targets."""
+def peers_markdown(report: dict) -> list[str]:
+    """Ours against transformers and ONNX Runtime: inference, batch-1 latency, training steps, memory, targets."""
     systems = [OURS, HF, ORT32, ORT8]
     lines: list[str] = []
     lines += ["## Inference: sentences/s (batches of 32)", "",
@@ -180,7 +180,7 @@ def issue7_markdown(report: dict) -> list[str]:
         for kind, mem in r["memory"].items():
             lines.append(f"| {r['name']} | {kind.replace('_', ' ')} | " + " | ".join(_fmt(mem.get(s)) for s in systems) + " |")
 
-    lines += ["", "## Targets (issue 7)", "", "| target | model | measured | goal | met | short by |", "|---|---|---:|---:|---|---:|"]
+    lines += ["", "## Targets against transformers and ONNX Runtime", "", "| target | model | measured | goal | met | short by |", "|---|---|---:|---:|---|---:|"]
     for t in report["targets"]:
         pct = "MFU" in t["target"]
         measured = "—" if t["measured"] is None else (_pct(t["measured"]) if pct else f"{t['measured']:.2f}×")
@@ -201,7 +201,7 @@ def engines_markdown(report: dict) -> list[str]:
         return []
     titles = {"arrival": "arrival order, /s", "sorted": "length-sorted, /s", "fixed": "fixed 32×128, /s",
               "batch1": "batch 1 (32 tokens), ms p50 / p99"}
-    lines = ["## Inference against every engine (issue 13)", "",
+    lines = ["## Inference against every engine", "",
              "Same encoder weights and padded batches for every row; random weights per size, real ones for MiniLM. "
              "Agreement with *miniberts torch fp32* on the length-sorted batches: max abs on hidden states at real "
              "tokens, min cosine of mean-pooled embeddings; *task acc.* (real checkpoint only): held-out fresh/rotten "

@@ -177,7 +177,7 @@ def bench_profile(preset: str, workload: Workload, tokenizer: WordPieceTokenizer
             for b in arrival:
                 model(b["input_ids"], b["attention_mask"], b["token_type_ids"])
 
-    # Batch 1, where the engines lead (issue 13): 50 requests of 32 tokens on the eager model, so that the per-op
+    # Batch 1, where the engines lead: 50 requests of 32 tokens on the eager model, so that the per-op
     # dispatch shows op by op (the traced fp32 path of inference/backends/pytorch.py runs the same ops without Python between).
     row = next(i for i, L in enumerate(lengths) if L >= LATENCY_TOKENS)
     single = {k: v[:, :LATENCY_TOKENS] for k, v in workload.batch(tokenizer, [row]).items()}

@@ -11,7 +11,7 @@ def add_arguments(parser):
                         help="comma-separated sizes or presets, and 'minilm' for the real checkpoint (engine section "
                              "only) (default: tiny,mini,small,medium,base,minilm; --quick: tiny)")
     parser.add_argument("--engines-only", action="store_true",
-                        help="only the engine section (skip training steps, memory and the issue-7 tables)")
+                        help="only the engine section (skip the training steps, the memory and the tables against transformers and ONNX Runtime)")
     parser.add_argument("--out", default="docs/benchmarks.md", help="Markdown report; .json and .png are written beside it")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per measurement (default: 5, --quick: 3)")
     parser.add_argument("--threads", type=int, default=None,

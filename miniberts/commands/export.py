@@ -1,13 +1,16 @@
-"""`miniberts export MODEL (--onnx OUT.onnx | --engine NAME --out DIR) [--quantize int8] [--opset N]`: an ONNX graph
-for ONNX Runtime, or the artifact an inference engine runs (ONNX Runtime fused, OpenVINO IR, CTranslate2)."""
+"""`miniberts export MODEL (--onnx OUT.onnx | --engine NAME --out DIR | --format sentence-transformers --out DIR)
+[--quantize int8] [--opset N]`: an ONNX graph for ONNX Runtime, the artifact an inference engine runs (ONNX Runtime
+fused, OpenVINO IR, CTranslate2), or a sentence-transformers directory (what text-embeddings-inference serves)."""
 
 import logging
 
 from ..errors import MinibertsError
 from ..inference.backends import export_engine
 from ..inference.export import DEFAULT_OPSET, export
+from ..inference.st_export import export_sentence_transformers
 
-HELP = "Export an encoder or classifier to ONNX (dynamic batch and sequence axes), or an engine's artifact; optionally int8"
+HELP = ("Export an encoder or classifier to ONNX (dynamic batch and sequence axes), an engine's artifact (optionally "
+        "int8), or a sentence-transformers directory")
 
 
 def add_arguments(parser):
@@ -15,15 +18,25 @@ def add_arguments(parser):
     parser.add_argument("--onnx", metavar="OUT", help="output .onnx file")
     parser.add_argument("--engine", choices=["onnxruntime", "openvino", "ctranslate2"],
                         help="write this engine's artifact of the encoder to --out DIR instead (what --backend runs)")
-    parser.add_argument("--out", metavar="DIR", help="output folder for --engine (new or empty)")
+    parser.add_argument("--format", choices=["sentence-transformers"],
+                        help="write a sentence-transformers directory to --out DIR instead (SentenceTransformer(DIR) "
+                             "and text-embeddings-inference load it; it embeds as `miniberts embed` does)")
+    parser.add_argument("--out", metavar="DIR", help="output folder for --engine or --format (new or empty)")
     parser.add_argument("--quantize", choices=["int8"], default=None, help="int8: --onnx: dynamic quantization; --engine onnxruntime: the calibrated int8 "
                         "that --backend onnxruntime --int8 runs")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default: {DEFAULT_OPSET})")
 
 
 def run(args):
-    if bool(args.onnx) == bool(args.engine):
-        raise MinibertsError("give either --onnx OUT.onnx or --engine NAME --out DIR")
+    if sum(map(bool, (args.onnx, args.engine, args.format))) != 1:
+        raise MinibertsError("give one of --onnx OUT.onnx, --engine NAME --out DIR or --format sentence-transformers "
+                             "--out DIR")
+    if args.format:
+        if not args.out:
+            raise MinibertsError("--format needs --out DIR")
+        out = export_sentence_transformers(args.model, args.out)
+        logging.info("wrote %s (sentence-transformers: SentenceTransformer(%r) loads it)", out, str(out))
+        return
     if args.engine:
         if not args.out:
             raise MinibertsError("--engine needs --out DIR")

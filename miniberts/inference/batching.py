@@ -39,6 +39,13 @@ def run_batches(tokenizer: WordPieceTokenizer, texts: list[str], pairs: list[str
                 dtype: torch.dtype, desc: str = "") -> torch.Tensor:
     """Tokenize, batch by length, apply `step` (batch -> [b, ...] tensor) under autocast; rows in input order."""
     ids, type_ids = tokenizer.encode(texts, pairs, max_length)
+    return run_encoded(tokenizer, ids, type_ids, batch_size, step, device, dtype, desc)
+
+
+def run_encoded(tokenizer: WordPieceTokenizer, ids: list[list[int]], type_ids: list[list[int]], batch_size: int,
+                step: Callable[[dict[str, torch.Tensor]], torch.Tensor], device: torch.device, dtype: torch.dtype,
+                desc: str = "") -> torch.Tensor:
+    """`run_batches` on texts already tokenized (`tokenizer.encode`): a server tokenizes off its model thread."""
     batches = length_batches([len(x) for x in ids], batch_size)
     outputs = []
     # no_grad rather than inference_mode: autocast caches its bf16 weight casts only outside inference mode.
@@ -47,7 +54,7 @@ def run_batches(tokenizer: WordPieceTokenizer, texts: list[str], pairs: list[str
         for batch in tqdm(batches, desc=desc, unit="batch", leave=False) if desc else batches:
             inputs = tokenizer.pad_batch([ids[i] for i in batch], [type_ids[i] for i in batch])
             outputs.append(step({k: v.to(device) for k, v in inputs.items()}).float().cpu())
-    results = torch.empty((len(texts), *outputs[0].shape[1:]), dtype=outputs[0].dtype)
+    results = torch.empty((len(ids), *outputs[0].shape[1:]), dtype=outputs[0].dtype)
     results[torch.tensor([i for batch in batches for i in batch])] = torch.cat(outputs)  # back to input order
     return results
 
@@ -70,17 +77,22 @@ def embed(encoder, tokenizer: WordPieceTokenizer, texts: list[str], pooling: str
           batch_size: int = 32, device: torch.device = torch.device("cpu"), dtype: torch.dtype = torch.float32,
           progress: bool = False, normalize: bool = False) -> np.ndarray:
     """[N, H] float32 sentence embeddings, one row per text, in order; `normalize` L2-normalises every row."""
+    step = embed_step(encoder.eval().to(device), pooling, normalize)
+    out = run_batches(tokenizer, texts, None, max_length, batch_size, step, device, dtype, "embed" if progress else "")
+    return out.numpy()
+
+
+def embed_step(encoder, pooling: str, normalize: bool) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:
+    """A `run_batches` step: one padded batch -> its pooled (and maybe L2-normalised) sentence vectors [b, H]."""
     if pooling not in POOLINGS:
         raise MinibertsError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
-    encoder.eval().to(device)
 
     def step(batch):
         hidden, pooled = encoder(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
         vectors = pool(hidden.float(), pooled.float(), batch["attention_mask"], pooling)  # pooled in fp32 under bf16
         return F.normalize(vectors, dim=-1) if normalize else vectors
 
-    out = run_batches(tokenizer, texts, None, max_length, batch_size, step, device, dtype, "embed" if progress else "")
-    return out.numpy()
+    return step
 
 
 def check_finite(outputs: torch.Tensor | np.ndarray, where: str) -> None:

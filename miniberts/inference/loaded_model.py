@@ -22,9 +22,9 @@ from ..model import BertForSequenceClassification, BertModel
 from ..sbert import SentenceLayout, read_layout, write_layout
 from ..tokenizer import WordPieceTokenizer
 from . import backends
-from .batching import check_finite, embed as embed_texts
+from .batching import check_finite, embed_step, run_encoded
 from .config import EmbedConfig, PredictConfig
-from .predict import checked_logits, has_task_head, no_head, results
+from .predict import checked_logits, classify_step, has_task_head, no_head, results
 
 
 class Model:
@@ -73,16 +73,28 @@ class Model:
         texts = _texts([texts] if one else texts)
         pooling, normalize, length = self.embedding_settings(cfg)
         check_length(length, self.config, self.source)
-        if self.layout and self.layout.lowercase:  # as sentence-transformers does before tokenizing
-            texts = [t.lower() for t in texts]
         if not texts:
             return np.zeros((0, self.config.hidden_size), dtype=np.float32)
-        runner, run_dtype = self._runner(False, cfg.backend, resolve_dtype(cfg.dtype, self.device), cfg.int8,
-                                         min(cfg.batch_size, len(texts)))
-        vectors = embed_texts(runner, self.tokenizer, texts, pooling, length, cfg.batch_size, self.device, run_dtype,
-                              progress, normalize)
-        check_finite(vectors, self.source)
+        vectors = self.embed_tokens(*self.embedding_tokens(texts, length), cfg, progress)
         return vectors[0] if one else vectors
+
+    def embedding_tokens(self, texts: list[str], max_length: int) -> tuple[list[list[int]], list[list[int]]]:
+        """(token ids, token type ids) per text as `embed` runs them, truncated to `max_length`."""
+        if self.layout and self.layout.lowercase:  # as sentence-transformers does before tokenizing
+            texts = [t.lower() for t in texts]
+        return self.tokenizer.encode(texts, None, max_length)
+
+    def embed_tokens(self, ids: list[list[int]], type_ids: list[list[int]], cfg: EmbedConfig,
+                     progress: bool = False) -> np.ndarray:
+        """`embed` on texts already tokenized by `embedding_tokens`, with the settings of `cfg`: the entry point of a
+        server that tokenizes off its model thread and batches requests itself."""
+        pooling, normalize, _ = self.embedding_settings(cfg)
+        runner, run_dtype = self._runner(False, cfg.backend, resolve_dtype(cfg.dtype, self.device), cfg.int8,
+                                         min(cfg.batch_size, len(ids)))
+        vectors = run_encoded(self.tokenizer, ids, type_ids, cfg.batch_size, embed_step(runner, pooling, normalize),
+                              self.device, run_dtype, "embed" if progress else "").numpy()
+        check_finite(vectors, self.source)
+        return vectors
 
     def embedding_settings(self, cfg: EmbedConfig) -> tuple[str, bool, int]:
         """(pooling, normalize, max_length) that `cfg` means for this model: "auto" and the None defaults come from
@@ -112,6 +124,18 @@ class Model:
         logits = checked_logits(self.module, self.tokenizer, texts, pairs, cfg, self.device, run_dtype, self.source,
                                 "predict" if progress else "", runner)
         return results(logits, self.config.id2label, self.config.regression)
+
+    def predict_tokens(self, ids: list[list[int]], type_ids: list[list[int]], cfg: PredictConfig) -> torch.Tensor:
+        """The classifier's float32 logits [N, labels] for texts (or pairs) already tokenized (`tokenizer.encode`):
+        `predict` for a server that batches requests itself; `predict.results` turns them into labels."""
+        if not isinstance(self.module, BertForSequenceClassification):
+            raise no_head(self.source)
+        runner, run_dtype = self._runner(True, cfg.backend, resolve_dtype(cfg.dtype, self.device), cfg.int8,
+                                         min(cfg.batch_size, len(ids)))
+        logits = run_encoded(self.tokenizer, ids, type_ids, cfg.batch_size, classify_step(runner), self.device,
+                             run_dtype)
+        check_finite(logits, self.source)
+        return logits
 
     def _runner(self, head: bool, backend: str, dtype: torch.dtype, int8: bool, batch_size: int
                 ) -> tuple[nn.Module, torch.dtype]:

@@ -39,12 +39,16 @@ def predict_logits(model: BertForSequenceClassification, tokenizer: WordPieceTok
                    device: torch.device = torch.device("cpu"), dtype: torch.dtype = torch.float32,
                    desc: str = "") -> torch.Tensor:
     """[N, num_labels] float32 logits in input order. Leaves the model in eval mode on `device`."""
-    model.eval().to(device)
+    return run_batches(tokenizer, texts, pairs, max_length, batch_size, classify_step(model.eval().to(device)), device,
+                       dtype, desc)
 
+
+def classify_step(model: nn.Module):
+    """A `run_batches` step: one padded batch -> the classifier's logits [b, num_labels]."""
     def step(batch):
         return model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
 
-    return run_batches(tokenizer, texts, pairs, max_length, batch_size, step, device, dtype, desc)
+    return step
 
 
 def checked_logits(model: BertForSequenceClassification, tokenizer: WordPieceTokenizer, texts: list[str],

@@ -359,16 +359,187 @@ def run_identity(cfg: PretrainConfig) -> dict:
     return rundir.identity(cfg, inputs, skip=EXTENDABLE)
 
 
+# --- what the loop keeps: counters, clock, held-out evaluation, training records ----------------------------------
+
+# Per-step sums, all-reduced over the ranks and added up over a log window.
+SUMS = ("mlm_ce", "mlm_correct", "masked", "nsp_ce", "nsp_correct", "sequences", "tokens")
+
+
+@dataclass
+class Progress:
+    """The counters a checkpoint carries across a resume."""
+    step: int = 0
+    tokens_seen: int = 0
+    clock_before: float = 0.0  # the training clock when this session started
+    train_s: float = 0.0  # seconds spent in steps, all sessions
+
+
+class Clock:
+    """The training clock: training seconds over all sessions. Evaluation time is kept off it (`eval_s`), so it
+    counts neither on the budget nor in the schedule."""
+
+    def __init__(self, before: float):
+        self.before, self.eval_s, self.start = before, 0.0, time.perf_counter()
+
+    def __call__(self) -> float:
+        return self.before + time.perf_counter() - self.start - self.eval_s
+
+
+class HeldOut:
+    """The held-out evaluation (rank 0, when there are held-out batches): its last result and when it ran."""
+
+    def __init__(self, batches: list[dict] | None, clock: float, jlog: JsonlLog):
+        self.batches, self.last_clock, self.jlog = batches, clock, jlog
+        self.last: dict = {}
+
+    def due(self, cfg: PretrainConfig, step: int, clock: float) -> bool:
+        return bool((cfg.eval_every and step % cfg.eval_every == 0) or (
+            cfg.eval_every_minutes and clock - self.last_clock >= cfg.eval_every_minutes * 60))
+
+    def run(self, model: BertForPreTraining, progress: Progress, clock: float, device: torch.device,
+            dtype: torch.dtype) -> float:
+        """Evaluate at training time `clock` and log it; returns the seconds it took (0 without held-out data)."""
+        if self.batches is None:
+            return 0.0
+        t = time.perf_counter()
+        step = progress.step
+        self.last = {"step": step, "minutes": round(clock / 60, 3), **evaluate(model, self.batches, device, dtype)}
+        self.last_clock = clock
+        self.jlog.write({"split": "eval", "step": step, "elapsed_s": round(clock, 3), "tokens": progress.tokens_seen,
+                         **{k: v for k, v in self.last.items() if k not in ("step", "minutes")}})
+        log.info("step %d (%.1f min): held-out MLM loss %.4f, perplexity %.1f, accuracy %.4f%s", step, clock / 60,
+                 self.last["mlm_loss"], self.last["perplexity"], self.last["mlm_accuracy"],
+                 f", NSP accuracy {self.last['nsp_accuracy']:.4f}" if "nsp_accuracy" in self.last else "")
+        return time.perf_counter() - t
+
+
+class TrainLog:
+    """The training records of log.jsonl, one per --log-every steps over the steps since the last, and what the
+    terminal shows: a progress bar, or without one a line every 30 seconds."""
+
+    def __init__(self, cfg: PretrainConfig, jlog: JsonlLog, step: int, rank: int):
+        self.cfg, self.jlog = cfg, jlog
+        self.window = np.zeros(len(SUMS))  # since the last record
+        self.window_s = 0.0  # step time since the last record
+        self.last_line = time.perf_counter()
+        self.show_bar = rank == 0 and cfg.progress and sys.stderr.isatty()
+        self.bar = tqdm(total=cfg.steps or None, initial=step, unit="step", dynamic_ncols=True,
+                        disable=not self.show_bar)
+
+    def add(self, sums: np.ndarray, seconds: float) -> None:
+        self.window += sums
+        self.window_s += seconds
+        self.bar.update(1)
+
+    def write(self, progress: Progress, lr: float, grad_norm: float, clock: float, budget: float) -> None:
+        cfg, step = self.cfg, progress.step
+        rec = _train_record(self.window, step, lr, grad_norm, progress.tokens_seen, clock, self.window_s, cfg.nsp)
+        self.jlog.write(rec)
+        self.window[:], self.window_s = 0, 0.0
+        now = time.perf_counter()
+        eta = ((cfg.steps - step) * progress.train_s / max(step, 1)) if cfg.steps else max(0.0, budget - clock)
+        self.bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{rec['mlm_accuracy']:.3f}",
+                             tok_s=f"{rec['tokens_per_s']:.0f}", eta=f"{eta / 60:.1f}m", refresh=False)
+        if not self.show_bar and now - self.last_line >= 30:
+            self.last_line = now
+            log.info("step %d: loss %.4f, MLM accuracy %.4f, %.0f tokens/s, %.1f min left", step, rec["loss"],
+                     rec["mlm_accuracy"], rec["tokens_per_s"], eta / 60)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+# --- the loop -------------------------------------------------------------------------------------------------
+
 def _run(cfg: PretrainConfig, rank: int, world: int, device: torch.device) -> dict:
+    """One process's run: set up, then step after step (a record every --log-every steps, held-out evaluation and
+    checkpoints when due) until the steps or the time budget are spent or a stop is asked for; then rank 0 evaluates
+    and saves the end point and writes the model, metrics.json and the curve."""
     run_dir = Path(cfg.out)
+    ckpts = Checkpoints(run_dir, keep=cfg.keep_checkpoints)
+    model, tokenizer, data, state = _set_up(cfg, rank, world, run_dir, ckpts)
+    dtype = resolve_dtype(cfg.dtype, device)
+    log_probs = _unigrams(cfg, data, state, rank)
+    net, optimizer, progress = _ready_to_train(cfg, model, state, log_probs, rank, world, device)
+    micro = cfg.batch_size // (world * cfg.grad_accum)
+    sampler = Sampler(len(data.train), cfg.seed)
+    held_batches, unigram = _held_out_set(cfg, data, log_probs, micro, rank)
+
+    log_path = run_dir / "log.jsonl"
+    if rank == 0:
+        _trim_log(log_path, progress.step if state is not None else None)
+    jlog = JsonlLog(log_path)
+    if rank == 0:
+        _announce(cfg, model, data, world, device, dtype, unigram)
+    held = HeldOut(held_batches, progress.clock_before, jlog)
+    if rank == 0 and state is None:
+        held.run(model, progress, 0.0, device, dtype)  # the starting point of the curve; not on the clock
+    clock = Clock(progress.clock_before)
+    budget = cfg.max_minutes * 60
+    last_saved = progress.step if state is not None else -1
+    interrupted = False
+    train_log = TrainLog(cfg, jlog, progress.step, rank)
+
+    with StopRequest() as stop:
+        while not (cfg.steps and progress.step >= cfg.steps):
+            t0 = time.perf_counter()
+            first = progress.step * cfg.batch_size + rank * micro * cfg.grad_accum
+            batches = [data.train(sampler.take(first + j * micro, micro)) for j in range(cfg.grad_accum)]
+            masked, now, interrupts, out_of_time = _agree(batches, clock(), stop, budget, rank, world, device)
+            if interrupts or out_of_time:
+                interrupted = interrupts > 0
+                break
+            lr = learning_rate(cfg, progress.step, now)
+            sums, grad_norm = train_step(net, model, optimizer, batches, masked, lr, cfg.batch_size, world, device,
+                                         dtype)
+            progress.step += 1
+            sums = np.array(_all_reduce(sums.tolist(), device, world))
+            check_divergence(progress.step, sums, grad_norm)
+            progress.train_s += time.perf_counter() - t0
+            progress.tokens_seen += int(sums[SUMS.index("tokens")])
+            train_log.add(sums, time.perf_counter() - t0)
+
+            if rank == 0 and (progress.step % cfg.log_every == 0 or (cfg.steps and progress.step == cfg.steps)):
+                train_log.write(progress, lr, float(grad_norm), clock(), budget)
+            if rank == 0:
+                now = clock()
+                if held.due(cfg, progress.step, now):
+                    clock.eval_s += held.run(model, progress, now, device, dtype)
+                if cfg.save_every and progress.step % cfg.save_every == 0:
+                    save_checkpoint(ckpts, cfg, model, optimizer, progress, clock())
+                    last_saved = progress.step
+    train_log.close()
+
+    end = clock()
+    if rank != 0:
+        return {"steps": progress.step, "tokens_seen": progress.tokens_seen, "interrupted": interrupted}
+    if not interrupted and held.last.get("step") != progress.step:
+        held.run(model, progress, end, device, dtype)  # the end point of the curve
+    if last_saved != progress.step:
+        save_checkpoint(ckpts, cfg, model, optimizer, progress, end)
+    save_hf(model, tokenizer, run_dir)
+    metrics = _metrics(cfg, log_path, held.last, unigram, progress, end, interrupted, world, device, dtype,
+                       data.counts)
+    write_json(run_dir / "metrics.json", metrics)
+    _plot(log_path, unigram, run_dir / "learning_curve.png")
+    if interrupted:
+        log.info("stopped at step %d; continue with --resume", progress.step)
+    return metrics
+
+
+# --- the steps of the run -------------------------------------------------------------------------------------
+
+def _set_up(cfg: PretrainConfig, rank: int, world: int, run_dir: Path, ckpts: Checkpoints
+            ) -> tuple[BertForPreTraining, WordPieceTokenizer, PretrainData, dict | None]:
+    """The model, its tokenizer, the data and the checkpoint to resume from (None: a fresh start). Rank 0 builds
+    what is cached first (vocabulary, shards), then the others open it; rejected inputs leave no directory behind."""
     cache_root = Path(cfg.cache_dir) if cfg.cache_dir else run_dir / "data"
     new_dirs = _new_dirs(run_dir, cache_root)
-    ckpts = Checkpoints(run_dir, keep=cfg.keep_checkpoints)
     if rank == 0:
         for stale in ckpts.dir.glob(".step-*.tmp"):  # a save cut short by a kill (the lock: nobody is saving now)
             stale.unlink(missing_ok=True)
-    try:  # nothing is left behind when the inputs are rejected
-        for turn in (0, 1):  # rank 0 first builds what is cached (vocabulary, shards); then the others open it
+    try:
+        for turn in (0, 1):
             if (rank == 0) == (turn == 0):
                 set_seed(cfg.seed)  # the same initial weights on every rank
                 model, tokenizer = build_model(cfg, cache_root)
@@ -384,14 +555,28 @@ def _run(cfg: PretrainConfig, rank: int, world: int, device: torch.device) -> di
             with contextlib.suppress(OSError):
                 d.rmdir()  # only when empty
         raise
+    return model, tokenizer, data, state
 
-    bias_from_unigrams = cfg.unigram_bias and state is None and not Path(cfg.model).is_dir()  # random starts only
+
+def _unigrams(cfg: PretrainConfig, data: PretrainData, state: dict | None, rank: int) -> np.ndarray | None:
+    """The training corpus' unigram log-probabilities (a corpus pass), when a random start takes them as its MLM
+    bias or rank 0 reports the held-out unigram baseline; else None."""
     held_out_baseline = rank == 0 and data.eval is not None
-    log_probs = unigram_log_probs(data.train) if bias_from_unigrams or held_out_baseline else None  # a corpus pass
-    if bias_from_unigrams:
+    return unigram_log_probs(data.train) if _bias_from_unigrams(cfg, state) or held_out_baseline else None
+
+
+def _bias_from_unigrams(cfg: PretrainConfig, state: dict | None) -> bool:
+    return bool(cfg.unigram_bias and state is None and not Path(cfg.model).is_dir())  # random starts only
+
+
+def _ready_to_train(cfg: PretrainConfig, model: BertForPreTraining, state: dict | None, log_probs: np.ndarray | None,
+                    rank: int, world: int, device: torch.device
+                    ) -> tuple[torch.nn.Module, torch.optim.Optimizer, Progress]:
+    """The model on its device in training mode (a random start at the unigram baseline), its optimizer, both
+    restored from `state` with the RNGs and the counters, and the module the steps run (DDP-wrapped under torchrun)."""
+    if _bias_from_unigrams(cfg, state):
         with torch.no_grad():  # a random start begins at the unigram baseline
             model.mlm.bias.copy_(torch.from_numpy(log_probs))
-    dtype = resolve_dtype(cfg.dtype, device)
     model.to(device).train()
     if cfg.dropout >= 0:
         set_dropout(model, cfg.dropout)
@@ -399,162 +584,94 @@ def _run(cfg: PretrainConfig, rank: int, world: int, device: torch.device) -> di
         # Without NSP the pooler feeds no loss; frozen, DDP does not wait for its gradients (and AdamW skips it).
         model.bert.pooler.requires_grad_(False)
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
-    step, tokens_seen, clock_before, train_s = 0, 0, 0.0, 0.0
+    progress = Progress()
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        step, tokens_seen = int(state["step"]), int(state["tokens_seen"])
-        clock_before, train_s = float(state["elapsed_s"]), float(state["train_s"])
+        progress = Progress(int(state["step"]), int(state["tokens_seen"]), float(state["elapsed_s"]),
+                            float(state["train_s"]))
         set_rng_state(state["rng"])
     if rank > 0:  # dropout differs per rank (rank 0 restores its exact stream; the others are re-seeded by step)
-        torch.manual_seed(cfg.seed + 7919 * rank + step)
+        torch.manual_seed(cfg.seed + 7919 * rank + progress.step)
     net = DistributedDataParallel(model) if world > 1 else model
+    return net, optimizer, progress
 
-    micro = cfg.batch_size // (world * cfg.grad_accum)
-    sampler = Sampler(len(data.train), cfg.seed)
-    held_out = unigram = None
-    if held_out_baseline:
-        held_out = eval_batches(data.eval, cfg.eval_sequences, max(micro, 32), cfg.seed)
-        unigram = unigram_loss(log_probs, held_out)
 
-    log_path = run_dir / "log.jsonl"
-    if rank == 0:
-        _trim_log(log_path, step if state is not None else None)
-    jlog = JsonlLog(log_path)
-    if rank == 0:
-        log.info("pre-training %s (%s parameters) on %d sequences of <= %d tokens (%d tokens); %d held out; "
-                 "%d process(es) on %s, %s; unigram baseline loss %s", cfg.model,
-                 f"{sum(p.numel() for p in model.parameters()):,}", len(data.train), cfg.seq_len,
-                 data.counts["train_tokens"], data.counts["eval_sequences"], world, device,
-                 str(dtype).removeprefix("torch."), "n/a" if unigram is None else f"{unigram:.3f}")
+def _held_out_set(cfg: PretrainConfig, data: PretrainData, log_probs: np.ndarray | None, micro: int, rank: int
+                  ) -> tuple[list[dict] | None, float | None]:
+    """The fixed held-out batches and the unigram baseline's loss on them (rank 0, when there are held-out data)."""
+    if rank != 0 or data.eval is None:
+        return None, None
+    batches = eval_batches(data.eval, cfg.eval_sequences, max(micro, 32), cfg.seed)
+    return batches, unigram_loss(log_probs, batches)
 
-    last_eval: dict = {}
-    last_eval_clock = clock_before
-    eval_s = 0.0  # evaluation time of this session: it does not count on the training clock
 
-    def run_eval(clock: float) -> None:
-        nonlocal last_eval, last_eval_clock, eval_s
-        if held_out is None:
-            return
-        t = time.perf_counter()
-        last_eval = {"step": step, "minutes": round(clock / 60, 3), **evaluate(model, held_out, device, dtype)}
-        last_eval_clock = clock
-        jlog.write({"split": "eval", "step": step, "elapsed_s": round(clock, 3), "tokens": tokens_seen,
-                    **{k: v for k, v in last_eval.items() if k not in ("step", "minutes")}})
-        log.info("step %d (%.1f min): held-out MLM loss %.4f, perplexity %.1f, accuracy %.4f%s", step, clock / 60,
-                 last_eval["mlm_loss"], last_eval["perplexity"], last_eval["mlm_accuracy"],
-                 f", NSP accuracy {last_eval['nsp_accuracy']:.4f}" if "nsp_accuracy" in last_eval else "")
-        eval_s += time.perf_counter() - t
+def _announce(cfg: PretrainConfig, model: BertForPreTraining, data: PretrainData, world: int, device: torch.device,
+              dtype: torch.dtype, unigram: float | None) -> None:
+    log.info("pre-training %s (%s parameters) on %d sequences of <= %d tokens (%d tokens); %d held out; "
+             "%d process(es) on %s, %s; unigram baseline loss %s", cfg.model,
+             f"{sum(p.numel() for p in model.parameters()):,}", len(data.train), cfg.seq_len,
+             data.counts["train_tokens"], data.counts["eval_sequences"], world, device,
+             str(dtype).removeprefix("torch."), "n/a" if unigram is None else f"{unigram:.3f}")
 
-    def save_checkpoint(clock: float) -> None:
-        ckpts.save(step, {"step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                          "rng": rng_state(), "tokens_seen": tokens_seen, "elapsed_s": clock, "train_s": train_s,
-                          "config": dataclasses.asdict(cfg), "model_config": model.cfg.to_dict()})
 
-    if rank == 0 and state is None:
-        run_eval(0.0)  # the starting point of the curve
-    eval_s = 0.0
-    t_start = time.perf_counter()
-    elapsed = lambda: clock_before + time.perf_counter() - t_start - eval_s  # the training clock
-    budget = cfg.max_minutes * 60
-    window = np.zeros(7)  # mlm ce, correct, masked, nsp ce, nsp correct, sequences, tokens since the last record
-    window_s = 0.0  # step time since the last record
-    last_saved = step if state is not None else -1
-    last_line = time.perf_counter()
-    interrupted = False
-    show_bar = rank == 0 and cfg.progress and sys.stderr.isatty()
-    bar = tqdm(total=cfg.steps or None, initial=step, unit="step", dynamic_ncols=True, disable=not show_bar)
+def _agree(batches: list[dict], now: float, stop: StopRequest, budget: float, rank: int, world: int,
+           device: torch.device) -> list[float]:
+    """One agreement per step, before any work: the step's masked-token count, rank 0's clock (the schedule must be
+    the same everywhere), whether any rank was interrupted, whether time is up."""
+    return _all_reduce([sum(b["mlm_labels"].numel() for b in batches), now if rank == 0 else 0.0,
+                        float(stop.requested), float(rank == 0 and budget > 0 and now >= budget)], device, world)
 
-    with StopRequest() as stop:
-        while not (cfg.steps and step >= cfg.steps):
-            t0 = time.perf_counter()
-            first = step * cfg.batch_size + rank * micro * cfg.grad_accum
-            batches = [data.train(sampler.take(first + j * micro, micro)) for j in range(cfg.grad_accum)]
-            # One agreement per step, before any work: the step's masked-token count, rank 0's clock (the
-            # schedule must be the same everywhere), whether any rank was interrupted, whether time is up.
-            now = elapsed()
-            masked, clock, interrupts, out_of_time = _all_reduce(
-                [sum(b["mlm_labels"].numel() for b in batches), now if rank == 0 else 0.0, float(stop.requested),
-                 float(rank == 0 and budget > 0 and now >= budget)], device, world)
-            if interrupts or out_of_time:
-                interrupted = interrupts > 0
-                break
-            lr = learning_rate(cfg, step, clock)
-            set_lr(optimizer, lr)
-            stats = torch.zeros(7, dtype=torch.float64, device=device)
-            for j, batch in enumerate(batches):
-                b = _to(batch, device)
-                sync = net.no_sync() if world > 1 and j < len(batches) - 1 else contextlib.nullcontext()
-                with sync:
-                    with autocast(device, dtype):
-                        mlm_logits, nsp_logits = net(b["input_ids"], b["attention_mask"], b["token_type_ids"],
-                                                     mlm_positions=b["mlm_positions"])
-                    mlm_ce = F.cross_entropy(mlm_logits.float(), b["mlm_labels"], reduction="sum")  # [N masked]
-                    loss = mlm_ce * (world / max(masked, 1.0))  # DDP averages over ranks: undo it, divide by all
-                    nsp_ce = torch.zeros((), device=device)
-                    if nsp_logits is not None:
-                        nsp_ce = F.cross_entropy(nsp_logits.float(), b["nsp_labels"], reduction="sum")
-                        loss = loss + nsp_ce * (world / cfg.batch_size)
-                    loss.backward()
-                with torch.no_grad():
-                    stats += torch.stack([
-                        mlm_ce.detach().double(), (mlm_logits.argmax(-1) == b["mlm_labels"]).sum().double(),
-                        torch.tensor(float(b["mlm_labels"].numel()), device=device), nsp_ce.detach().double(),
-                        (nsp_logits.argmax(-1) == b["nsp_labels"]).sum().double() if nsp_logits is not None
-                        else torch.zeros((), dtype=torch.float64, device=device),
-                        torch.tensor(float(len(b["input_ids"])), device=device),
-                        b["attention_mask"].sum().double()])
-            grad_norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            stats_all = np.array(_all_reduce(stats.tolist(), device, world))
-            # Already on the host: checking every step is free, and stops before a NaN model could be saved.
-            check_finite(step, stats_all[0] / max(stats_all[2], 1) + stats_all[3] / max(stats_all[5], 1),
-                         float(grad_norm))
-            train_s += time.perf_counter() - t0
-            window_s += time.perf_counter() - t0
-            tokens_seen += int(stats_all[6])
-            window += stats_all
-            bar.update(1)
 
-            if rank == 0 and (step % cfg.log_every == 0 or (cfg.steps and step == cfg.steps)):
-                rec = _train_record(window, step, lr, float(grad_norm), tokens_seen, elapsed(), window_s, cfg.nsp)
-                jlog.write(rec)
-                window[:], window_s = 0, 0.0
-                now = time.perf_counter()
-                eta = ((cfg.steps - step) * train_s / max(step, 1)) if cfg.steps else max(0.0, budget - elapsed())
-                bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{rec['mlm_accuracy']:.3f}",
-                                tok_s=f"{rec['tokens_per_s']:.0f}", eta=f"{eta / 60:.1f}m", refresh=False)
-                if not show_bar and now - last_line >= 30:
-                    last_line = now
-                    log.info("step %d: loss %.4f, MLM accuracy %.4f, %.0f tokens/s, %.1f min left", step, rec["loss"],
-                             rec["mlm_accuracy"], rec["tokens_per_s"], eta / 60)
-            if rank == 0:
-                now_clock = elapsed()
-                if (cfg.eval_every and step % cfg.eval_every == 0) or (
-                        cfg.eval_every_minutes and now_clock - last_eval_clock >= cfg.eval_every_minutes * 60):
-                    run_eval(now_clock)
-                if cfg.save_every and step % cfg.save_every == 0:
-                    save_checkpoint(elapsed())
-                    last_saved = step
-    bar.close()
+def train_step(net: torch.nn.Module, model: BertForPreTraining, optimizer: torch.optim.Optimizer,
+               batches: list[dict], masked: float, lr: float, batch_size: int, world: int, device: torch.device,
+               dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step over this rank's micro-batches, gradients accumulated (DDP syncs on the last one) and
+    clipped to norm 1.0. `masked`: the step's masked tokens on all ranks, which normalises the MLM loss. Returns this
+    rank's sums (SUMS) and the gradient norm."""
+    set_lr(optimizer, lr)
+    sums = torch.zeros(len(SUMS), dtype=torch.float64, device=device)
+    for j, batch in enumerate(batches):
+        b = _to(batch, device)
+        sync = net.no_sync() if world > 1 and j < len(batches) - 1 else contextlib.nullcontext()
+        with sync:
+            with autocast(device, dtype):
+                mlm_logits, nsp_logits = net(b["input_ids"], b["attention_mask"], b["token_type_ids"],
+                                             mlm_positions=b["mlm_positions"])
+            mlm_ce = F.cross_entropy(mlm_logits.float(), b["mlm_labels"], reduction="sum")  # [N masked]
+            loss = mlm_ce * (world / max(masked, 1.0))  # DDP averages over ranks: undo it, divide by all
+            nsp_ce = torch.zeros((), device=device)
+            if nsp_logits is not None:
+                nsp_ce = F.cross_entropy(nsp_logits.float(), b["nsp_labels"], reduction="sum")
+                loss = loss + nsp_ce * (world / batch_size)
+            loss.backward()
+        with torch.no_grad():
+            sums += torch.stack([
+                mlm_ce.detach().double(), (mlm_logits.argmax(-1) == b["mlm_labels"]).sum().double(),
+                torch.tensor(float(b["mlm_labels"].numel()), device=device), nsp_ce.detach().double(),
+                (nsp_logits.argmax(-1) == b["nsp_labels"]).sum().double() if nsp_logits is not None
+                else torch.zeros((), dtype=torch.float64, device=device),
+                torch.tensor(float(len(b["input_ids"])), device=device),
+                b["attention_mask"].sum().double()])
+    grad_norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return sums, grad_norm
 
-    clock = elapsed()
-    if rank != 0:
-        return {"steps": step, "tokens_seen": tokens_seen, "interrupted": interrupted}
-    if not interrupted and last_eval.get("step") != step:
-        run_eval(clock)
-    if last_saved != step:
-        save_checkpoint(clock)
-    save_hf(model, tokenizer, run_dir)
-    metrics = _metrics(cfg, log_path, last_eval, unigram, step, tokens_seen, clock, train_s, interrupted, world,
-                       device, dtype, data.counts)
-    write_json(run_dir / "metrics.json", metrics)
-    _plot(log_path, unigram, run_dir / "learning_curve.png")
-    if interrupted:
-        log.info("stopped at step %d; continue with --resume", step)
-    return metrics
+
+def check_divergence(step: int, sums: np.ndarray, grad_norm: torch.Tensor) -> None:
+    """The divergence guard: the step's sums are already on the host, so checking every step is free, and stops the
+    run before a NaN model could be saved."""
+    check_finite(step, sums[0] / max(sums[2], 1) + sums[3] / max(sums[5], 1), float(grad_norm))
+
+
+def save_checkpoint(ckpts: Checkpoints, cfg: PretrainConfig, model: BertForPreTraining,
+                    optimizer: torch.optim.Optimizer, progress: Progress, clock: float) -> None:
+    """Everything an exact resume needs: weights, optimizer, RNGs (dropout), counters and the clock."""
+    ckpts.save(progress.step, {"step": progress.step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                               "rng": rng_state(), "tokens_seen": progress.tokens_seen, "elapsed_s": clock,
+                               "train_s": progress.train_s, "config": dataclasses.asdict(cfg),
+                               "model_config": model.cfg.to_dict()})
 
 
 def _resume_state(cfg: PretrainConfig, ckpts: Checkpoints, model_cfg: BertConfig) -> dict | None:
@@ -607,9 +724,9 @@ def _train_record(w: np.ndarray, step: int, lr: float, grad_norm: float, tokens_
     return {k: float(v) if isinstance(v, (np.floating, float)) else v for k, v in rec.items()}
 
 
-def _metrics(cfg: PretrainConfig, log_path: Path, last_eval: dict, unigram: float | None, step: int, tokens_seen: int,
-             clock: float, train_s: float, interrupted: bool, world: int, device: torch.device, dtype: torch.dtype,
-             counts: dict) -> dict:
+def _metrics(cfg: PretrainConfig, log_path: Path, last_eval: dict, unigram: float | None, progress: Progress,
+             clock: float, interrupted: bool, world: int, device: torch.device, dtype: torch.dtype, counts: dict) -> dict:
+    step, tokens_seen, train_s = progress.step, progress.tokens_seen, progress.train_s
     records = read_jsonl(log_path) if log_path.is_file() else []
     train = [r for r in records if r.get("split") == "train"]
     metrics = {

@@ -15,8 +15,9 @@ cell and "single" rows its batch-1 cell. Sources, per precision:
   | batched, layers x hidden < 4096 (Mini, Small, MiniLM) | CTranslate2: Mini 500 vs torch 442, Small 140 vs 124, MiniLM 156 vs 132 |
   | batched, layers x hidden >= 4096 (Medium, Base) | torch (unpadded): Medium 71.6 = CTranslate2 71.6, Base 19.5 vs 16.0 |
 
-- **bf16** (the default where the CPU has native bf16): issue 13's side-by-side run on a 2-vCPU EPYC with AVX-512
-  BF16 (not re-measured: the machine of 2026-12-01 has no bf16). Length-sorted: OpenVINO bf16 10,481/s vs ours
+- **bf16** (the default where the CPU has native bf16): the engine comparison run before 2026-12-01 on a 2-vCPU
+  AMD EPYC with AVX-512 BF16 + VNNI, real NYT sentences, 2 threads per engine (not re-measured: the machine of
+  2026-12-01 has no bf16). Length-sorted: OpenVINO bf16 10,481/s vs ours
   4,963 on Tiny, 583 vs 516 on MiniLM, 508 vs 468 on Small; batch 1: ONNX Runtime 0.26 ms on Tiny, OpenVINO
   3.4-17 ms on the larger ones vs ours 8.4-33.6.
 - **int8**: ONNX Runtime first everywhere, for accuracy: its calibrated int8 (smoothquant.py) is the one int8 path

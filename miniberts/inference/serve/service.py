@@ -1,0 +1,183 @@
+"""What the routes call: the loaded model, its tokenizer thread and its batcher, and the server's state.
+
+A request is admitted (or refused with 429 at once), tokenized on the tokenizer thread, queued for the model thread,
+and awaited together with its client's disconnection: a client that goes cancels its inputs before they run.
+The model's own entry points do the work (`Model.embed_tokens`, `Model.predict_tokens`), so a served vector is the
+one `Model.embed` gives and a served label the one `miniberts predict` gives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.metadata
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+from starlette.requests import Request
+
+from ...errors import MinibertsError
+from ...model import BertForSequenceClassification
+from ..config import EmbedConfig, PredictConfig
+from ..loaded_model import Model, load
+from .batcher import Batcher, Job
+from .bodies import ApiError, Inputs
+from .config import ServeConfig
+from .metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+class ClientGone(Exception):
+    """The client disconnected before its answer was ready."""
+
+
+def longest_inputs(model: Model) -> tuple[int, int | None]:
+    """Tokens per input, [CLS]/[SEP] included: (embeddings, predictions or None without a head). Embeddings run as
+    `Model.embed` runs them (a sentence-transformers directory's max_seq_length); predictions up to the positions."""
+    embed_length = model.embedding_settings(EmbedConfig())[2]
+    head = isinstance(model.module, BertForSequenceClassification)
+    return embed_length, model.config.max_position_embeddings if head else None
+
+
+def check_budget(model: Model, cfg: ServeConfig) -> None:
+    """--max-batch-tokens must hold the longest input alone, or a long request could never run."""
+    longest = max(n for n in longest_inputs(model) if n)
+    if cfg.max_batch_tokens < longest:
+        raise MinibertsError(f"--max-batch-tokens must be at least {longest}, the longest input of {model.source} "
+                             f"(tokens with [CLS]/[SEP]), got {cfg.max_batch_tokens}")
+
+
+class Service:
+    def __init__(self, cfg: ServeConfig, source: str, model: Model | None = None):
+        self.cfg = cfg
+        self.source = source
+        self.model = model
+        self.state = "loading"  # -> "ready" -> "draining"; "failed" when loading failed
+        self.metrics = Metrics()
+        self.batcher: Batcher | None = None
+        # One tokenizer thread: the tokenizer's truncation setting is shared state, so calls must not overlap.
+        self._tokenizer_thread = ThreadPoolExecutor(1, thread_name_prefix="miniberts-tokenizer")
+
+    # --- life cycle -----------------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Load (when not given), check the batch budget, warm the backend up, start the model thread."""
+        if self.cfg.threads:
+            torch.set_num_threads(self.cfg.threads)
+        if self.model is None:
+            self.model = load(self.source)
+        check_budget(self.model, self.cfg)
+        self.embed_length, self.predict_length = longest_inputs(self.model)
+        self.batcher = Batcher(self._compute, self.cfg.max_batch_tokens, self.cfg.max_concurrent_requests,
+                               self.metrics)
+        # Warm up on one row and on many (--backend auto may pick another engine for each, backends/auto.py), so the
+        # engines' one-time exports happen before /health answers 200, not in the first requests' passes.
+        for rows in (1, max(2, self.cfg.max_client_batch_size)):
+            ids, types = self.model.embedding_tokens(["warm up"] * rows, self.embed_length)
+            self._compute(("embed", True), ids, types)
+            if self.predict_length:
+                self._compute(("predict",), ids, types)
+        self.batcher.start()
+        self.state = "ready"
+        log.info("serving %s", self.source)
+
+    def stop(self) -> None:
+        if self.batcher is not None:
+            self.batcher.stop()
+        self._tokenizer_thread.shutdown()
+
+    def healthy(self) -> bool:
+        return self.state == "ready" and self.batcher is not None and self.batcher.healthy()
+
+    # --- the model thread's work ----------------------------------------------------------------------------
+    def _compute(self, kind: tuple, ids: list[list[int]], type_ids: list[list[int]]):
+        cfg = self.cfg
+        if kind[0] == "embed":
+            settings = EmbedConfig(normalize=kind[1], batch_size=len(ids), dtype=cfg.dtype, backend=cfg.backend,
+                                   int8=cfg.int8)
+            return self.model.embed_tokens(ids, type_ids, settings)
+        settings = PredictConfig(batch_size=len(ids), dtype=cfg.dtype, backend=cfg.backend, int8=cfg.int8)
+        return self.model.predict_tokens(ids, type_ids, settings)
+
+    # --- requests -------------------------------------------------------------------------------------------
+    def tokens(self, inputs: Inputs, predict: bool, truncate: bool) -> tuple[list[list[int]], list[list[int]]]:
+        """Token ids as the model runs them; 422 naming the first input over the length when not `truncate`."""
+        length = self.predict_length if predict else self.embed_length
+        width = length if truncate else length + 1  # one token more shows which inputs are too long
+        if predict:
+            ids, types = self.model.tokenizer.encode(inputs.texts, inputs.pairs, width)
+        else:
+            ids, types = self.model.embedding_tokens(inputs.texts, width)
+        long = next((i for i, x in enumerate(ids) if len(x) > length), None)
+        if long is not None:
+            raise ApiError(422, "validation", f"input {long} is longer than the model's {length} tokens; "
+                                              "send \"truncate\": true to cut it")
+        return ids, types
+
+    async def run(self, inputs: Inputs, kind: tuple, truncate: bool, request: Request) -> tuple[list, int]:
+        """Admit, tokenize, queue and await `inputs` as `kind` (a `Job`'s): (one result per input in order, the
+        number of tokens they ran as)."""
+        self.check_ready()
+        predict = kind[0] == "predict"
+        if predict and not self.predict_length:
+            raise ApiError(422, "validation", f"{self.source} has no classification/regression head: /predict needs "
+                                              "a fine-tuned classifier (`miniberts finetune`); /embed works")
+        count = len(inputs.texts)
+        if not self.batcher.admit(count):
+            raise ApiError(429, "overloaded", f"more than --max-concurrent-requests "
+                                              f"{self.cfg.max_concurrent_requests} inputs are waiting; retry later")
+        loop = asyncio.get_running_loop()
+        try:
+            ids, types = await loop.run_in_executor(self._tokenizer_thread, self.tokens, inputs, predict, truncate)
+        except BaseException:
+            self.batcher.release(count)
+            raise
+        job = Job(kind, ids, types, loop, loop.create_future())
+        self.batcher.submit(job)
+        gone = asyncio.ensure_future(_disconnected(request))
+        try:
+            await asyncio.wait({job.future, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+        if not job.future.done():
+            job.cancelled = True  # the model thread drops its queued inputs
+            job.future.cancel()
+            raise ClientGone()
+        return job.future.result(), sum(len(x) for x in ids)
+
+    async def token_lists(self, inputs: Inputs) -> list[list[tuple[int, str, bool, int, int]]]:
+        """Per input, its tokens as embeddings run it: (id, token, special, start, stop) each."""
+        self.check_ready()
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._tokenizer_thread, self.model.tokenizer.pieces, inputs.texts,
+                                          self.embed_length)
+
+    def check_ready(self) -> None:
+        if self.state != "ready":
+            raise ApiError(503, "unhealthy", f"the server is {self.state}")
+
+    def info(self) -> dict:
+        model, cfg = self.model, self.cfg
+        head = isinstance(model.module, BertForSequenceClassification)
+        return {
+            "model_id": self.source,
+            "model_sha": None,  # a local directory has no revision; a Hub model's would go here
+            "model_type": ("regressor" if model.config.regression else "classifier") if head else "embedding",
+            "labels": list(model.config.id2label) if head else None,
+            "dimensions": model.config.hidden_size,
+            "pooling": model.embedding_settings(EmbedConfig())[0],
+            "max_input_length": self.embed_length,
+            "backend": cfg.backend,
+            "precision": "int8" if cfg.int8 else cfg.dtype,
+            "max_batch_tokens": cfg.max_batch_tokens,
+            "max_client_batch_size": cfg.max_client_batch_size,
+            "max_concurrent_requests": cfg.max_concurrent_requests,
+            "payload_limit": cfg.payload_limit,
+            "version": importlib.metadata.version("miniberts"),
+        }
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client disconnects (the body has been read, so the next ASGI message is the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass

@@ -3,7 +3,8 @@
     python benchmarks/profile_call.py [--models minilm,tiny] [--sentences 4000] [--iters 200] [--out docs/profile_call.md]
 
 Per model (the real MiniLM-L6 and the Tiny preset, random weights: its speed does not depend on them), defaults
-throughout (fp32 on a CPU without native bf16, `--backend auto`, batch 32, the model's own max length):
+throughout (`--dtype auto`: bf16 where the CPU has it natively, else fp32; `--backend auto`, batch 32, the model's
+own max length):
 
 1. **The whole process**, as a user runs it: `python -m miniberts embed MODEL FILE --output X.npy` in a subprocess,
    its wall time with the engine artifact cached (a warm-up run builds it first), beside `python -c pass`
@@ -38,6 +39,7 @@ import torch
 import miniberts
 from miniberts.bench.harness import cpu_model, forward_flops, matmul_peak, rt_rows
 from miniberts.data.builtin import minilm_dir
+from miniberts.device import autocast, resolve_dtype
 from miniberts.fileio import atomic_write_text
 from miniberts.inference.batching import length_batches, pool
 from miniberts.inference.config import EmbedConfig
@@ -77,24 +79,26 @@ def stages(source: str, texts: list[str], work: Path) -> tuple[dict[str, float],
     t = {}
     t["load"], model = timed(lambda: miniberts.load(source, device="cpu"))
     pooling, _, length = model.embedding_settings(EmbedConfig())
+    dtype = resolve_dtype(EmbedConfig().dtype, torch.device("cpu"))  # the default: bf16 where the CPU has it natively
     cache = os.environ.get("MINIBERTS_CACHE")
     os.environ["MINIBERTS_CACHE"] = str(work / "cache")  # empty: the artifact is built here
     try:
         t["engine preparation (built)"], _ = timed(lambda: miniberts.load(source, device="cpu")._runner(
-            False, "auto", torch.float32, False, 32))
-        t["engine preparation (cached)"], (runner, _) = timed(lambda: model._runner(False, "auto", torch.float32, False, 32))
+            False, "auto", dtype, False, 32))
+        # run_dtype: bf16 for torch's bf16 (autocast), fp32 for an engine (it runs in its own precision)
+        t["engine preparation (cached)"], (runner, run_dtype) = timed(lambda: model._runner(False, "auto", dtype, False, 32))
     finally:
         os.environ.pop("MINIBERTS_CACHE") if cache is None else os.environ.update(MINIBERTS_CACHE=cache)
     t["tokenization"], (ids, types) = timed(lambda: model.tokenizer.encode(texts, None, length))
     t["batching"], batches = timed(lambda: [model.tokenizer.pad_batch([ids[i] for i in b], [types[i] for i in b])
                                             for b in length_batches([len(x) for x in ids], 32)])
     outputs, t["engine"], t["pooling"] = [], 0.0, 0.0
-    with torch.inference_mode():
+    with torch.no_grad(), autocast(torch.device("cpu"), run_dtype):
         runner(batches[0]["input_ids"], batches[0]["attention_mask"], batches[0]["token_type_ids"])  # first-run set-up
         for b in batches:
             seconds, (hidden, pooled) = timed(lambda: runner(b["input_ids"], b["attention_mask"], b["token_type_ids"]))
             t["engine"] += seconds
-            seconds, vectors = timed(lambda: pool(hidden, pooled, b["attention_mask"], pooling))
+            seconds, vectors = timed(lambda: pool(hidden.float(), pooled.float(), b["attention_mask"], pooling))
             t["pooling"] += seconds
             outputs.append(vectors)
     vectors = torch.cat(outputs).numpy()
@@ -105,7 +109,7 @@ def stages(source: str, texts: list[str], work: Path) -> tuple[dict[str, float],
 
 def one_sentence(model, text: str, iters: int) -> dict[str, float]:
     """p50 ms of Model.embed(text), of its stages, and of the engine's own call (tokenization included)."""
-    runner, _ = model._runner(False, "auto", torch.float32, False, 1)
+    runner, _ = model._runner(False, "auto", resolve_dtype(EmbedConfig().dtype, torch.device("cpu")), False, 1)
     _, _, length = model.embedding_settings(EmbedConfig())
 
     def p50(fn) -> float:

@@ -26,6 +26,8 @@ from torch import nn
 from .config import BertConfig, check_length, find_preset
 from .errors import CheckpointError
 from .fileio import atomic_path, atomic_write_text
+from .hub import local_path
+from .model_card import CardInfo, write_card
 from .model import BertForPreTraining, BertForSequenceClassification, BertModel
 from .tokenizer import BUILTIN_VOCAB, WordPieceTokenizer, open_vocab
 
@@ -151,8 +153,8 @@ def to_hf(state: dict[str, torch.Tensor], num_layers: int) -> dict[str, torch.Te
 
 def read_checkpoint(src: str | Path) -> Checkpoint:
     """A Hugging Face directory (config.json + model.safetensors | pytorch_model.bin) or a Google TF release
-    directory (bert_config.json + bert_model.ckpt.index/.data-*)."""
-    src = Path(src)
+    directory (bert_config.json + bert_model.ckpt.index/.data-*), given as a path or a Hub id (`miniberts.hub`)."""
+    src = local_path(src)
     if not src.is_dir():
         raise CheckpointError(f"{src}: not a directory (expected a Hugging Face or Google TF model directory)")
     if (src / "config.json").is_file():
@@ -167,14 +169,23 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0][:200]}" if text else type(e).__name__
 
 
+def check_finite_weights(tensors: dict, where: str | Path) -> None:
+    """Refuse weights holding NaN or infinite values (a corrupted download, a diverged run): they would load and
+    run, and every output would be NaN."""
+    for name, tensor in tensors.items():
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise CheckpointError(f"{where}: tensor {name} holds NaN or infinite values (a corrupted file or a "
+                                  "diverged run); refused")
+
+
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
     """The tensors of one weights file, safetensors or a weights-only PyTorch pickle. Whatever the damage (a
     truncated download, a zero-byte file, garbage), one line: `FILE: corrupt or truncated (...)`. A pickle that
-    asks to build arbitrary objects is refused as such (nothing is executed: weights_only=True)."""
+    asks to build arbitrary objects is refused as such (nothing is executed: weights_only=True); so are weights
+    with NaN or infinite values."""
     try:
-        if path.suffix == ".safetensors":
-            return load_file(path)
-        return torch.load(path, map_location="cpu", weights_only=True)
+        tensors = load_file(path) if path.suffix == ".safetensors" else torch.load(path, map_location="cpu",
+                                                                                    weights_only=True)
     except pickle.UnpicklingError as e:
         if "weights_only" in str(e) or "Weights only" in str(e):
             raise CheckpointError(f"{path}: not a weights-only PyTorch file (it asks to unpickle arbitrary objects; "
@@ -182,6 +193,9 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: corrupt or truncated ({_first_line(e)})") from None
     except Exception as e:  # safetensors and torch raise several types (SafetensorError, RuntimeError, EOFError, ...)
         raise CheckpointError(f"{path}: corrupt or truncated ({_first_line(e)})") from None
+    if isinstance(tensors, dict):
+        check_finite_weights(tensors, path)
+    return tensors
 
 
 def _read_hf(src: Path) -> Checkpoint:
@@ -205,6 +219,7 @@ def _read_tf(src: Path) -> Checkpoint:
         raise CheckpointError(f"{src}: no TF checkpoint (*.ckpt.index) next to bert_config.json")
     prefix = indexes[-1].with_suffix("")  # e.g. bert_model.ckpt (the latest of model.ckpt-N when several)
     foreign = {k: torch.from_numpy(v.copy()) for k, v in read_tf_checkpoint(prefix).items()}
+    check_finite_weights(foreign, prefix)
     state = from_foreign(foreign, "tf", cfg.num_layers, str(prefix))
     if "classifier.weight" in state:  # run_classifier.py's output layer: its width is the number of labels
         cfg = cfg.with_task([str(i) for i in range(state["classifier.weight"].shape[0])], regression=False)
@@ -235,8 +250,9 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], where: str, all
 
 
 def resolve(model: str | Path) -> Checkpoint:
-    """A model directory, or a preset name (random initialisation with the built-in uncased vocab)."""
-    path = Path(model)
+    """A model directory, a Hub id (`org/name[@revision]`, `released:tiny`: see miniberts/hub.py), or a preset name
+    (random initialisation with the built-in uncased vocab)."""
+    path = local_path(model)
     if path.exists():
         return read_checkpoint(path)
     preset = find_preset(str(model))
@@ -248,7 +264,7 @@ def resolve(model: str | Path) -> Checkpoint:
 def read_config(model: str | Path) -> tuple[BertConfig, str]:
     """(config, where it came from) of a model directory or preset, without reading any weights: settings that
     depend on the model (`--max-length` against its positions) are checked before a data file is opened."""
-    path = Path(model)
+    path = local_path(model)
     if not path.exists():
         preset = resolve(model)  # a preset holds no weights to read (or the one-line "neither ... nor" error)
         return preset.config, preset.source
@@ -335,9 +351,10 @@ def load_classifier(model: "str | Path | Checkpoint", id2label: list[str] | None
 ARCHITECTURES = {BertModel: "BertModel", BertForPreTraining: "BertForPreTraining", BertForSequenceClassification: "BertForSequenceClassification"}
 
 
-def save_hf(model: nn.Module, tokenizer: WordPieceTokenizer, out_dir: str | Path) -> Path:
-    """Write the Hugging Face layout: config.json, model.safetensors, vocab + tokenizer files. Each file is
-    written atomically; `transformers.*.from_pretrained(out_dir)` loads it unchanged."""
+def save_hf(model: nn.Module, tokenizer: WordPieceTokenizer, out_dir: str | Path, card: CardInfo | None = None) -> Path:
+    """Write the Hugging Face layout: config.json, model.safetensors, vocab + tokenizer files, and the model card
+    README.md (`card`: what the caller knows of the model's origin). Each file is written atomically;
+    `transformers.*.from_pretrained(out_dir)` loads it unchanged."""
     out_dir = Path(out_dir)
     model = getattr(model, "module", model)  # unwrap DDP
     model = getattr(model, "_orig_mod", model)  # unwrap torch.compile
@@ -355,6 +372,7 @@ def save_hf(model: nn.Module, tokenizer: WordPieceTokenizer, out_dir: str | Path
         save_file(tensors, str(tmp), metadata={"format": "pt"})
     atomic_write_text(out_dir / "config.json", json.dumps(cfg.to_hf_dict([arch]), indent=2))
     tokenizer.save(out_dir)
+    write_card(out_dir, card)
     return out_dir
 
 
@@ -368,4 +386,4 @@ def convert(src: str | Path, out: str | Path) -> Path:
     else:
         model = BertModel(ckpt.config)
     load_state(model, ckpt.state, ckpt.source, allow_new=("bert.pooler.",))
-    return save_hf(model, load_tokenizer(ckpt), out)
+    return save_hf(model, load_tokenizer(ckpt), out, CardInfo("convert", [str(src)]))

@@ -33,6 +33,7 @@ COMMANDS = [
     "export",
     "bench",
     "serve",
+    "download",
 ]
 
 

@@ -19,10 +19,24 @@ LAYERS = (2, 4, 6, 8, 10, 12)
 HIDDEN = (128, 256, 512, 768)
 ALIASES = {"tiny": "2-128", "mini": "4-256", "small": "4-512", "medium": "8-512", "base": "12-768"}
 
+# The released checkpoints: one Hugging Face Hub repo per preset, `google/bert_uncased_L-{L}_H-{H}_A-{H/64}`, and the
+# commit of its `main` that `released:NAME` loads, so a released checkpoint never changes under a user. These are
+# the commits that public projects pin for these repos (their `main` has not moved since 2021); they were not checked
+# against the Hub from the machine that wrote this table. A preset with no commit here loads the repo's `main` as it
+# is, and `miniberts download` prints the commit it resolved (docs/release.md).
+RELEASE_ORG = "google"
+RELEASED_COMMITS = {
+    "2-128": "30b0a37ccaaa32f332884b96992754e246e48c5f",
+    "4-256": "387825ce42dbb39b87911cdf8e383ee3b25184f8",
+}
+
 # Activation names: ours -> Hugging Face. Google's bert_config.json says "gelu" but its modeling.py computes the
 # tanh approximation, so a Google config maps to "gelu_tanh" (see `from_google_json`).
 HF_ACTIVATIONS = {"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh"}
 HF_ACTIVATIONS_IN = {"gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh", "gelu_fast": "gelu_tanh"}
+
+# config.json keys that ask transformers to run Python code shipped with the model (trust_remote_code).
+REMOTE_CODE_KEYS = ("auto_map", "trust_remote_code", "custom_pipelines")
 
 # Sizes that must be whole numbers >= 1 (checked before `hidden_size % num_heads` can raise a ZeroDivisionError).
 # The shortest input that holds a token of each text of a pair: [CLS] a [SEP] b [SEP].
@@ -98,6 +112,10 @@ class BertConfig:
     @classmethod
     def from_hf_json(cls, path: Path) -> "BertConfig":
         raw = _read_json(path)
+        remote = sorted(k for k in REMOTE_CODE_KEYS if raw.get(k))
+        if remote:
+            raise CheckpointError(f"{path}: asks for remote code ({', '.join(remote)}); refused: miniberts builds its "
+                                  "own BERT and never runs code that came with a model")
         if raw.get("model_type", "bert") != "bert":
             raise CheckpointError(f"{path}: model_type is {raw['model_type']!r}, expected 'bert'")
         kwargs = {ours: raw[theirs] for ours, theirs in _SHARED_KEYS.items() if theirs in raw}
@@ -157,6 +175,16 @@ class Preset:
         """Other names: the paper's nickname where it has one, and the released repo name."""
         nick = [alias for alias, name in ALIASES.items() if name == self.name]
         return nick + [f"bert_uncased_L-{self.layers}_H-{self.hidden}_A-{self.hidden // 64}"]
+
+    @property
+    def repo_id(self) -> str:
+        """The Hugging Face Hub repo of the released checkpoint of this size."""
+        return f"{RELEASE_ORG}/{self.aliases[-1]}"
+
+    @property
+    def revision(self) -> str | None:
+        """The pinned commit of the released repo (None: not pinned, its `main` is read)."""
+        return RELEASED_COMMITS.get(self.name)
 
     def config(self) -> BertConfig:
         return BertConfig(

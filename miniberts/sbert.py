@@ -50,6 +50,10 @@ def read_layout(directory: str | Path) -> SentenceLayout | None:
     modules = _read_json(modules_path)
     if not isinstance(modules, list) or not all(isinstance(m, dict) and isinstance(m.get("type"), str) for m in modules):
         raise CheckpointError(f"{modules_path}: expected a JSON list of modules, each with a \"type\" and a \"path\"")
+    custom = [m["type"] for m in modules if not m["type"].startswith("sentence_transformers.")]
+    if custom:  # a module class of the model's own: code that came with it, which we never run
+        raise CheckpointError(f"{modules_path}: module {custom[0]!r} is custom code, not sentence-transformers' own; "
+                              "refused: miniberts never runs code that came with a model")
     kinds = [m["type"].rsplit(".", 1)[-1] for m in modules]
     if kinds[:2] != ["Transformer", "Pooling"] or any(k != "Normalize" for k in kinds[2:]):
         raise CheckpointError(f"{modules_path}: modules {kinds} are not supported (expected Transformer, Pooling and "

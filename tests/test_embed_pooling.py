@@ -182,7 +182,9 @@ def test_unsupported_modules_and_bad_max_seq_length(tmp_path, tiny):
     (root / "modules.json").write_text("{}")
     with pytest.raises(CheckpointError, match="modules.json: expected a JSON list of modules"):
         miniberts.load(root)
-    (root / "modules.json").write_text(json.dumps([{"path": "", "type": "x.Transformer"}, {"path": "1_Pooling", "type": "x.Pooling"}]))
+    modules = [{"path": "", "type": "sentence_transformers.models.Transformer"},
+               {"path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+    (root / "modules.json").write_text(json.dumps(modules))
     (root / "sentence_bert_config.json").write_text('{"max_seq_length": 0}')
     with pytest.raises(CheckpointError, match="sentence_bert_config.json: max_seq_length must be a positive whole number, got 0"):
         miniberts.load(root)
@@ -221,7 +223,9 @@ def test_nan_weights_refused_by_embed(capsys, tmp_path, tiny):
     save_file(weights, str(broken / "model.safetensors"))
     (tmp_path / "t.txt").write_text("hello\nworld\n")
     err = one_line_error(capsys, "embed", broken, tmp_path / "t.txt", "--output", tmp_path / "o.npy")
-    assert err == f"miniberts embed: error: {broken}: the model produced non-finite outputs (NaN or infinite weights?)"
+    assert err == (f"miniberts embed: error: {broken / 'model.safetensors'}: tensor "
+                   "encoder.layer.0.output.dense.weight holds NaN or infinite values (a corrupted file or a diverged "
+                   "run); refused")  # at load, before any text is read
     assert not (tmp_path / "o.npy").exists()
 
 

@@ -8,7 +8,8 @@ HELP = "Convert a Hugging Face or Google TF checkpoint directory to the Hugging 
 
 
 def add_arguments(parser):
-    parser.add_argument("src", help="a Hugging Face directory (config.json) or Google TF directory (bert_config.json)")
+    parser.add_argument("src", help="a Hugging Face directory (config.json), Google TF directory (bert_config.json) "
+                                    "or a Hub id (org/name[@revision], released:tiny)")
     parser.add_argument("out", help="output directory (Hugging Face layout: config.json, model.safetensors, vocab)")
 
 

@@ -17,8 +17,8 @@ HELP = "Sentence embeddings for a text file (one text per line) -> .npy"
 
 
 def add_arguments(parser):
-    parser.add_argument("model", help="a model directory (Hugging Face, Google TF or sentence-transformers layout) "
-                                      "or a preset name")
+    parser.add_argument("model", help="a model directory (Hugging Face, Google TF or sentence-transformers layout), "
+                                      "a Hub id (org/name[@revision], released:tiny) or a preset name")
     parser.add_argument("input", help="text file, one text per line (split on \\n only)")
     parser.add_argument("--output", required=True, help="output .npy file: float32 [lines, hidden]")
     add_dataclass_arguments(parser, EmbedConfig)

@@ -14,7 +14,9 @@ HELP = ("Export an encoder or classifier to ONNX (dynamic batch and sequence axe
 
 
 def add_arguments(parser):
-    parser.add_argument("model", help="a model directory (Hugging Face or Google TF layout); a classifier if it has a head")
+    parser.add_argument("model", help="a model directory (Hugging Face or Google TF layout) or a Hub id "
+                                      "(org/name[@revision], released:tiny); "
+                                      "a classifier if it has a head")
     parser.add_argument("--onnx", metavar="OUT", help="output .onnx file")
     parser.add_argument("--engine", choices=["onnxruntime", "openvino", "ctranslate2"],
                         help="write this engine's artifact of the encoder to --out DIR instead (what --backend runs)")

@@ -11,7 +11,8 @@ HELP = "Predict labels + probabilities (or scores) for a CSV/TSV/JSONL/text file
 
 
 def add_arguments(parser):
-    parser.add_argument("model", help="a fine-tuned model directory (e.g. a `miniberts finetune` RUN)")
+    parser.add_argument("model", help="a fine-tuned model directory (e.g. a `miniberts finetune` RUN) or its "
+                                      "Hub id (org/name[@revision])")
     parser.add_argument("input", help=".csv/.tsv/.jsonl with a header, or plain text with one text per line")
     parser.add_argument("--output", required=True, help="output file: .csv, .tsv or .jsonl")
     parser.add_argument("--text-column", help="column with the text (default: 'text' or 'sentence')")

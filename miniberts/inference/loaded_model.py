@@ -18,6 +18,7 @@ from ..checkpoint import load_classifier, load_encoder, resolve, save_hf
 from ..config import BertConfig, check_length
 from ..device import pick_device, resolve_dtype
 from ..errors import MinibertsError
+from ..hub import local_path
 from ..model import BertForSequenceClassification, BertModel
 from ..sbert import SentenceLayout, read_layout, write_layout
 from ..tokenizer import WordPieceTokenizer
@@ -164,10 +165,11 @@ class Model:
 
 
 def load(path_or_preset: str | Path, device: str | torch.device | None = None) -> Model:
-    """A model directory (Hugging Face, Google TF or sentence-transformers layout) or a preset name ("tiny", "4-256",
-    ...: random initialisation). A directory with a fine-tuned head loads as a classifier/regressor, which can
+    """A model directory (Hugging Face, Google TF or sentence-transformers layout), a Hugging Face Hub id
+    ("org/name[@revision]", "released:tiny": miniberts/hub.py) or a preset name ("tiny", "4-256", ...: random
+    initialisation). A directory with a fine-tuned head loads as a classifier/regressor, which can
     both `predict` and `embed`; any other as an encoder. `device`: "cpu", "cuda", ... (default: CUDA when present)."""
-    path = Path(path_or_preset)
+    path = local_path(path_or_preset)
     layout = read_layout(path) if path.is_dir() else None
     ckpt = resolve(layout.model_dir if layout else path_or_preset)
     module, tokenizer = load_classifier(ckpt) if has_task_head(ckpt) else load_encoder(ckpt)

@@ -32,8 +32,10 @@ log = logging.getLogger("miniberts")
 
 @dataclass
 class DistillConfig(finetune.FinetuneConfig):
-    teacher: str = field(default="", metadata={"help": "fine-tuned teacher directory (any layout miniberts reads)"})
-    student: str = field(default="", metadata={"help": "student: a preset name (random init) or a model directory"})
+    teacher: str = field(default="", metadata={"help": "fine-tuned teacher directory (any layout miniberts reads) or "
+                                                       "Hub id"})
+    student: str = field(default="", metadata={"help": "student: a preset name (random init), a model directory or "
+                                                       "a Hub id (org/name[@revision], released:tiny)"})
     transfer: list[str] = field(default_factory=list, metadata={
         "help": "unlabeled transfer text files, one text per line (pair tasks: text_a<TAB>text_b)"})
     temperature: float = field(default=1.0, metadata={"help": "softmax temperature of the soft targets (loss x T^2)",
@@ -189,6 +191,7 @@ def _distill(cfg: DistillConfig, data: TaskData, pairs: bool, transfer_texts: li
     save_hf(student, tokenizer, out)
     if data.test:
         metrics["test"] = finetune.predict_test_splits(student, tokenizer, data, cfg, out, device, dtype)
+    finetune.write_model_card(out, "distill", cfg, data, metrics, [cfg.student, cfg.teacher])
     write_json(out / "metrics.json", metrics)
     return metrics
 

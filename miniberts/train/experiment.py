@@ -45,6 +45,7 @@ import torch
 from ..checkpoint import load_tokenizer, read_checkpoint, resolve
 from ..config import find_preset, param_count
 from ..data.builtin import BUILTIN
+from ..hub import local_path
 from ..data.pretraining import check_files
 from ..device import DTYPES
 from ..errors import MinibertsError
@@ -75,7 +76,8 @@ class ExperimentConfig:
     out: str = field(default="", metadata={"help": "experiment folder: identity.json, results.jsonl, summary.*, figures, "
                                                     "cells/, pretrained/, teacher/"})
     students: list[str] = field(default_factory=lambda: ["tiny"], metadata={
-        "help": "presets (tiny, 2-256, ...; random init) or model directories (already pre-trained students)"})
+        "help": "presets (tiny, 2-256, ...; random init), model directories or Hub ids (released:tiny: already "
+                "pre-trained students)"})
     strategies: list[str] = field(default_factory=lambda: list(STRATEGIES), metadata={
         "help": "of " + ", ".join(f"{k} ({v})" for k, v in STRATEGIES.items()), "choices": tuple(STRATEGIES)})
     pretrain_on: list[str] = field(default_factory=lambda: ["generic"], metadata={
@@ -165,7 +167,7 @@ class Student:
 
     @property
     def pretrained(self) -> bool:
-        return Path(self.model).is_dir()
+        return local_path(self.model).is_dir()
 
 
 @dataclass(frozen=True)
@@ -324,7 +326,7 @@ def _student(name: str, cfg: ExperimentConfig) -> Student:
     c = ckpt.config
     if cfg.max_length > c.max_position_embeddings:
         raise MinibertsError(f"{name}: --max-length {cfg.max_length} exceeds its {c.max_position_embeddings} positions")
-    path = Path(name)
+    path = local_path(name)
     if not path.is_dir():
         return Student(name, name, name, param_count(c))
     preset = find_preset(f"{c.num_layers}-{c.hidden_size}")
@@ -333,6 +335,8 @@ def _student(name: str, cfg: ExperimentConfig) -> Student:
     if scratch is None and any(s in ("scratch-ft", "distill") for s in cfg.strategies):
         raise MinibertsError(f"{path}: scratch-ft and distill start from a random init of the student's shape, and "
                              f"no preset has this one; drop them or give a preset")
+    if not Path(name).exists():  # a Hub id, passed on as given (each run records its resolved commit); its label
+        return Student(name.replace("/", "--"), name, scratch, param_count(c))  # names a folder: no "/" in it
     return Student(path.name, str(path), scratch, param_count(c))
 
 

@@ -41,6 +41,7 @@ from ..errors import MinibertsError
 from ..fileio import atomic_write_text
 from ..inference.predict import decode, format_predictions, predict_logits
 from ..metrics import task_metrics
+from ..model_card import CardInfo, write_card
 from ..settings import validate
 from ..tokenizer import CASED_HELP, VOCAB_HELP, WordPieceTokenizer
 from . import rundir
@@ -75,7 +76,8 @@ class LoopConfig:
 
 @dataclass
 class FinetuneConfig(LoopConfig):
-    model: str = field(default="", metadata={"help": "model directory (HF or Google TF layout) or preset name"})
+    model: str = field(default="", metadata={"help": "model directory (HF or Google TF layout), a Hub id "
+                                                     "(org/name[@revision], released:tiny) or preset name"})
     out: str = field(default="", metadata={"help": "run directory to write (HF model + metrics.json + log.jsonl)"})
     task: str = field(default="", metadata={"help": "GLUE task (with --glue-dir) or built-in task: " + ", ".join(
         ["rotten_tomatoes", "lee_similarity", "bbc_topics"])})
@@ -327,11 +329,21 @@ def run_identity(cfg: FinetuneConfig, **inputs) -> dict:
     files (a GLUE task's folder, a built-in task's cache, the user's files); `inputs` adds a recipe's own."""
     task_files = {"model": cfg.model, "train": cfg.train, "dev": cfg.dev, "test": cfg.test, "vocab": cfg.vocab,
                   **inputs}
-    glue = cfg.task and cfg.glue_dir and not builtin_name(cfg.task)
-    task_files["glue_dir"] = Path(cfg.glue_dir) / get_task(cfg.task).directory if glue else ""  # moving it: no change
+    # moving the GLUE folder changes nothing
+    task_files["glue_dir"] = Path(cfg.glue_dir) / get_task(cfg.task).directory if _glue(cfg) else ""
     if cfg.task and builtin_name(cfg.task):
         task_files["cache_dir"] = builtin_task_dir(builtin_name(cfg.task), cfg.cache_dir)
     return rundir.identity(cfg, task_files)
+
+
+def _glue(cfg: FinetuneConfig) -> bool:
+    return bool(cfg.task and cfg.glue_dir and not builtin_name(cfg.task))
+
+
+def write_model_card(out: Path, recipe: str, cfg: FinetuneConfig, data: TaskData, metrics: dict,
+                     bases: list[str]) -> None:
+    """RUN/README.md, the card of the model saved in RUN: where it came from, the run's settings and scores."""
+    write_card(out, CardInfo(recipe, bases, rundir.settings(cfg), metrics, list(data.spec.metrics), _glue(cfg)))
 
 
 def _train_run(cfg: FinetuneConfig, data: TaskData, out: Path) -> dict:
@@ -372,6 +384,7 @@ def _train_run(cfg: FinetuneConfig, data: TaskData, out: Path) -> dict:
     }
     if data.test:
         metrics["test"] = predict_test_splits(model, tokenizer, data, cfg, out, device, dtype)
+    write_model_card(out, "finetune", cfg, data, metrics, [cfg.model])
     write_json(out / "metrics.json", metrics)  # last: its presence marks a finished run
     best = result.best
     log.info("best epoch %d: dev %s -> %s", best["epoch"], _brief(best[next(iter(data.dev))]), out)

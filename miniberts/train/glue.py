@@ -63,7 +63,8 @@ NO_VALUE = "–"
 
 @dataclass
 class GlueConfig:
-    model: str = field(default="", metadata={"help": "model directory or preset name"})
+    model: str = field(default="", metadata={"help": "model directory, a Hub id (org/name[@revision], released:tiny) "
+                                                     "or preset name"})
     name: str = field(default="", metadata={"help": "the model's name in the tables (default: directory or preset)"})
     glue_dir: str = field(default="", metadata={"help": "the glue_data/ folder (needed for GLUE tasks)"})
     out: str = field(default="", metadata={"help": "sweep directory: runs/, results.*, heatmaps/"})

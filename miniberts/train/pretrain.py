@@ -46,7 +46,9 @@ from ..data.pretraining import (EVAL_STREAM, TRAIN_STREAM, MaskingCollator, Samp
 from ..device import DTYPES, autocast, resolve_dtype
 from ..errors import CheckpointError, DataError, MinibertsError
 from ..fileio import atomic_write_text
+from ..hub import local_path
 from ..model import BertForPreTraining
+from ..model_card import CardInfo, write_card
 from ..settings import validate
 from ..tokenizer import CASED_HELP, VOCAB_HELP, WordPieceTokenizer, open_vocab
 from ..vocab import cached_vocab
@@ -145,10 +147,10 @@ def build_model(cfg: PretrainConfig, cache_root: Path) -> tuple[BertForPreTraini
     config .json with --vocab-size) takes the vocabulary's size; weights and a config .json must match it."""
     if cfg.vocab_size and cfg.vocab:
         raise MinibertsError(f"--vocab-size trains a new vocabulary and --vocab {cfg.vocab} gives one: pass one")
-    path = Path(cfg.model)
+    path = local_path(cfg.model)  # a Hub id -> its snapshot directory
     if cfg.vocab_size and path.is_dir():
         raise MinibertsError(f"--vocab-size trains a new vocabulary, so the model must start from random weights "
-                             f"(a preset or config .json), not from {path}")
+                             f"(a preset or config .json), not from {cfg.model}")
     vocab = str(cached_vocab(cfg.train_files, cfg.vocab_size, cfg.cased, cache_root)) if cfg.vocab_size else cfg.vocab
     if path.is_file():
         if path.suffix != ".json":
@@ -520,6 +522,7 @@ def _run(cfg: PretrainConfig, rank: int, world: int, device: torch.device) -> di
     save_hf(model, tokenizer, run_dir)
     metrics = _metrics(cfg, log_path, held.last, unigram, progress, end, interrupted, world, device, dtype,
                        data.counts)
+    write_card(run_dir, CardInfo("pretrain", [cfg.model], rundir.settings(cfg), metrics))
     write_json(run_dir / "metrics.json", metrics)
     _plot(log_path, unigram, run_dir / "learning_curve.png")
     if interrupted:
@@ -566,7 +569,7 @@ def _unigrams(cfg: PretrainConfig, data: PretrainData, state: dict | None, rank:
 
 
 def _bias_from_unigrams(cfg: PretrainConfig, state: dict | None) -> bool:
-    return bool(cfg.unigram_bias and state is None and not Path(cfg.model).is_dir())  # random starts only
+    return bool(cfg.unigram_bias and state is None and not local_path(cfg.model).is_dir())  # random starts only
 
 
 def _ready_to_train(cfg: PretrainConfig, model: BertForPreTraining, state: dict | None, log_probs: np.ndarray | None,

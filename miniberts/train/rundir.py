@@ -40,6 +40,7 @@ from pathlib import Path
 
 from ..errors import MinibertsError
 from ..fileio import atomic_write_text
+from ..hub import resolved_name
 
 log = logging.getLogger("miniberts")
 
@@ -47,6 +48,8 @@ IDENTITY = "identity.json"
 LOCK = ".lock"
 # Where the results go and how a run shows its progress: none of them changes a number of the results.
 NOT_IDENTITY = frozenset({"out", "fresh", "resume", "progress", "log_every", "cache_dir"})
+# Inputs that name a model: a path, a preset, or a Hub id (only these are looked up on the Hub).
+MODEL_INPUTS = frozenset({"model", "teacher", "student", "students"})
 
 
 class RunInUse(MinibertsError):
@@ -86,17 +89,26 @@ def fingerprint(value: str | Path):
     return str(value)
 
 
+def model_fingerprint(value: str | Path):
+    """A model as identity: a Hugging Face Hub id -> `org/name@<the commit it resolved to>` (so a moved branch is a
+    new identity), else as `fingerprint`."""
+    return (resolved_name(value) if value else None) or fingerprint(value)
+
+
+def settings(cfg, skip: Sequence[str] = ()) -> dict:
+    """The fields of a run's config dataclass that define its results: all but NOT_IDENTITY and `skip`."""
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name not in NOT_IDENTITY
+            and f.name not in skip}
+
+
 def identity(cfg, inputs: Mapping[str, Sequence[str | Path] | str | Path] = (), skip: Sequence[str] = ()) -> dict:
     """The identity of a run configured by the dataclass `cfg`: every field but NOT_IDENTITY and `skip`; the fields
     named in `inputs` (a path or a list of paths each) are replaced by the fingerprints of those paths."""
     inputs = dict(inputs)
-    out = {}
-    for f in dataclasses.fields(cfg):
-        if f.name in NOT_IDENTITY or f.name in skip:
-            continue
-        out[f.name] = getattr(cfg, f.name)
+    out = settings(cfg, skip)
     for name, paths in inputs.items():
-        out[name] = ([fingerprint(p) for p in paths] if isinstance(paths, (list, tuple)) else fingerprint(paths))
+        fp = model_fingerprint if name in MODEL_INPUTS else fingerprint
+        out[name] = [fp(p) for p in paths] if isinstance(paths, (list, tuple)) else fp(paths)
     return json.loads(json.dumps(out))  # what identity.json will hold: tuples as lists, floats as written
 
 

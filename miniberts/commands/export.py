@@ -24,7 +24,8 @@ def add_arguments(parser):
                         help="write a sentence-transformers directory to --out DIR instead (SentenceTransformer(DIR) "
                              "and text-embeddings-inference load it; it embeds as `miniberts embed` does)")
     parser.add_argument("--out", metavar="DIR", help="output folder for --engine or --format (new or empty)")
-    parser.add_argument("--quantize", choices=["int8"], default=None, help="int8 dynamic quantization (onnxruntime)")
+    parser.add_argument("--quantize", choices=["int8"], default=None, help="int8: --onnx: dynamic quantization; --engine onnxruntime: the calibrated int8 "
+                        "that --backend onnxruntime --int8 runs")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default: {DEFAULT_OPSET})")
 
 

@@ -151,7 +151,7 @@ class Model:
         key = (head, name, precision)
         if key not in self._runners:
             make = backends.for_classifier if head else backends.for_encoder
-            self._runners[key] = make(module, name, precision, batch_size, self.device)
+            self._runners[key] = make(module, name, precision, batch_size, self.device, tokenizer=self.tokenizer)
         return self._runners[key]
 
     def save(self, out_dir: str | Path) -> Path:

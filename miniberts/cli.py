@@ -99,10 +99,12 @@ def _default(cls, name):
     return f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser of every command, or of the one `argv` starts with: a command module imports what it runs (the
+    training stack, the engines), so a command imports only its own module, not the fourteen others."""
     parser = argparse.ArgumentParser(prog="miniberts", description="The BERT miniatures: pre-train, distill, fine-tune, serve.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMANDS:
+    for name in [argv[0]] if argv and argv[0] in COMMANDS else COMMANDS:
         module = importlib.import_module(f"miniberts.commands.{name.replace('-', '_')}")
         p = sub.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(p)
@@ -112,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
     try:
         status = args.run(args) or 0
         sys.stdout.flush()  # a full device or a closed pipe shows here, not at exit as a traceback

@@ -21,13 +21,18 @@ ALIASES = {"tiny": "2-128", "mini": "4-256", "small": "4-512", "medium": "8-512"
 
 # The released checkpoints: one Hugging Face Hub repo per preset, `google/bert_uncased_L-{L}_H-{H}_A-{H/64}`, and the
 # commit of its `main` that `released:NAME` loads, so a released checkpoint never changes under a user. These are
-# the commits that public projects pin for these repos (their `main` has not moved since 2021); they were not checked
-# against the Hub from the machine that wrote this table. A preset with no commit here loads the repo's `main` as it
-# is, and `miniberts download` prints the commit it resolved (docs/release.md).
+# the commits that public projects pin for these repos (their `main` has not moved since 2021); none was checked
+# against the Hub from the machine that wrote this table. Sources: 2-128 and 4-256 are pinned by many public projects;
+# 4-512 by two independent ones; 6-256 and 8-256 by one only (a project that read them from the Hub API in 2026-08).
+# A preset with no commit here loads the repo's `main` as it is, and `miniberts download` prints the commit it
+# resolved (docs/release.md).
 RELEASE_ORG = "google"
 RELEASED_COMMITS = {
     "2-128": "30b0a37ccaaa32f332884b96992754e246e48c5f",
     "4-256": "387825ce42dbb39b87911cdf8e383ee3b25184f8",
+    "4-512": "606e4d55252882ac25ba1f1d1a182075830f5a90",
+    "6-256": "67ada51801f40684c01ca3f20c97a35fa7a67d36",
+    "8-256": "fff21c203abcc9365418f2e46bb6801a2b98e3da",
 }
 
 # Activation names: ours -> Hugging Face. Google's bert_config.json says "gelu" but its modeling.py computes the

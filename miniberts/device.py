@@ -7,6 +7,7 @@ On CPU that pays only with native bf16 instructions (AVX-512 BF16 or AMX), which
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
 
@@ -17,6 +18,7 @@ def pick_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
+@functools.cache  # asked on every Model.embed call; the hardware does not change
 def native_bf16(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()

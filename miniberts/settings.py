@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import json
 import math
 import types
@@ -131,7 +132,7 @@ def read_settings_file(path: str | Path, cls) -> dict:
         kind = {list: "a list", str: "a string", bool: "true/false", type(None): "null"}.get(type(values), "a number")
         raise SettingsError(f"{path}: expected a JSON object of settings, found {kind}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
+    hints = type_hints(cls)
     for key, value in values.items():
         if key not in fields:
             close = difflib.get_close_matches(key, fields, n=1)
@@ -143,8 +144,15 @@ def read_settings_file(path: str | Path, cls) -> dict:
     return values
 
 
+@functools.cache
+def type_hints(cls) -> dict:
+    """The evaluated annotations of a dataclass, once per class: evaluating them is most of a small config's
+    validation (a per-call cost of `Model.embed`)."""
+    return typing.get_type_hints(cls)
+
+
 def validate(cfg) -> None:
     """Check every field of the dataclass instance `cfg` (types and the bounds in its metadata)."""
-    hints = typing.get_type_hints(type(cfg))
+    hints = type_hints(type(cfg))
     for f in dataclasses.fields(cfg):
         check_value(f.name, getattr(cfg, f.name), hints.get(f.name, f.type), f.metadata)

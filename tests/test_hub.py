@@ -171,6 +171,8 @@ def test_embed_convert_by_id_equal_the_directory(cache, tmp_path, capsys):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     card = front_matter(tmp_path / "conv-id/README.md")
     assert card["base_model"] == [REPO] and card["library_name"] == "miniberts"
+    saved = front_matter(miniberts.load(REPO).save(tmp_path / "saved-id") / "README.md")
+    assert saved["base_model"] == [REPO]  # Model.save names the id it was loaded by
 
 
 def test_finetune_and_distill_by_id_equal_the_directory(cache, tmp_path):

@@ -98,6 +98,7 @@ def test_embed_and_openai_routes_equal_sentence_transformers():
     unnormalized = miniberts.load(MINILM, "cpu").embed(TEXTS, normalize=False, dtype="fp32", backend="torch")
     assert np.abs(raw - unnormalized).max() < 1e-4 and np.linalg.norm(raw, axis=1).min() > 1.5
     assert info["dimensions"] == 384 and info["pooling"] == "mean" and info["max_input_length"] == 256
+    assert info["precision"] == "fp32" and info["backend"] == "torch" and info["model_sha"] is None  # not a Hub id
 
 
 def test_predict_labels_equal_miniberts_predict(clf_client, classifier, tmp_path):

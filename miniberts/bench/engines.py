@@ -93,7 +93,8 @@ def build(encoder_dir: Path, threads: int | None) -> tuple[Systems, dict[str, st
         if backend == "torch" and precision == "bf16" and not native_bf16():
             skipped[label] = "skipped (no native bf16 on this CPU: autocast would emulate it)"
             continue
-        encoder = load_encoder(encoder_dir)[0].eval()
+        encoder, tokenizer = load_encoder(encoder_dir)
+        encoder = encoder.eval()
         try:
             if backend == "torch":
                 module, dtype = backends.for_encoder(encoder, "torch", precision, device=device)
@@ -105,7 +106,7 @@ def build(encoder_dir: Path, threads: int | None) -> tuple[Systems, dict[str, st
                 systems.run[label], systems.prepare[label] = run_torch, dict
                 systems.precision[label] = precision
             else:
-                engine = backends.engine(backend, encoder, precision, threads)
+                engine = backends.engine(backend, encoder, precision, threads, tokenizer)
                 systems.run[label] = lambda b, e=engine: e.run(b["input_ids"], b["attention_mask"], b["token_type_ids"])[0]
                 systems.prepare[label], systems.precision[label] = to_numpy, engine.precision
         except MinibertsError as e:

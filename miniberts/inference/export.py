@@ -92,8 +92,8 @@ def export_onnx(model: nn.Module, out: str | Path, opset: int = DEFAULT_OPSET) -
     return out
 
 
-def quantize_onnx(src: str | Path, out: str | Path) -> Path:
-    """int8 dynamic quantization of an exported fp32 graph."""
+def quantize_onnx(src: str | Path, out: str | Path, exclude: list[str] | tuple[str, ...] = ()) -> Path:
+    """int8 dynamic quantization of an exported fp32 graph; the nodes named in `exclude` stay fp32."""
     require_onnx()
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -101,7 +101,8 @@ def quantize_onnx(src: str | Path, out: str | Path) -> Path:
     logging.disable(logging.WARNING)  # the quantizer logs a line per tensor it leaves in float (attention, LayerNorm)
     try:
         with atomic_path(out) as tmp:
-            quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8, per_channel=True)
+            quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8, per_channel=True,
+                             nodes_to_exclude=list(exclude))
     finally:
         logging.disable(logging.NOTSET)
     return out

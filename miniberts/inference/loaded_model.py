@@ -20,6 +20,7 @@ from ..device import pick_device, resolve_dtype
 from ..errors import MinibertsError
 from ..hub import local_path
 from ..model import BertForSequenceClassification, BertModel
+from ..model_card import CardInfo
 from ..sbert import SentenceLayout, read_layout, write_layout
 from ..tokenizer import WordPieceTokenizer
 from . import backends
@@ -151,14 +152,14 @@ class Model:
         key = (head, name, precision)
         if key not in self._runners:
             make = backends.for_classifier if head else backends.for_encoder
-            self._runners[key] = make(module, name, precision, batch_size, self.device)
+            self._runners[key] = make(module, name, precision, batch_size, self.device, tokenizer=self.tokenizer)
         return self._runners[key]
 
     def save(self, out_dir: str | Path) -> Path:
         """Write the Hugging Face layout (config.json, model.safetensors, vocab and tokenizer files) that
         `transformers` and `miniberts.load` read; a model loaded from a sentence-transformers directory also gets
         that directory's pooling files, so the copy embeds the same."""
-        out = save_hf(self.module, self.tokenizer, out_dir)
+        out = save_hf(self.module, self.tokenizer, out_dir, CardInfo(base_models=[self.source]))
         if self.layout:
             write_layout(self.layout, out, self.config.hidden_size)
         return out

@@ -164,7 +164,7 @@ def predict_file(model_dir: str | Path, input_path: str | Path, output: str | Pa
     texts, pairs = read_inputs(input_path, text_column, text_pair_column)
     model, tokenizer = load_predictor(model_dir)
     runner, dtype = backends.for_classifier(model, cfg.backend, backends.precision_of(dtype, cfg.int8),
-                                            min(batch_size, len(texts)), device)
+                                            min(batch_size, len(texts)), device, tokenizer=tokenizer)
     logits = checked_logits(model, tokenizer, texts, pairs, cfg, device, dtype, str(model_dir),
                             "predict" if progress else "", runner)
     atomic_write_text(Path(output), format_predictions(logits, model.cfg.id2label, model.cfg.regression, fmt))

@@ -7,7 +7,7 @@ code (inference/batching.py, inference/predict.py) runs any of them unchanged; t
 | backend | precisions | artifact (exported once per weights fingerprint, cache.py) | extra |
 |---|---|---|---|
 | torch | fp32 (batches without padding: a frozen trace, pytorch.py), bf16 (autocast, weights cast once), int8 (dynamic, fast_paths.quantize_int8) | none | (core) |
-| onnxruntime | fp32 (graph fused by onnxruntime.transformers.optimizer), int8 (quantize_dynamic, per channel) | model.onnx | onnx |
+| onnxruntime | fp32 (graph fused by onnxruntime.transformers.optimizer), int8 (smoothquant.py: calibrated on real text) | model.onnx (int8: per weights and calibration) | onnx |
 | openvino | fp32 (INFERENCE_PRECISION_HINT f32), bf16 (hint bf16; OpenVINO runs f32 where the CPU lacks it) | model.xml | engines |
 | ctranslate2 | fp32 (float32), int8 (int8 weights, VNNI GEMMs) | model.bin | engines |
 
@@ -28,9 +28,11 @@ from ...checkpoint import load_encoder
 from ...errors import MinibertsError
 from ...fileio import OutputError, build_into, check_folder
 from ...model import BertForSequenceClassification, BertModel
+from ...tokenizer import WordPieceTokenizer
 from .auto import choose
 from .base import EngineClassifier, EngineEncoder
 from .pytorch import MaskFreeTrace
+from .smoothquant import calibration_ids, calibration_installed
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,11 @@ def installed() -> list[str]:
     return ["torch"] + [b for b in ENGINES if missing_module(b) is None]
 
 
+def available(precision: str) -> list[str]:
+    """The installed backends that can run `precision` here: ONNX Runtime's int8 also needs its calibration text."""
+    return [b for b in installed() if not (b == "onnxruntime" and precision == "int8" and not calibration_installed())]
+
+
 def require(backend: str, flag: str = "--backend") -> None:
     """A one-line error naming the extra when `backend` cannot run here (`flag`: the option that chose it)."""
     if backend not in BACKENDS:
@@ -83,14 +90,18 @@ def resolve(backend: str, cfg, precision: str, batch_size: int, device: torch.de
         return backend
     if device.type != "cpu":
         return "torch"
-    return choose(cfg.num_layers, cfg.hidden_size, batch_size, precision, installed())
+    return choose(cfg.num_layers, cfg.hidden_size, batch_size, precision, available(precision))
 
 
-def engine(name: str, encoder: BertModel, precision: str, threads: int | None = None) -> EngineEncoder:
-    """An engine backend for this encoder (its artifact exported now, or read from the cache)."""
+def engine(name: str, encoder: BertModel, precision: str, threads: int | None = None,
+           tokenizer: WordPieceTokenizer | None = None, calibration: list[str] | None = None) -> EngineEncoder:
+    """An engine backend for this encoder (its artifact exported now, or read from the cache). ONNX Runtime int8
+    calibrates on `calibration` (texts; default: the built-in text, smoothquant.py) tokenized by `tokenizer`."""
     if name == "onnxruntime":
-        from .ort import OrtEncoder as cls
-    elif name == "openvino":
+        from .ort import OrtEncoder
+
+        return OrtEncoder(encoder, precision, threads or torch.get_num_threads(), tokenizer, calibration)
+    if name == "openvino":
         from .ov import OpenVinoEncoder as cls
     elif name == "ctranslate2":
         from .ct2 import Ct2Encoder as cls
@@ -100,7 +111,7 @@ def engine(name: str, encoder: BertModel, precision: str, threads: int | None = 
 
 
 def prepare(model: nn.Module, encoder: BertModel, backend: str, precision: str, batch_size: int, device: torch.device,
-            threads: int | None, wrap) -> tuple[nn.Module, torch.dtype]:
+            threads: int | None, tokenizer: WordPieceTokenizer | None, wrap) -> tuple[nn.Module, torch.dtype]:
     """(module with `model`'s forward, the autocast dtype to run it under). torch: `model` itself, cast once to bf16,
     quantized to int8, or in fp32 with its mask-free calls traced (pytorch.py); an engine: `wrap(engine)`, where the
     engine runs `encoder`'s exported graph in its own precision (the autocast dtype is then fp32, a no-op)."""
@@ -111,7 +122,7 @@ def prepare(model: nn.Module, encoder: BertModel, backend: str, precision: str, 
     name = resolve(backend, encoder.cfg, precision, batch_size, device)
     log.info("backend: %s (%s)%s", name, precision, " (auto)" if backend == "auto" else "")
     if name != "torch":
-        return wrap(engine(name, encoder, precision, threads)), torch.float32
+        return wrap(engine(name, encoder, precision, threads, tokenizer)), torch.float32
     if precision == "int8":
         if device.type != "cpu":
             raise MinibertsError("int8 (dynamic quantization) runs on the CPU only; use bf16 on a GPU")
@@ -124,7 +135,7 @@ def prepare(model: nn.Module, encoder: BertModel, backend: str, precision: str, 
 def export_engine(model_dir: str | Path, engine: str, out: str | Path, quantize: str | None = None,
                   force: bool = False) -> Path:
     """The artifact an engine backend runs, written to the new folder `out`: onnxruntime -> model.onnx (fused fp32,
-    or int8), openvino -> model.xml + model.bin, ctranslate2 -> model.bin (+ config; int8 is chosen when loading).
+    or the calibrated int8 of smoothquant.py), openvino -> model.xml + model.bin, ctranslate2 -> model.bin (+ config; int8 is chosen when loading).
     The encoder only (with pooler): a classifier's head is one Linear that the backends run in torch. These are the
     files cache.py keeps per weights fingerprint; `--backend` finds its own, this is for other programs."""
     if quantize not in (None, "int8"):
@@ -137,10 +148,11 @@ def export_engine(model_dir: str | Path, engine: str, out: str | Path, quantize:
     if not force and out.is_dir() and any(not p.name.startswith(".") for p in out.iterdir()):
         raise OutputError(f"{out}: exists and is not empty (an export writes a new folder; --force replaces an "
                           "earlier export's files)")
-    encoder = load_encoder(model_dir)[0].float().eval()
+    encoder, tokenizer = load_encoder(model_dir)
+    encoder = encoder.float().eval()
     if engine == "onnxruntime":
         from .ort import build
-        writer = build(encoder, quantize or "fp32")
+        writer = build(encoder, quantize or "fp32", calibration_ids(tokenizer) if quantize else None)
     elif engine == "openvino":
         from .ov import build
         writer = build(encoder)
@@ -152,18 +164,20 @@ def export_engine(model_dir: str | Path, engine: str, out: str | Path, quantize:
 
 
 def for_encoder(encoder: BertModel, backend: str = "torch", precision: str = "fp32", batch_size: int = 32,
-                device: torch.device = torch.device("cpu"), threads: int | None = None) -> tuple[nn.Module, torch.dtype]:
-    """An encoder's runner: forward(input_ids, attention_mask, token_type_ids) -> (hidden, pooled)."""
-    return prepare(encoder, encoder, backend, precision, batch_size, device, threads, lambda e: e)
+                device: torch.device = torch.device("cpu"), threads: int | None = None,
+                tokenizer: WordPieceTokenizer | None = None) -> tuple[nn.Module, torch.dtype]:
+    """An encoder's runner: forward(input_ids, attention_mask, token_type_ids) -> (hidden, pooled). `tokenizer`:
+    the model's, which ONNX Runtime int8 needs to tokenize its calibration text."""
+    return prepare(encoder, encoder, backend, precision, batch_size, device, threads, tokenizer, lambda e: e)
 
 
 def for_classifier(model: BertForSequenceClassification, backend: str = "torch", precision: str = "fp32",
-                   batch_size: int = 32, device: torch.device = torch.device("cpu"), threads: int | None = None
-                   ) -> tuple[nn.Module, torch.dtype]:
+                   batch_size: int = 32, device: torch.device = torch.device("cpu"), threads: int | None = None,
+                   tokenizer: WordPieceTokenizer | None = None) -> tuple[nn.Module, torch.dtype]:
     """A classifier's runner (-> logits): an engine runs the encoder, the head (one Linear) stays in torch fp32."""
-    return prepare(model, model.bert, backend, precision, batch_size, device, threads,
+    return prepare(model, model.bert, backend, precision, batch_size, device, threads, tokenizer,
                    lambda e: EngineClassifier(e, model))
 
 
-__all__ = ["BACKENDS", "ENGINES", "PRECISIONS", "EXTRAS", "installed", "require", "resolve",
+__all__ = ["BACKENDS", "ENGINES", "PRECISIONS", "EXTRAS", "installed", "available", "require", "resolve",
            "precision_of", "prepare", "for_encoder", "for_classifier", "engine", "export_engine"]

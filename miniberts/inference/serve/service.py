@@ -16,8 +16,11 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 from starlette.requests import Request
 
+from ...device import resolve_dtype
 from ...errors import MinibertsError
+from ...hub import resolved_name
 from ...model import BertForSequenceClassification
+from ..backends import precision_of
 from ..config import EmbedConfig, PredictConfig
 from ..loaded_model import Model, load
 from .batcher import Batcher, Job
@@ -161,14 +164,14 @@ class Service:
         head = isinstance(model.module, BertForSequenceClassification)
         return {
             "model_id": self.source,
-            "model_sha": None,  # a local directory has no revision; a Hub model's would go here
+            "model_sha": (resolved_name(self.source) or "@").partition("@")[2] or None,  # a Hub id's commit
             "model_type": ("regressor" if model.config.regression else "classifier") if head else "embedding",
             "labels": list(model.config.id2label) if head else None,
             "dimensions": model.config.hidden_size,
             "pooling": model.embedding_settings(EmbedConfig())[0],
             "max_input_length": self.embed_length,
             "backend": cfg.backend,
-            "precision": "int8" if cfg.int8 else cfg.dtype,
+            "precision": precision_of(resolve_dtype(cfg.dtype, model.device), cfg.int8),  # what "auto" resolved to
             "max_batch_tokens": cfg.max_batch_tokens,
             "max_client_batch_size": cfg.max_client_batch_size,
             "max_concurrent_requests": cfg.max_concurrent_requests,

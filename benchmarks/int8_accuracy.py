@@ -1,0 +1,167 @@
+"""Which int8 method keeps the real MiniLM accurate: cosine to fp32 on every sentence, and a linear probe's accuracy.
+
+    python benchmarks/int8_accuracy.py [--sentences 1200] [--methods 'NAME;NAME'] [--out FILE.md]
+
+Every method quantizes the same ONNX export of all-MiniLM-L6-v2 (miniberts.inference.export.export_onnx) with ONNX Runtime
+and runs it in an ONNX Runtime session; the reference is the unquantized graph in the same runtime (within 5e-6 of
+our torch fp32). Metrics, on mean-pooled embeddings (the model's own pooling) of padded, length-sorted batches of 32:
+
+- cosine to fp32 over `--sentences` Rotten Tomatoes texts (reviews and plot summaries, shuffled with seed 1):
+  min, 1st percentile, mean;
+- accuracy of the bench's linear probe (bench.engines.rt_task: a logistic-regression head fitted on fp32 features of
+  800 fresh/rotten reviews, applied to each method's features of 400 held-out ones), and its delta to fp32.
+
+Calibration: the library's default (inference/backends/smoothquant.py: 256 BBC News sentences, the built-in pre-training text,
+not the evaluation's Rotten Tomatoes), one sentence per calibration batch.
+
+Methods: `dynamic` (quantize_dynamic, int8 weights per output channel, activations per tensor at run time: what
+`--int8` on ONNX Runtime ran before), the same with some layer Linears kept in fp32 (the roles: qkv = attention
+projection, out = attention output, fc = FFN input, proj = FFN output), static QDQ (activations uint8 per tensor
+calibrated by MinMax; weights int8 per channel; the weight MatMuls only), and SmoothQuant's scale migration before
+dynamic int8 with per-role alphas. ONNX Runtime's histogram calibrators (Percentile, Entropy) are not rows: in
+onnxruntime 1.32 they fail on calibration inputs of different lengths ("inhomogeneous shape", calibrate.py
+collect_absolute_value), and padding every text to one length would put the padding rows in the ranges.
+Accuracy only: no timing here (see `miniberts bench`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import random
+import re
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from miniberts.bench.engines import rt_task
+from miniberts.bench.harness import cpu_model, rt_rows
+from miniberts.checkpoint import load_encoder
+from miniberts.data.builtin import minilm_dir
+from miniberts.fileio import atomic_write_text
+from miniberts.inference.backends.smoothquant import (SMOOTHED, calibration_ids, input_maxima, layer_matmuls,
+                                                      quantize_smooth, smooth)
+from miniberts.inference.batching import length_batches
+from miniberts.inference.export import export_onnx, quantize_onnx, session
+
+ROLES = ("qkv", "out", "fc", "proj")
+MAX_LEN = 128
+
+
+class Reader:
+    """ONNX Runtime's CalibrationDataReader over calibration token ids, one text per batch."""
+
+    def __init__(self, ids: list[list[int]]):
+        self.items = iter([{"input_ids": np.array([x], np.int64), "attention_mask": np.ones((1, len(x)), np.int64),
+                            "token_type_ids": np.zeros((1, len(x)), np.int64)} for x in ids])
+
+    def get_next(self):
+        return next(self.items, None)
+
+
+def dynamic(fp32: tuple[str, ...] = ()):
+    return lambda raw, out, encoder, ids: quantize_onnx(raw, out, exclude=layer_matmuls(raw, fp32))
+
+
+def static(method: str, fp32: tuple[str, ...] = ()):
+    def make(raw: Path, out: Path, encoder, ids) -> None:
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+        quantize_static(str(raw), str(out), Reader(ids), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
+                        nodes_to_quantize=layer_matmuls(raw, tuple(r for r in ROLES if r not in fp32)),
+                        calibrate_method=getattr(CalibrationMethod, method))
+    return make
+
+
+def smoothed(alphas: dict[str, float], fp32: tuple[str, ...] = ()):
+    def make(raw: Path, out: Path, encoder, ids) -> None:
+        maxima = input_maxima(encoder, ids, tuple(alphas))
+        mid = smooth(raw, out.with_name(out.stem + ".smoothed.onnx"), maxima, alphas)
+        quantize_onnx(mid, out, exclude=layer_matmuls(mid, fp32))
+    return make
+
+
+def only(role: str) -> tuple[str, ...]:
+    return tuple(r for r in ROLES if r != role)
+
+
+METHODS = {
+    "dynamic": dynamic(),
+    **{f"dynamic, only {r} int8": dynamic(only(r)) for r in ROLES},
+    "dynamic, proj fp32": dynamic(("proj",)),
+    "dynamic, proj+out fp32": dynamic(("proj", "out")),
+    "static MinMax": static("MinMax"),
+    "static MinMax, proj fp32": static("MinMax", ("proj",)),
+    "smoothquant 0.5 + dynamic": smoothed(dict.fromkeys(ROLES, 0.5)),
+    "smoothquant 0.75 + dynamic": smoothed(dict.fromkeys(ROLES, 0.75)),
+    "smoothquant 0.5 (proj 0.75) + dynamic": smoothed({**dict.fromkeys(SMOOTHED, 0.5), "proj": 0.75}),
+    "smoothquant 0.5 + dynamic, proj unsmoothed": smoothed(dict.fromkeys(SMOOTHED, 0.5)),
+    "smoothquant 0.5 + dynamic, proj fp32 (`--int8`)": lambda raw, out, encoder, ids: quantize_smooth(raw, out, encoder, ids),
+}
+
+
+def padded(tokenizer, texts: list[str]) -> list[dict]:
+    ids, types = tokenizer.encode(texts, None, MAX_LEN)
+    return [{k: v.numpy() for k, v in tokenizer.pad_batch([ids[i] for i in o], [types[i] for i in o]).items()}
+            for o in length_batches([len(x) for x in ids], 32)]
+
+
+def pooled(sess, batches: list[dict]) -> np.ndarray:
+    out = []
+    for b in batches:
+        hidden = sess.run(["last_hidden_state"], b)[0].astype(np.float64)
+        mask = b["attention_mask"][..., None]
+        out.append((hidden * mask).sum(1) / mask.sum(1))
+    return np.concatenate(out)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--sentences", type=int, default=1200)
+    p.add_argument("--methods", default=";".join(METHODS), help="names of METHODS separated by ';' (default: all)")
+    p.add_argument("--out", type=Path, default=None, help="write the markdown table here (else print it)")
+    args = p.parse_args()
+    logging.disable(logging.WARNING)
+    from sklearn.linear_model import LogisticRegression
+
+    encoder, tokenizer = load_encoder(minilm_dir())
+    encoder = encoder.float().eval()
+    texts = [r["text"] for r in rt_rows()]
+    random.Random(1).shuffle(texts)
+    evaluation = padded(tokenizer, texts[: args.sentences])
+    train, train_y, test, test_y = rt_task(tokenizer)
+    train, test = [{k: v.numpy() for k, v in b.items()} for b in train], [{k: v.numpy() for k, v in b.items()} for b in test]
+    ids = calibration_ids(tokenizer)
+
+    work = Path(tempfile.mkdtemp(prefix="int8_accuracy-"))
+    raw = export_onnx(encoder, work / "raw.onnx")
+    ref_session = session(raw, 2)
+    ref = pooled(ref_session, evaluation)
+    head = LogisticRegression(max_iter=3000).fit(pooled(ref_session, train), train_y)
+    fp32_acc = float((head.predict(pooled(ref_session, test)) == test_y).mean())
+    rows = [f"| fp32 (reference) | 1.00000 | 1.00000 | 1.00000 | {100 * fp32_acc:.2f}% | – |"]
+    for name in args.methods.split(";"):
+        out = work / (re.sub(r"\W+", "_", name) + ".onnx")
+        METHODS[name](raw, out, encoder, ids)
+        got_session = session(out, 2)
+        got = pooled(got_session, evaluation)
+        cos = (got * ref).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(ref, axis=1)
+        acc = float((head.predict(pooled(got_session, test)) == test_y).mean())
+        rows.append(f"| {name} | {cos.min():.5f} | {np.percentile(cos, 1):.5f} | {cos.mean():.5f} | "
+                    f"{100 * acc:.2f}% | {100 * (acc - fp32_acc):+.2f} |")
+        print(rows[-1], flush=True)
+    table = "\n".join([
+        f"all-MiniLM-L6-v2, ONNX Runtime, {cpu_model()}: cosine of mean-pooled embeddings to fp32 over {len(ref)} "
+        f"Rotten Tomatoes texts; linear probe on {len(test_y)} held-out reviews; calibration: {len(ids)} BBC News "
+        "sentences", "",
+        "| method | min cosine | p1 cosine | mean cosine | probe accuracy | delta (points) |",
+        "|---|---:|---:|---:|---:|---:|", *rows]) + "\n"
+    if args.out:
+        atomic_write_text(args.out, table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""The calibrated int8 of ONNX Runtime (inference/backends/smoothquant.py): the scale migration is exact in fp32, the artifact is
+cached per weights and per calibration data, `auto --int8` picks it only where its calibration text is installed, and
+on the real MiniLM it keeps cosine >= 0.99 to fp32 on every one of 300 real sentences and a linear probe's accuracy.
+No timing assertions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from miniberts.checkpoint import load_encoder
+from miniberts.data.builtin import news_sentences
+from miniberts.errors import MinibertsError
+from miniberts.inference import backends
+from miniberts.inference.backends import ort, smoothquant
+from miniberts.inference.batching import embed
+from miniberts.inference.export import export_onnx, session
+
+from conftest import MINILM, needs_minilm
+from test_fast_paths import rotten_tomatoes
+
+pytestmark = pytest.mark.skipif(backends.missing_module("onnxruntime") is not None, reason="needs the onnx extra")
+
+
+def test_builtin_calibration_text_is_a_fixed_sample_of_real_sentences():
+    texts = news_sentences(smoothquant.CALIBRATION_SENTENCES)
+    assert len(texts) == 256 and len(set(texts)) > 250
+    assert all(len(t.split()) >= 4 for t in texts)
+    assert texts == news_sentences(256), "the same sample every time: it is part of the cache key"
+
+
+def test_smoothing_is_exact_in_fp32(tmp_path):
+    """X W = (X / s)(s W): the smoothed graph, not yet quantized, computes what the fp32 graph does."""
+    torch.manual_seed(0)
+    encoder, tok = load_encoder("2-128")
+    raw = export_onnx(encoder.eval(), tmp_path / "raw.onnx")
+    ids = smoothquant.calibration_ids(tok, news_sentences(16))
+    smoothed = smoothquant.smooth(raw, tmp_path / "smoothed.onnx", smoothquant.input_maxima(encoder, ids),
+                                  dict.fromkeys(smoothquant.SMOOTHED, 0.5))
+    assert len(smoothquant.layer_matmuls(raw, smoothquant.SMOOTHED)) == 2 * 3
+    batch = {k: v.numpy() for k, v in tok(["a fine film", "dull, slow and far too long"], max_length=32).items()}
+    want, got = session(raw).run(None, batch), session(smoothed).run(None, batch)
+    np.testing.assert_allclose(got[0], want[0], atol=1e-5)
+    scales = [n for n in __import__("onnx").load(str(smoothed)).graph.node if n.name.endswith("/smooth")]
+    assert len(scales) == 6, "a Mul before every qkv, out and fc MatMul"
+
+
+def test_int8_artifact_is_cached_by_weights_and_calibration(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINIBERTS_CACHE", str(tmp_path / "cache"))
+    built = []
+    real_build = ort.build
+
+    def counting_build(enc, precision, calibration=None):
+        write = real_build(enc, precision, calibration)
+        return lambda folder: (built.append(len(calibration)), write(folder))
+
+    monkeypatch.setattr(ort, "build", counting_build)
+    torch.manual_seed(0)
+    encoder, tok = load_encoder("2-128")
+    a, b = news_sentences(8), news_sentences(8, seed=1)
+    backends.engine("onnxruntime", encoder, "int8", 1, tok, a)
+    backends.engine("onnxruntime", encoder, "int8", 1, tok, a)
+    assert built == [8], "the same weights and calibration: read from the cache"
+    backends.engine("onnxruntime", encoder, "int8", 1, tok, b[:5])
+    assert built == [8, 5], "other calibration data: another artifact"
+    with torch.no_grad():
+        encoder.layers[0].fc.weight.mul_(1.01)
+    backends.engine("onnxruntime", encoder, "int8", 1, tok, a)
+    assert built == [8, 5, 8], "other weights: another artifact"
+    assert len(list((tmp_path / "cache").glob("*/onnxruntime-int8-smoothquant-*"))) == 3
+
+
+def test_int8_needs_the_tokenizer_and_texts_and_auto_needs_the_calibration_text(monkeypatch):
+    encoder, tok = load_encoder("2-128")
+    with pytest.raises(MinibertsError, match="needs the model's tokenizer"):
+        backends.engine("onnxruntime", encoder, "int8", 1)
+    with pytest.raises(MinibertsError, match="at least one text"):
+        backends.engine("onnxruntime", encoder, "int8", 1, tok, [])
+    monkeypatch.setattr(backends, "calibration_installed", lambda: False)
+    assert "onnxruntime" not in backends.available("int8") and "onnxruntime" in backends.available("fp32")
+
+
+@needs_minilm
+def test_int8_agrees_and_keeps_task_accuracy_on_real_minilm():
+    """300 Rotten Tomatoes reviews, mean pooling in padded batches of 32, the default calibration (built-in news
+    text, not reviews). Cosine >= 0.99 on every sentence (benchmarks/int8_accuracy.py measured min 0.992 on 1,200;
+    the uncalibrated dynamic int8 0.972). Probe: a logistic-regression head fitted on 200 reviews' fp32 features,
+    applied to the other 100 reviews' fp32 and int8 features: >= 95% of its predictions agree and int8 loses at most
+    2 points (two reviews; measured here: 61% fp32, 63% int8; the study's 400-review probe measured the 0.5-point
+    bound: +0.0)."""
+    from sklearn.linear_model import LogisticRegression
+
+    encoder, tok = load_encoder(MINILM)
+    texts, labels = rotten_tomatoes(300)
+    labels = np.array(labels)
+    fp32 = embed(encoder, tok, texts, "mean", max_length=128)
+    int8_module, dtype = backends.for_encoder(load_encoder(MINILM)[0], "onnxruntime", "int8", tokenizer=tok)
+    int8 = embed(int8_module, tok, texts, "mean", max_length=128, dtype=dtype)
+    cos = (fp32 * int8).sum(1) / np.linalg.norm(fp32, axis=1) / np.linalg.norm(int8, axis=1)
+    assert cos.min() >= 0.99, cos.min()
+    head = LogisticRegression(max_iter=3000).fit(fp32[:200], labels[:200])
+    want, got = head.predict(fp32[200:]), head.predict(int8[200:])
+    accuracy = [(p == labels[200:]).mean() for p in (want, got)]
+    assert accuracy[0] > 0.55, "the head learned something (sanity)"
+    assert (want == got).mean() >= 0.95 and accuracy[1] >= accuracy[0] - 0.02, accuracy

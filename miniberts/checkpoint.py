@@ -25,11 +25,11 @@ from torch import nn
 
 from .config import BertConfig, check_length, find_preset
 from .errors import CheckpointError
-from .fileio import atomic_path, atomic_write_text
+from .fileio import atomic_path, atomic_write_text, check_folder, output_folder
 from .hub import local_path
 from .model_card import CardInfo, write_card
 from .model import BertForPreTraining, BertForSequenceClassification, BertModel
-from .tokenizer import BUILTIN_VOCAB, WordPieceTokenizer, open_vocab
+from .tokenizer import BUILTIN_VOCAB, FILES as TOKENIZER_FILES, WordPieceTokenizer, open_vocab
 
 Q, K, V = "query", "key", "value"
 
@@ -376,8 +376,13 @@ def save_hf(model: nn.Module, tokenizer: WordPieceTokenizer, out_dir: str | Path
     return out_dir
 
 
-def convert(src: str | Path, out: str | Path) -> Path:
-    """Any layout we read -> Hugging Face layout, keeping whatever heads the source has."""
+HF_FILES = ("config.json", "model.safetensors", "README.md", *TOKENIZER_FILES)  # what `save_hf` writes
+
+
+def convert(src: str | Path, out: str | Path, force: bool = False) -> Path:
+    """Any layout we read -> Hugging Face layout, keeping whatever heads the source has. `out` follows the folder
+    rule (fileio.output_folder; `force` writes beside files miniberts did not write, never over them)."""
+    check_folder(Path(out), HF_FILES, force)  # before the weights are read
     ckpt = read_checkpoint(src)
     if ckpt.has_head("classifier."):
         model: nn.Module = BertForSequenceClassification(ckpt.config)
@@ -386,4 +391,5 @@ def convert(src: str | Path, out: str | Path) -> Path:
     else:
         model = BertModel(ckpt.config)
     load_state(model, ckpt.state, ckpt.source, allow_new=("bert.pooler.",))
-    return save_hf(model, load_tokenizer(ckpt), out, CardInfo("convert", [str(src)]))
+    with output_folder(Path(out), HF_FILES, force):
+        return save_hf(model, load_tokenizer(ckpt), out, CardInfo("convert", [str(src)]))

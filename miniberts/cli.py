@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import importlib
 import logging
+import os
 import sys
 import typing
 
 from .errors import MinibertsError
 from .settings import annotation_kind, read_settings_file
 
+STDOUT_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO)  # `> /dev/full`, a full disk or quota
 COMMANDS = [
     "models",
     "convert",
@@ -114,13 +117,26 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(argv).parse_args(argv)
     try:
-        return args.run(args) or 0
+        status = args.run(args) or 0
+        sys.stdout.flush()  # a full device or a closed pipe shows here, not at exit as a traceback
+        return status
     except MinibertsError as e:
         print(f"miniberts {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"miniberts {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `miniberts models | head -1`: the reader has what it wanted; stop quietly, as Unix tools do
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the interpreter's final flush then has nowhere to fail
+        return 141  # 128 + SIGPIPE, the status of a Unix tool stopped by a closed pipe
+    except OSError as e:
+        if e.filename is not None or e.errno not in STDOUT_FULL:  # a file the command opened names itself
+            raise
+        print(f"miniberts {args.command}: error: standard output: cannot write ({e.strerror or e})", file=sys.stderr)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 2
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from .config import find_preset
 from .errors import MinibertsError
-from .fileio import atomic_path, atomic_write_text
+from .fileio import atomic_path, atomic_write_text, output_folder
 
 RELEASED = "released:"  # `released:tiny`: a colon never appears in a preset name or a Hub id
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
@@ -247,9 +247,12 @@ def export_snapshot(ref: HubRef, snapshot_dir: Path, out_dir: Path) -> Path:
     """A self-contained copy of a snapshot (links followed) in out_dir/<repo name>, for a machine without network,
     with source.json recording the repo and the commit it came from."""
     target = out_dir / ref.repo_id.split("/")[-1]
-    for src in sorted(p for p in snapshot_dir.rglob("*") if p.is_file()):
-        with atomic_path(target / src.relative_to(snapshot_dir)) as tmp:
-            shutil.copyfile(src, tmp)
-    source = {"repo_id": ref.repo_id, "revision": ref.revision or "main", "commit": snapshot_dir.name}
-    atomic_write_text(target / "source.json", json.dumps(source, indent=2))
+    files = sorted(p for p in snapshot_dir.rglob("*") if p.is_file())
+    names = {p.relative_to(snapshot_dir).parts[0] for p in files} | {"source.json"}
+    with output_folder(target, names):  # the folder rule: never over a file miniberts did not write
+        for src in files:
+            with atomic_path(target / src.relative_to(snapshot_dir)) as tmp:
+                shutil.copyfile(src, tmp)
+        source = {"repo_id": ref.repo_id, "revision": ref.revision or "main", "commit": snapshot_dir.name}
+        atomic_write_text(target / "source.json", json.dumps(source, indent=2))
     return target

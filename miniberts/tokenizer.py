@@ -30,6 +30,7 @@ from .errors import CheckpointError
 from .fileio import atomic_write_text
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")  # what `save` writes
 BUILTIN_VOCAB = Path(__file__).parent / "resources" / "vocab-uncased.txt"
 
 log = logging.getLogger("miniberts")
@@ -137,6 +138,7 @@ class WordPieceTokenizer:
         `recorded_casing`); a directory that records none (a Google release) is uncased unless `cased`. `cased` with
         a directory that records uncased is an error: its vocabulary was built lower-cased."""
         model_dir = Path(model_dir)
+        check_one_truth(model_dir)
         recorded, where = recorded_casing(model_dir)
         if cased and recorded is True:
             raise CheckpointError(f"{where}: records do_lower_case=true (an uncased vocabulary), but --cased "
@@ -177,6 +179,35 @@ def recorded_casing(model_dir: Path) -> tuple[bool | None, Path]:
             if isinstance(lowercase, bool):
                 return lowercase, tok_path
     return None, config_path
+
+
+def check_one_truth(model_dir: Path) -> None:
+    """A directory holding both vocab.txt and tokenizer.json must hold one tokenizer: miniberts (and Google's code,
+    and transformers' slow BertTokenizer) read vocab.txt, transformers' AutoTokenizer reads tokenizer.json, so where
+    they disagree the same model would tokenize two ways, silently. Compared: every token's id and the ids of the
+    special tokens (tokenizer.json's added tokens and [CLS]/[SEP] of its post-processor). A disagreement is refused
+    in one line naming both files. Casing has one truth already: tokenizer_config.json's do_lower_case, where given,
+    wins over tokenizer.json's normalizer here (`recorded_casing`) as in transformers."""
+    txt, tok_json = model_dir / "vocab.txt", model_dir / "tokenizer.json"
+    if not (txt.is_file() and tok_json.is_file()):
+        return
+    lines, words = read_vocab(txt), _tokenizer_json_vocab(tok_json)
+    data = _json_object(tok_json)
+    problem = None
+    if lines != words:
+        token = next((t for t in lines if words.get(t) != lines[t]), None)
+        problem = (f"{len(lines)} tokens in vocab.txt, {len(words)} in tokenizer.json" if token is None else
+                   f"{token!r} is id {lines[token]} in vocab.txt, {words.get(token, 'absent')} in tokenizer.json")
+    added = [a for a in data.get("added_tokens") or [] if isinstance(a, dict)]
+    specials = (data.get("post_processor") or {}).get("special_tokens") or {}
+    for content, ids in [(a.get("content"), [a.get("id")]) for a in added] + [
+            (name, s.get("ids")) for name, s in specials.items() if isinstance(s, dict)]:
+        if problem is None and ids != [lines.get(content)]:
+            problem = (f"special token {content!r} is id {lines.get(content, 'absent')} in vocab.txt, "
+                       f"{', '.join(map(str, ids or [])) or 'absent'} in tokenizer.json")
+    if problem is not None:
+        raise CheckpointError(f"{txt} and {tok_json} disagree: {problem}; delete the one the model was not trained "
+                              "with (transformers reads tokenizer.json, miniberts vocab.txt)")
 
 
 def open_vocab(vocab: str | Path = "", cased: bool = False) -> WordPieceTokenizer:

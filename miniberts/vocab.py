@@ -31,9 +31,9 @@ from tqdm import tqdm
 
 from .data.pretraining import check_files, files_key, read_lines
 from .errors import DataError, MinibertsError
-from .fileio import atomic_write_text
+from .fileio import atomic_write_text, output_folder
 from .settings import SettingsError, validate
-from .tokenizer import SPECIAL_TOKENS, WordPieceTokenizer
+from .tokenizer import FILES, SPECIAL_TOKENS, WordPieceTokenizer
 
 log = logging.getLogger("miniberts")
 
@@ -60,6 +60,8 @@ class VocabConfig:
         "min": 1})
     out: str = field(default="", metadata={"help": "output directory: vocab.txt, tokenizer.json, "
                                                     "tokenizer_config.json, vocab_stats.json"})
+    force: bool = field(default=False, metadata={
+        "help": "write into a folder that holds other files too (a file miniberts did not write is never replaced)"})
     progress: bool = field(default=True, metadata={"help": "progress bars on a terminal"})
 
     def __post_init__(self):
@@ -108,7 +110,17 @@ def run(cfg: VocabConfig) -> dict:
         if (out / model_file).is_file():  # a new vocab.txt would no longer fit its embeddings
             raise MinibertsError(f"{out / model_file}: {out} holds a model; write the vocabulary to another --out")
     paths = check_files(cfg.files, "input")
+    with output_folder(out, (*FILES, "vocab_stats.json"), cfg.force):
+        return _train_and_write(paths, out, cfg)
+
+
+def _train_and_write(paths: list[Path], out: Path, cfg: VocabConfig) -> dict:
     ordered = train_pieces(paths, cfg)
+    if len(ordered) < cfg.size:  # a vocabulary smaller than asked would not fit the model it is meant for
+        learned = len(ordered) - len(GOOGLE_LAYOUT)
+        raise DataError(f"{', '.join(map(str, paths))}: {learned} pieces occur --min-frequency {cfg.min_frequency} "
+                        f"times, {cfg.size - len(GOOGLE_LAYOUT)} needed for --size {cfg.size}; give more text, a "
+                        "smaller --size or a lower --min-frequency")
     (out / "vocab_stats.json").unlink(missing_ok=True)  # an earlier vocabulary's, until this one is complete
     atomic_write_text(out / "vocab.txt", "".join(t + "\n" for t in ordered))
     tokenizer = WordPieceTokenizer(out / "vocab.txt", lowercase=not cfg.cased)  # through the one reader
@@ -122,10 +134,9 @@ def run(cfg: VocabConfig) -> dict:
         "training_text": text_stats(tokenizer, paths),
     }
     atomic_write_text(out / "vocab_stats.json", json.dumps(stats, indent=2, ensure_ascii=False))
-    if stats["size"] != cfg.size:
-        log.warning("%s: %d tokens, not the %d asked for (%s)", out / "vocab.txt", stats["size"], cfg.size,
-                    "the text has no more pieces that occur --min-frequency times" if stats["size"] < cfg.size
-                    else "the special tokens and the alphabet alone need more")
+    if stats["size"] > cfg.size:
+        log.warning("%s: %d tokens, not the %d asked for (the special tokens and the alphabet alone need more)",
+                    out / "vocab.txt", stats["size"], cfg.size)
     log.info("wrote %s: %d tokens (%s), %.3f tokens per word on the training text", out, stats["size"],
              "cased" if cfg.cased else "uncased", stats["training_text"]["tokens_per_word"])
     return stats

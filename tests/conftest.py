@@ -53,3 +53,24 @@ def always_unpad(monkeypatch):
     """`unpad=True` takes the unpadded path for any padding, not only where it pays (model.UNPAD_MIN_SAVING), so
     parity tests on small, lightly padded batches compare the two paths rather than the padded one twice."""
     monkeypatch.setattr("miniberts.model.UNPAD_MIN_SAVING", 0)
+
+
+def refused(capsys, argv: list[str]) -> str:
+    """`miniberts ARGV` refused: exit status 2 and one stderr line `miniberts COMMAND: error: ...`, returned."""
+    from miniberts.cli import main
+
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"miniberts {argv[0]}: error: "), err
+    return err
+
+
+def alive(pid: int) -> bool:
+    """Whether process `pid` runs (from /proc; a zombie that nobody reaps in a container has ended all the same)."""
+    from pathlib import Path
+
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

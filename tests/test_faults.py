@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from conftest import alive
 import torch
 from safetensors.torch import load_file
 
@@ -345,6 +346,58 @@ def test_glue_second_sweep_refused_then_killed_mid_run(tiny, glue_reference, tmp
     assert_no_partial_outputs(out)
     assert run_clean(glue_argv(tiny, out)) == 0
     same_sweep(out, glue_reference)
+
+
+# --- an experiment's workers when only the parent is killed ---------------------------------------------------
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the workers through /proc (Linux)")
+def test_experiment_workers_die_with_their_killed_parent_and_the_rerun_resumes(rt, tmp_path):
+    """kill -9 of the experiment process alone (as the OOM killer does) while both workers pre-train: no worker
+    survives it by more than a few seconds, and the rerun takes the run over and finishes it."""
+    out = tmp_path / "exp"
+    argv = ["experiment", "--students", "tiny", "4-128", "--strategies", "pt-ft", "--pretrain-files", EXCERPT,
+            "--pretrain-steps", "200", "--pretrain-batch-size", "8", "--pretrain-seq-len", "64", "--seeds", "1",
+            "--train", str(rt / "train.tsv"), "--dev", str(rt / "dev.tsv"), "--test", str(rt / "test.tsv"),
+            "--text-column", "sentence", "--label-column", "label", "--epochs", "1", "--batch-size", "16",
+            "--max-length", "32", "--dtype", "fp32", "--workers", "2", "--out", str(out)]
+    parent = start(argv, "none")
+    logs = [out / "pretrained" / f"{s}-generic-200steps" / "log.jsonl" for s in ("tiny", "4-128")]
+    deadline = time.time() + 300
+    while not all(log.is_file() for log in logs):  # both workers are inside their pre-training
+        done, status = os.waitpid(parent, os.WNOHANG)
+        assert not done, f"the experiment ended before both workers trained (status {status})"
+        assert time.time() < deadline, "timed out waiting for the workers"
+        time.sleep(0.05)
+    workers = children(parent)
+    assert len(workers) >= 2, workers
+    os.kill(parent, signal.SIGKILL)
+    killed(parent)
+    deadline = time.time() + 5
+    while any(alive(w) for w in workers) and time.time() < deadline:
+        time.sleep(0.05)
+    survivors = [w for w in workers if alive(w)]
+    for w in survivors:
+        os.kill(w, signal.SIGKILL)
+    assert not survivors, f"workers {survivors} outlived their parent by 5 s"
+    assert not all((log.parent / "model.safetensors").exists() for log in logs), "the kill did not land mid-way"
+    assert run_clean(argv) == 0  # not refused as in use: the dead parent's and workers' locks are taken over
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert sorted(r["student"] for r in rows) == ["4-128", "tiny"]
+    assert_no_partial_outputs(out)
 
 
 if __name__ == "__main__":  # the killed child (`start`): AT N NAME MARKER ARGV...

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..figures import pyplot, save_figure
-from ..fileio import atomic_write_text
+from ..fileio import atomic_write_text, check_folder, output_folder
 from .engines import ENGINES, WORKLOADS
 from .harness import HF, LATENCY_TOKENS, ORT32, ORT8, OURS, nickname
 
@@ -74,15 +74,25 @@ def _pct(x: float | None) -> str:
     return "—" if x is None else f"{100 * x:.0f}%"
 
 
+def report_files(out: Path) -> list[str]:
+    return [out.name, out.with_suffix(".json").name, out.with_suffix(".png").name]
+
+
+def check_report_path(out: Path) -> None:
+    """Before measuring: the report's files may be written (a file miniberts did not write is never replaced;
+    other files beside them are none of its business)."""
+    check_folder(out.parent, report_files(out), force=True)
+
+
 def write_report(report: dict, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out.with_suffix(".json"), json.dumps(report, indent=1, default=float))
-    png = out.with_suffix(".png")
-    try:
-        plot(report, png)
-    except Exception as e:  # a chart must never lose the measurements
-        log.warning("could not draw %s: %s", png, e)
-    atomic_write_text(out, markdown(report, png.name))
+    with output_folder(out.parent, report_files(out), force=True):
+        atomic_write_text(out.with_suffix(".json"), json.dumps(report, indent=1, default=float))
+        png = out.with_suffix(".png")
+        try:
+            plot(report, png)
+        except Exception as e:  # a chart must never lose the measurements
+            log.warning("could not draw %s: %s", png, e)
+        atomic_write_text(out, markdown(report, png.name))
     log.info("wrote %s, %s, %s (%.0f s)", out, out.with_suffix(".json"), png, report["seconds"])
 
 

@@ -24,7 +24,7 @@ from .engines import run_engines
 from .harness import (BATCH, FINETUNE_BATCHES, HF, LATENCY_TOKENS, MAX_LEN, ORT32, ORT8, OURS, REAL, BenchConfig, Busy,
                       Workload, cpu_flags, cpu_model, forward_flops, load_workload, matmul_peak, median, native_bf16,
                       nickname, round_robin, versions)
-from .report import check_targets, write_report
+from .report import check_report_path, check_targets, write_report
 from .systems import (build_systems, finetune_steps, hf_mlm_step, make_checkpoint, measure_inference, measure_latency,
                       measure_memory, mlm_batch, ours_mlm_step)
 
@@ -197,6 +197,7 @@ def bench_profile(preset: str, workload: Workload, tokenizer: WordPieceTokenizer
 
 def run_bench(cfg: BenchConfig, out: str | Path) -> dict:
     out = Path(out)
+    check_report_path(out)  # before an hour of measuring
     start = time.time()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)

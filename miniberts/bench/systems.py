@@ -22,6 +22,7 @@ from ..config import BertConfig, find_preset
 from ..device import autocast, resolve_dtype
 from ..errors import MinibertsError
 from ..inference.fast_paths import for_inference
+from ..lifetime import parent_death_signal
 from ..model import BertForPreTraining, BertForSequenceClassification
 from ..tokenizer import BUILTIN_VOCAB, WordPieceTokenizer
 from .harness import BATCH, HF, MASK_RATE, MAX_LEN, ORT32, ORT8, OURS, round_robin
@@ -285,7 +286,8 @@ def measure_memory(model_dir: Path, onnx_dir: Path, systems: list[str], kind: st
     for system in systems:
         job = {"system": system, "kind": kind, "model_dir": str(model_dir), "onnx_dir": str(onnx_dir), "threads": threads}
         code = "import json, sys; from miniberts.bench import memory_probe; print(json.dumps(memory_probe(json.loads(sys.argv[1]))))"
-        proc = subprocess.run([sys.executable, "-c", code, json.dumps(job)], capture_output=True, text=True, env=env, timeout=900)
+        proc = subprocess.run([sys.executable, "-c", code, json.dumps(job)], capture_output=True, text=True, env=env, timeout=900,
+                              preexec_fn=parent_death_signal)  # dies with the bench
         if proc.returncode != 0:
             log.warning("memory probe %s/%s failed: %s", system, kind, proc.stderr.strip().splitlines()[-1:] )
             out[system] = None

@@ -4,16 +4,18 @@ import json
 import logging
 from pathlib import Path
 
-from ..data.builtin import BUILTIN
+from ..data.builtin import BUILTIN, fetch
 
 HELP = "Built-in real data sets (pre-training corpus, tasks), assembled offline: `data fetch NAME --out DIR`."
 
 
 def add_arguments(parser):
     sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
-    fetch = sub.add_parser("fetch", help="write a built-in data set to a directory")
-    fetch.add_argument("name", choices=sorted(BUILTIN), help="which data set")
-    fetch.add_argument("--out", required=True, help="output directory")
+    command = sub.add_parser("fetch", help="write a built-in data set to a directory")
+    command.add_argument("name", choices=sorted(BUILTIN), help="which data set")
+    command.add_argument("--out", required=True, help="output directory (new, or one this command wrote before)")
+    command.add_argument("--force", action="store_true", help="write into a folder that holds other files too (a file "
+                                                            "miniberts did not write is never replaced)")
     sub.add_parser("list", help="list the built-in data sets")
 
 
@@ -31,6 +33,6 @@ def run(args):
             about = ABOUT.get(name) or (build.__doc__ or "").strip().split("\n")[0]
             print(f"{name:<16} {about}")
         return
-    counts = BUILTIN[args.name](Path(args.out))
+    counts = fetch(args.name, Path(args.out), args.force)
     logging.info("wrote %s to %s", args.name, args.out)
     print(json.dumps(counts, indent=2))

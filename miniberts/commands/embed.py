@@ -10,6 +10,7 @@ from ..api import load
 from ..cli import add_dataclass_arguments, dataclass_from_args
 from ..device import pick_device, resolve_dtype
 from ..fileio import atomic_path, check_output_path
+from ..inference.backends import precision_of
 from ..inference.batching import read_lines
 from ..inference.config import EmbedConfig
 
@@ -36,4 +37,5 @@ def run(args):
     with atomic_path(output) as tmp:
         with open(tmp, "wb") as f:
             np.save(f, vectors)
-    logging.info("wrote %s: %d x %d (%s, %s on %s)", output, *vectors.shape, args.pooling, dtype, device)
+    logging.info("wrote %s: %d x %d (%s, %s on %s)", output, *vectors.shape, args.pooling,
+                 precision_of(dtype, settings.int8), device)

@@ -24,6 +24,8 @@ def add_arguments(parser):
                         help="write a sentence-transformers directory to --out DIR instead (SentenceTransformer(DIR) "
                              "and text-embeddings-inference load it; it embeds as `miniberts embed` does)")
     parser.add_argument("--out", metavar="DIR", help="output folder for --engine or --format (new or empty)")
+    parser.add_argument("--force", action="store_true", help="--engine: write into a folder that holds files "
+                        "already (an earlier export's are replaced; a file miniberts did not write never is)")
     parser.add_argument("--quantize", choices=["int8"], default=None, help="int8: --onnx: dynamic quantization; --engine onnxruntime: the calibrated int8 "
                         "that --backend onnxruntime --int8 runs")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default: {DEFAULT_OPSET})")
@@ -42,7 +44,7 @@ def run(args):
     if args.engine:
         if not args.out:
             raise MinibertsError("--engine needs --out DIR")
-        out = export_engine(args.model, args.engine, args.out, args.quantize)
+        out = export_engine(args.model, args.engine, args.out, args.quantize, args.force)
         logging.info("wrote %s (%s, %s; the encoder with its pooler)", out, args.engine, args.quantize or "fp32")
         return
     out = export(args.model, args.onnx, args.quantize, args.opset)

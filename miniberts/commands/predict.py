@@ -5,6 +5,7 @@ from pathlib import Path
 
 from ..cli import add_dataclass_arguments, dataclass_from_args
 from ..device import pick_device, resolve_dtype
+from ..inference.backends import precision_of
 from ..inference.config import PredictConfig
 
 HELP = "Predict labels + probabilities (or scores) for a CSV/TSV/JSONL/text file with a fine-tuned model"
@@ -29,4 +30,5 @@ def run(args):
     n = predict_file(args.model, args.input, args.output, args.text_column, args.text_pair_column,
                      settings.max_length, settings.batch_size, device, dtype, progress=True,
                      backend=settings.backend, int8=settings.int8)
-    logging.info("wrote %s: %d predictions (%s on %s)", Path(args.output), n, str(dtype).removeprefix("torch."), device)
+    logging.info("wrote %s: %d predictions (%s on %s)", Path(args.output), n, precision_of(dtype, settings.int8),
+                 device)

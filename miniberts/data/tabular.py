@@ -134,12 +134,14 @@ class Table:
         require_columns(self.path, self.columns, columns)
 
     def text(self, line: int, row: dict, column: str) -> str:
-        """A text value: a string (JSON numbers or lists are not silently turned into text)."""
+        """A text value: a non-blank string (JSON numbers or lists are not silently turned into text)."""
         value = row.get(column)
         if value is None:
             raise DataError(f"{self.path}:{line}: missing value for {column!r}")
         if not isinstance(value, str):
             raise DataError(f"{self.path}:{line}: column {column!r} must be text, found {_json_type(value)}")
+        if not value.strip():  # a blank text is not an example: refused, never trained on as ""
+            raise DataError(f"{self.path}:{line}: empty text in column {column!r}")
         return value
 
     def label(self, line: int, row: dict, column: str) -> str:

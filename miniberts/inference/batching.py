@@ -6,6 +6,7 @@ work is spent on padding. Results are put back in the order of the input.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,12 +20,27 @@ from ..device import autocast
 from ..errors import DataError, MinibertsError
 from ..tokenizer import WordPieceTokenizer
 
+log = logging.getLogger("miniberts")
+
 
 def read_lines(path: str | Path) -> list[str]:
-    """One text per line; lines are split on '\\n' only (a trailing '\\r' is dropped). Errors name the line."""
+    """One text per line; lines are split on '\\n' only (a trailing '\\r' is dropped). Errors name the line. Every
+    line is kept, blank ones too: `embed` and `predict` write output row i for input line i."""
     texts = [line.removesuffix("\n").removesuffix("\r") for _, line in decoded_lines(Path(path))]
     if not texts:
         raise DataError(f"{path}: the file is empty (expected one text per line)")
+    return texts
+
+
+def unlabeled_texts(path: str | Path) -> list[tuple[int, str]]:
+    """(line number, text) of a file of unlabeled training text (a transfer set): a blank or whitespace-only line
+    is not a text, so it is skipped, and how many were is logged."""
+    lines = read_lines(path)
+    texts = [(number, line) for number, line in enumerate(lines, 1) if line.strip()]
+    if not texts:
+        raise DataError(f"{path}: no text (only blank lines; expected one text per line)")
+    if len(texts) < len(lines):
+        log.info("%s: skipped %d blank line(s); %d texts", path, len(lines) - len(texts), len(texts))
     return texts
 
 

@@ -132,4 +132,3 @@ def session(path: str | Path, threads: int | None = None):
     if threads:
         options.intra_op_num_threads = threads
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..checkpoint import save_hf
 from ..errors import MinibertsError
-from ..fileio import atomic_write_text, build_dir
+from ..fileio import atomic_write_text, build_dir, check_folder
 from ..sbert import MODES, SentenceLayout, write_layout
 from .config import EmbedConfig
 from .loaded_model import load
@@ -25,6 +25,7 @@ def export_sentence_transformers(source: str | Path, out: str | Path) -> Path:
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise MinibertsError(f"{out}: exists and is not an empty folder (the export writes a new folder)")
+    check_folder(out)  # a path under a file or a read-only folder: one line, before the model is loaded
     model = load(source, "cpu")
     pooling, normalize, length = model.embedding_settings(EmbedConfig())
     if pooling not in MODES.values():

@@ -26,6 +26,7 @@ from torch import nn
 from ..errors import CheckpointError, MinibertsError
 from ..figures import pyplot, save_figure
 from ..fileio import atomic_path, atomic_write_text
+from ..lifetime import die_with_parent
 
 log = logging.getLogger("miniberts")
 
@@ -140,6 +141,7 @@ def init_distributed() -> tuple[int, int, torch.device]:
     if "RANK" not in os.environ:
         return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    die_with_parent(os.getppid())  # a rank whose torchrun agent was killed stops instead of waiting on its peers
     if torch.cuda.is_available():
         local = int(os.environ.get("LOCAL_RANK", 0))
         torch.cuda.set_device(local)

@@ -22,7 +22,7 @@ from ..checkpoint import check_max_length, load_classifier, load_tokenizer, read
 from ..data.load import TaskData, cache_root, load_task, targets_of
 from ..device import pick_device, resolve_dtype
 from ..errors import DataError, MinibertsError
-from ..inference.batching import read_lines
+from ..inference.batching import unlabeled_texts
 from . import finetune, rundir
 from .common import JsonlLog, set_seed, write_json
 from .distill_targets import Split, check_same_vocab, kl_to_teacher, soft_target_loss, teacher_logits
@@ -54,11 +54,13 @@ def read_transfer(files: list[str], pairs: bool, limit: int = 0) -> tuple[list[s
         raise DataError("distillation needs --transfer FILE... (unlabeled text, one example per line)")
     texts, seconds = [], []
     for name in files:
-        for number, line in enumerate(read_lines(name), 1):
+        for number, line in unlabeled_texts(name):  # blank lines are not texts: skipped (and counted in the log)
             if pairs:
                 parts = line.split("\t")
                 if len(parts) != 2:
                     raise DataError(f"{name}:{number}: expected text_a<TAB>text_b for a pair task, got {len(parts)} field(s)")
+                if not (parts[0].strip() and parts[1].strip()):
+                    raise DataError(f"{name}:{number}: an empty text in a pair (expected text_a<TAB>text_b)")
                 texts.append(parts[0])
                 seconds.append(parts[1])
             else:
@@ -124,7 +126,7 @@ def run(cfg: DistillConfig) -> dict:
     pairs = any(ex.text_b is not None for ex in data.train)
     transfer_texts, transfer_pairs = read_transfer(cfg.transfer, pairs, cfg.transfer_limit)
     ident = finetune.run_identity(cfg, teacher=cfg.teacher, student=cfg.student, transfer=cfg.transfer)
-    with rundir.open_run(cfg.out, ident, cfg.fresh) as run_dir:
+    with rundir.claim_run(cfg.out, ident, cfg.fresh) as run_dir:
         if run_dir.finished:
             return run_dir.finished_metrics()
         return _distill(cfg, data, pairs, transfer_texts, transfer_pairs, run_dir.path)

@@ -36,6 +36,7 @@ import logging
 import multiprocessing
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,12 +45,13 @@ import torch
 
 from ..checkpoint import load_tokenizer, read_checkpoint, resolve
 from ..config import find_preset, param_count
-from ..data.builtin import BUILTIN
+from ..data.builtin import fetch
 from ..hub import local_path
 from ..data.pretraining import check_files
 from ..device import DTYPES
 from ..errors import MinibertsError
-from ..fileio import atomic_write_text
+from ..fileio import as_found_on_refusal, atomic_write_text
+from ..lifetime import die_with_parent
 from ..settings import SettingsError, validate
 from ..data.load import TaskData, builtin_name, builtin_task_dir, load_task
 from . import distill, finetune, pretrain, rundir
@@ -373,7 +375,7 @@ def _generic_corpus(cfg: ExperimentConfig, cache: str) -> tuple[list[str], list[
         return list(cfg.pretrain_files), []
     corpus = Path(cache) / "corpus"
     if not (corpus / "SOURCES.md").is_file():  # written last: marks a complete corpus
-        BUILTIN["pretraining"](corpus)
+        fetch("pretraining", corpus)
     return [str(corpus / "train.txt")], [str(corpus / "eval.txt")]
 
 
@@ -441,8 +443,10 @@ def _teacher_work(job: Job) -> None:
                                                             "transfer_texts": counts}, indent=2) + "\n")
 
 
-def _worker_init(counter, gpus: int) -> None:
-    """Logging for the worker; with several GPUs, worker i sees only GPU i mod gpus (set before CUDA starts)."""
+def _worker_init(counter, gpus: int, parent: int) -> None:
+    """The worker exits when the experiment's process dies, however it dies (`lifetime`); logging; with several
+    GPUs, worker i sees only GPU i mod gpus (set before CUDA starts)."""
+    die_with_parent(parent)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     with counter.get_lock():
         index = counter.value
@@ -466,7 +470,7 @@ def execute(jobs: list[Job], workers: int, threads: int, on_done) -> None:
     context = multiprocessing.get_context("spawn")  # no fork: torch's thread pools do not survive it
     gpus = torch.cuda.device_count()  # one worker per GPU on a multi-GPU machine
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init,
-                             initargs=(context.Value("i", 0), gpus)) as pool:
+                             initargs=(context.Value("i", 0), gpus, os.getpid())) as pool:
         running = {}
         while todo or running:
             for job in [j for j in todo if all(d in done for d in j.deps)]:
@@ -486,14 +490,20 @@ def execute(jobs: list[Job], workers: int, threads: int, on_done) -> None:
                 on_done(job)
 
 
-def run(cfg: ExperimentConfig) -> dict:
-    """Plan (checking every input), record the spec, run what is not finished, write the report; the summary."""
+def run(cfg: ExperimentConfig, prepare: Callable[[], None] = lambda: None) -> dict:
+    """Plan (checking every input), record the spec, run what is not finished, write the report; the summary.
+    `prepare()` writes input files that `cfg` names (the quickstart's split) before they are fingerprinted."""
     started = time.time()
     out = Path(cfg.out)
-    # The lock is held for the whole run, and an OUT made with other settings is refused before any planning;
-    # --fresh keeps OUT/cache (token shards and teacher logits are keyed by their inputs).
-    with rundir.open_run(out, identity(cfg), cfg.fresh, keep=("cache",)):
-        return _run(cfg, plan(cfg), out, started)
+    # A refusal (bad settings, another OUT) leaves OUT as it was: no identity, cache or lock of the refused run.
+    with as_found_on_refusal(out, unless=(rundir.RunInUse,)) as accept:
+        prepare()
+        # The lock is held for the whole run, and an OUT made with other settings is refused before any planning;
+        # --fresh keeps OUT/cache (token shards and teacher logits are keyed by their inputs).
+        with rundir.open_run(out, identity(cfg), cfg.fresh, keep=("cache",)):
+            p = plan(cfg)
+            accept()
+            return _run(cfg, p, out, started)
 
 
 def _run(cfg: ExperimentConfig, p: Plan, out: Path, started: float) -> dict:

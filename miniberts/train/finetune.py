@@ -318,7 +318,7 @@ def run(cfg: FinetuneConfig, data: TaskData | None = None) -> dict:
         raise MinibertsError("--out is required (the run directory to write)")
     check_max_length(cfg.model, cfg.max_length)  # from config.json alone, before any data file is read
     data = data or load_task(cfg)
-    with rundir.open_run(cfg.out, run_identity(cfg), cfg.fresh) as run_dir:
+    with rundir.claim_run(cfg.out, run_identity(cfg), cfg.fresh) as run_dir:
         if run_dir.finished:
             return run_dir.finished_metrics()
         return _train_run(cfg, data, run_dir.path)

@@ -178,7 +178,7 @@ def sweep(cfg: GlueConfig) -> dict:
     _check(cfg, tasks)
     out = Path(cfg.out)
     runs = plan(cfg)
-    with rundir.open_run(out, sweep_identity(cfg), cfg.fresh):
+    with rundir.claim_run(out, sweep_identity(cfg), cfg.fresh):
         data: dict[str, TaskData] = {}  # each task is read and checked once, before its first run
         for n, run in enumerate(runs, 1):
             run_cfg = run_config(cfg, run, out)

@@ -348,7 +348,7 @@ def run(cfg: PretrainConfig) -> dict:
         if rank > 0:  # rank 0 holds the lock and checks the identity for all
             return _run(cfg, rank, world, device)
         keep = () if cfg.cache_dir else ("data",)  # the token cache is keyed by its inputs: still valid
-        with rundir.open_run(cfg.out, run_identity(cfg), cfg.fresh, keep):
+        with rundir.claim_run(cfg.out, run_identity(cfg), cfg.fresh, keep):
             return _run(cfg, rank, world, device)
     finally:
         if started_dist and dist.is_initialized():

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..data.builtin import BUILTIN, require_minilm
+from ..data.builtin import fetch, require_minilm
 from ..settings import validate
 from . import experiment
 
@@ -46,25 +46,37 @@ class QuickstartConfig:
     seed: int = field(default=13, metadata={"help": "seed of the data split", "min": 0})
     workers: int = field(default=2, metadata={"help": "runs at once (the results do not depend on it)", "min": 1})
     threads: int = field(default=1, metadata={"help": "threads per run (part of the results' identity)", "min": 1})
+    fresh: bool = field(default=False, metadata={"help": "remove an earlier quickstart in --out (made with other "
+                                                         "settings) and start afresh; OUT/cache is kept"})
 
     def __post_init__(self):
         validate(self)
 
 
-def experiment_config(cfg: QuickstartConfig) -> experiment.ExperimentConfig:
-    """The preset: the quickstart's data split written once under OUT/cache (named by what decides it, so another
-    --seed or size never reuses a split), then the experiment's settings."""
-    task = Path(cfg.out) / "cache" / f"rotten_tomatoes-seed{cfg.seed}-{cfg.n_train}-{cfg.n_dev}-{cfg.n_test}"
+def split_dir(cfg: QuickstartConfig) -> Path:
+    """The quickstart's data split under OUT/cache, named by what decides it (another --seed or size never reuses a
+    split)."""
+    return Path(cfg.out) / "cache" / f"rotten_tomatoes-seed{cfg.seed}-{cfg.n_train}-{cfg.n_dev}-{cfg.n_test}"
+
+
+def write_split(cfg: QuickstartConfig) -> None:
+    task = split_dir(cfg)
     if not (task / "SOURCES.md").is_file():  # written last: marks a complete split
-        BUILTIN["rotten_tomatoes"](task, seed=cfg.seed, n_train=cfg.n_train, n_dev=cfg.n_dev, n_test=cfg.n_test)
+        fetch("rotten_tomatoes", task, seed=cfg.seed, n_train=cfg.n_train, n_dev=cfg.n_dev, n_test=cfg.n_test)
+
+
+def experiment_config(cfg: QuickstartConfig) -> experiment.ExperimentConfig:
+    """The preset: the experiment's settings on the quickstart's split (written by `write_split`)."""
+    task = split_dir(cfg)
     return experiment.ExperimentConfig(
         out=cfg.out, students=[cfg.student], pretrain_steps=[cfg.pretrain_steps], teacher=str(require_minilm()),
         teacher_epochs=cfg.teacher_epochs, train=str(task / "train.tsv"), dev=str(task / "dev.tsv"),
         test=str(task / "test.tsv"), transfer=[str(task / "transfer.txt")], text_column="sentence",
         label_column="label", transfer_sizes=[str(cfg.transfer_limit) if cfg.transfer_limit else "all"],
         seeds=cfg.seeds, epochs=cfg.student_epochs, lr=cfg.student_lr, max_length=cfg.max_length,
-        workers=cfg.workers, threads=cfg.threads)
+        workers=cfg.workers, threads=cfg.threads, fresh=cfg.fresh)
 
 
 def run(cfg: QuickstartConfig) -> dict:
-    return experiment.run(experiment_config(cfg))
+    # The split is written inside the experiment's refusal guard: a refused quickstart leaves OUT as it found it.
+    return experiment.run(experiment_config(cfg), prepare=lambda: write_split(cfg))

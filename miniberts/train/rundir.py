@@ -13,11 +13,15 @@ RUN/identity.json: the settings that define its results, with every input file r
 While a run is open it holds an exclusive `fcntl.flock` on RUN/.lock, so a second process (a second `finetune`,
 a second `pretrain --resume`) gets `RUN: in use by another miniberts process (pid N)` instead of mixing its outputs
 with the first one's. The kernel drops the lock when the holder dies, even by kill -9: a stale lock never blocks.
+The holder's pid stays in RUN/.lock until the run closes, so the next holder names a process that died holding it
+("pid N died while it held this run ...; taking it over"). What kept a lock held after its command was killed was
+the command's own children (an experiment's workers): they now die with their parent (`lifetime`).
 
-Use (a recipe, an experiment's top directory or each of its cells alike):
+Use (a recipe, an experiment's top directory or each of its cells alike; `claim_run` is `open_run` whose refusal
+leaves the folder as it was found, without a lock file):
 
     ident = identity(cfg, inputs={"train": [cfg.train], "model": [cfg.model]})
-    with open_run(cfg.out, ident, fresh=cfg.fresh) as run:
+    with claim_run(cfg.out, ident, fresh=cfg.fresh) as run:
         if run.finished:          # RUN/metrics.json exists and came from these settings
             return run.finished_metrics()
         ...                       # train, write outputs (atomically), metrics.json last
@@ -39,7 +43,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import MinibertsError
-from ..fileio import atomic_write_text
+from ..fileio import (OutputError, as_found_on_refusal, atomic_write_text, make_folder, remove_created,
+                      visible)
 from ..hub import resolved_name
 
 log = logging.getLogger("miniberts")
@@ -192,16 +197,31 @@ def finished(path: str | Path, ident: dict, done: str = "metrics.json") -> bool:
 
 
 def _acquire(path: Path) -> int:
-    fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    """The lock, with this process' pid in it. The pid is removed when the run closes, so a pid found there by the
+    next holder is that of a process that died holding the run (kill -9, the OOM killer): named, then taken over."""
+    try:
+        fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise OutputError(f"{path}: cannot write ({e.strerror or e})") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
         os.close(fd)
         raise RunInUse(f"{path}: in use by another miniberts process (pid {holder})") from None
+    dead = os.read(fd, 32).decode("ascii", "replace").strip()
+    if dead and dead != str(os.getpid()):
+        log.warning("%s: pid %s died while it held this run (killed, or out of memory); taking it over", path, dead)
     os.ftruncate(fd, 0)
-    os.write(fd, str(os.getpid()).encode())
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
     return fd
+
+
+def _release(fd: int) -> None:
+    try:
+        os.ftruncate(fd, 0)  # closed in order: no pid for the next holder to report
+    finally:
+        os.close(fd)  # releases the flock
 
 
 def _clear(path: Path, keep: Sequence[str]) -> None:
@@ -214,11 +234,6 @@ def _clear(path: Path, keep: Sequence[str]) -> None:
             entry.unlink()
 
 
-def _visible(path: Path) -> list[str]:
-    """What a directory holds besides hidden files (the lock, temporaries, a .gitkeep)."""
-    return sorted(p.name for p in path.iterdir() if not p.name.startswith("."))
-
-
 @contextmanager
 def open_run(out: str | Path, ident: dict, fresh: bool = False, keep: Sequence[str] = (),
              done: str = "metrics.json") -> Iterator[RunDir]:
@@ -229,13 +244,12 @@ def open_run(out: str | Path, ident: dict, fresh: bool = False, keep: Sequence[s
     directory as it found it. Stale temporary files of atomic writes cut short by a kill are removed.
     """
     path = Path(out)
-    created = [d for d in (path, *path.parents) if not d.exists()]
-    path.mkdir(parents=True, exist_ok=True)
+    created = make_folder(path)
     fd = _acquire(path)
     wrote_identity = False
     try:
         old = read_identity(path)
-        if old is None and [name for name in _visible(path) if name not in keep]:  # `keep` (a cache) may precede
+        if old is None and [name for name in visible(path) if name not in keep]:  # `keep` (a cache) may precede
             raise RunMismatch(f"{path}: holds files but no {IDENTITY} (not a miniberts run directory, or one made "
                               "before run identities); choose another --out or empty it")
         if old is not None and old != ident and not fresh:
@@ -251,15 +265,22 @@ def open_run(out: str | Path, ident: dict, fresh: bool = False, keep: Sequence[s
             wrote_identity = True
         yield RunDir(path, ident, existed, done)
     except BaseException:
-        if wrote_identity and _visible(path) == [IDENTITY]:  # rejected before any output: leave no trace
+        if wrote_identity and visible(path) == [IDENTITY]:  # rejected before any output: leave no trace
             (path / IDENTITY).unlink(missing_ok=True)
             if created:
                 (path / LOCK).unlink(missing_ok=True)
-                for d in created:
-                    try:
-                        d.rmdir()
-                    except OSError:
-                        break
+                remove_created(created)
         raise
     finally:
-        os.close(fd)  # releases the flock
+        _release(fd)
+
+
+@contextmanager
+def claim_run(out: str | Path, ident: dict, fresh: bool = False, keep: Sequence[str] = (),
+              done: str = "metrics.json") -> Iterator[RunDir]:
+    """`open_run` as a command uses it: when the run is refused (another identity, a folder that is not a run), the
+    folder is left as it was found, without the lock file or the folders the refused run made."""
+    with as_found_on_refusal(Path(out), unless=(RunInUse,)) as accept:
+        with open_run(out, ident, fresh, keep, done) as run:
+            accept()
+            yield run

@@ -26,7 +26,7 @@ from torch import nn
 
 from ...checkpoint import load_encoder
 from ...errors import MinibertsError
-from ...fileio import build_dir
+from ...fileio import OutputError, build_into, check_folder
 from ...model import BertForSequenceClassification, BertModel
 from ...tokenizer import WordPieceTokenizer
 from .auto import choose
@@ -66,13 +66,13 @@ def available(precision: str) -> list[str]:
     return [b for b in installed() if not (b == "onnxruntime" and precision == "int8" and not calibration_installed())]
 
 
-def require(backend: str) -> None:
-    """A one-line error naming the extra when `backend` cannot run here."""
+def require(backend: str, flag: str = "--backend") -> None:
+    """A one-line error naming the extra when `backend` cannot run here (`flag`: the option that chose it)."""
     if backend not in BACKENDS:
-        raise MinibertsError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        raise MinibertsError(f"{flag} must be one of {', '.join(BACKENDS)}, got {backend!r}")
     module = missing_module(backend)
     if module is not None:
-        raise MinibertsError(f"--backend {backend} needs {module}, which is not installed: {EXTRAS[backend]}")
+        raise MinibertsError(f"{flag} {backend} needs {module}, which is not installed: {EXTRAS[backend]}")
 
 
 def precision_of(dtype: torch.dtype, int8: bool) -> str:
@@ -132,21 +132,22 @@ def prepare(model: nn.Module, encoder: BertModel, backend: str, precision: str, 
     return MaskFreeTrace(model.to(device).eval()), torch.float32
 
 
-def export_engine(model_dir: str | Path, engine: str, out: str | Path, quantize: str | None = None) -> Path:
+def export_engine(model_dir: str | Path, engine: str, out: str | Path, quantize: str | None = None,
+                  force: bool = False) -> Path:
     """The artifact an engine backend runs, written to the new folder `out`: onnxruntime -> model.onnx (fused fp32,
     or the calibrated int8 of smoothquant.py), openvino -> model.xml + model.bin, ctranslate2 -> model.bin (+ config; int8 is chosen when loading).
     The encoder only (with pooler): a classifier's head is one Linear that the backends run in torch. These are the
     files cache.py keeps per weights fingerprint; `--backend` finds its own, this is for other programs."""
     if quantize not in (None, "int8"):
         raise MinibertsError(f"--quantize must be int8, got {quantize!r}")
-    require(engine)
+    require(engine, "--engine")
     if engine == "openvino" and quantize:
         raise MinibertsError("--engine openvino has no int8 export here (it needs NNCF calibration); use onnxruntime or ctranslate2")
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise MinibertsError(f"{out}: exists and is not empty (the export writes a new folder)")
-    if out.exists():
-        out.rmdir()
+    check_folder(out, (), force)  # the folder rule (fileio): never over a file miniberts did not write
+    if not force and out.is_dir() and any(not p.name.startswith(".") for p in out.iterdir()):
+        raise OutputError(f"{out}: exists and is not empty (an export writes a new folder; --force replaces an "
+                          "earlier export's files)")
     encoder, tokenizer = load_encoder(model_dir)
     encoder = encoder.float().eval()
     if engine == "onnxruntime":
@@ -158,7 +159,7 @@ def export_engine(model_dir: str | Path, engine: str, out: str | Path, quantize:
     else:
         from .ct2 import build
         writer = build(encoder)
-    build_dir(out, writer)
+    build_into(out, writer, force)
     return out
 
 

@@ -42,7 +42,7 @@ from miniberts.inference.serve.app import create_app  # noqa: E402
 from miniberts.inference.serve.batcher import STALL_SECONDS, Batcher, Job  # noqa: E402
 from miniberts.inference.serve.config import ServeConfig  # noqa: E402
 from miniberts.inference.serve.metrics import Metrics  # noqa: E402
-from miniberts.inference.serve.service import Service  # noqa: E402
+from miniberts.inference.serve.service import ROWS_PER_FORWARD, Service  # noqa: E402
 
 TEXTS = ["A three-hour cinema master class.", "Dull.",
          "It's always fascinating to watch Marker the essayist at work, even when the film around him falls apart.",
@@ -229,6 +229,25 @@ def test_flood_gets_429_at_once_and_admitted_requests_are_answered(tiny):
     assert first.status_code == 200 and len(first.json()) == 2 and single.status_code == 200
     assert 'miniberts_requests_total{route="/embed",status="429"} 5.0' in metrics
     assert service.batcher.waiting == 0
+    service.stop()
+
+
+def test_a_pass_runs_in_short_length_sorted_forwards(tiny, monkeypatch):
+    """One long text must not pad a whole pass: the pass's rows run in forwards of at most ROWS_PER_FORWARD rows,
+    each of similar lengths, and the vectors equal Model.embed's."""
+    texts = [("word " * n).strip() for n in (3, 60, 5, 2, 40, 7, 1, 9, 30, 4, 6, 8, 50, 2, 3, 11, 5, 70, 2, 6)]
+    widths = []
+    pad_batch = WordPieceTokenizer.pad_batch
+    monkeypatch.setattr(WordPieceTokenizer, "pad_batch",
+                        lambda self, ids, types: widths.append(len(ids)) or pad_batch(self, ids, types))
+    service = started(tiny)
+    with TestClient(create_app(service)) as client:
+        widths.clear()  # after start-up's warm-up pass
+        out = service.batcher.compute(("embed", False), *service.model.embedding_tokens(texts, 512))
+        vectors = np.array(client.post("/embed", json={"inputs": texts, "normalize": False}).json())
+    assert widths[:3] == [ROWS_PER_FORWARD, ROWS_PER_FORWARD, 20 - 2 * ROWS_PER_FORWARD]  # not one padded forward of 20 rows
+    expected = miniberts.load(tiny, "cpu").embed(texts, dtype="fp32", backend="torch")
+    assert np.abs(np.asarray(out) - expected).max() < 1e-5 and np.abs(vectors - expected).max() < 1e-5
     service.stop()
 
 

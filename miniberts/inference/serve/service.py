@@ -51,6 +51,11 @@ def check_budget(model: Model, cfg: ServeConfig) -> None:
                              f"(tokens with [CLS]/[SEP]), got {cfg.max_batch_tokens}")
 
 
+# Rows per forward within one batcher pass. Measured on passes of 31 random real review texts (the size of a pass under
+# 64 one-text clients), AVX-512 BF16 EPYC, defaults: one padded forward per pass 48 ms (Tiny) / 538 ms (MiniLM-L6),
+# length-sorted forwards of 8 rows 35 / 255 ms (of 4: slower again, per-call costs; of 16: in between).
+ROWS_PER_FORWARD = 8
+
 class Service:
     def __init__(self, cfg: ServeConfig, source: str, model: Model | None = None):
         self.cfg = cfg
@@ -94,12 +99,15 @@ class Service:
 
     # --- the model thread's work ----------------------------------------------------------------------------
     def _compute(self, kind: tuple, ids: list[list[int]], type_ids: list[list[int]]):
+        """One pass of the batcher: its rows run length-sorted in forwards of at most ROWS_PER_FORWARD rows, so a
+        long text pads only its few neighbours in length, not the whole pass."""
         cfg = self.cfg
+        rows = min(len(ids), ROWS_PER_FORWARD)
         if kind[0] == "embed":
-            settings = EmbedConfig(normalize=kind[1], batch_size=len(ids), dtype=cfg.dtype, backend=cfg.backend,
+            settings = EmbedConfig(normalize=kind[1], batch_size=rows, dtype=cfg.dtype, backend=cfg.backend,
                                    int8=cfg.int8)
             return self.model.embed_tokens(ids, type_ids, settings)
-        settings = PredictConfig(batch_size=len(ids), dtype=cfg.dtype, backend=cfg.backend, int8=cfg.int8)
+        settings = PredictConfig(batch_size=rows, dtype=cfg.dtype, backend=cfg.backend, int8=cfg.int8)
         return self.model.predict_tokens(ids, type_ids, settings)
 
     # --- requests -------------------------------------------------------------------------------------------

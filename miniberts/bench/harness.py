@@ -18,9 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..checkpoint import read_config
 from ..config import BertConfig, find_preset
 from ..device import resolve_dtype
 from ..errors import MinibertsError
+from ..hub import parse
 from ..tokenizer import WordPieceTokenizer
 
 
@@ -60,10 +62,14 @@ class BenchConfig:
                 resolved.append(REAL)
                 continue
             preset = find_preset(SIZES.get(name.strip().lower(), name.strip()))
+            if preset is None and (Path(name).is_dir() or parse(name)):
+                resolved.append(name.strip())  # a model directory or Hub id: real weights, engine section only
+                continue
             if preset is None:
-                raise MinibertsError(f"--models: {name!r} is neither a size ({', '.join(SIZES)}), {REAL!r} nor a preset")
+                raise MinibertsError(f"--models: {name!r} is neither a size ({', '.join(SIZES)}), {REAL!r}, a preset, "
+                                     "a model directory nor a Hub id")
             resolved.append(preset.name)
-        presets = [] if engines_only else [p for p in resolved if p != REAL]
+        presets = [] if engines_only else [p for p in resolved if find_preset(p) is not None]
         cfg = cls(presets, repeats or (3 if quick else 5), quick, profile and bool(presets), threads, engine_models=resolved)
         if quick:
             cfg.batches = {k: max(2, v // 2) for k, v in cfg.batches.items()}
@@ -81,6 +87,18 @@ class BenchConfig:
         layers, hidden = (int(x) for x in preset.split("-"))
         iters = int(np.clip(300 * 2 * 128 / (layers * hidden), 40, 300))
         return iters // 2 if self.quick else iters
+
+
+def size_key(model: str) -> str:
+    """The `L-H` cell a --models entry is sized by: a preset's name; the real MiniLM counts as 6-384; a model
+    directory or Hub id by its config."""
+    if model == REAL:
+        return "6-384"
+    preset = find_preset(model)
+    if preset is not None:
+        return preset.name
+    cfg, _ = read_config(model)
+    return f"{cfg.num_layers}-{cfg.hidden_size}"
 
 
 def nickname(preset: str) -> str:

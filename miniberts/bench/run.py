@@ -21,9 +21,9 @@ from ..inference.batching import length_batches
 from ..inference.fast_paths import for_inference
 from ..tokenizer import BUILTIN_VOCAB, WordPieceTokenizer
 from .engines import run_engines
-from .harness import (BATCH, FINETUNE_BATCHES, HF, LATENCY_TOKENS, MAX_LEN, ORT32, ORT8, OURS, REAL, BenchConfig, Busy,
+from .harness import (BATCH, FINETUNE_BATCHES, HF, LATENCY_TOKENS, MAX_LEN, ORT32, ORT8, OURS, BenchConfig, Busy,
                       Workload, cpu_flags, cpu_model, forward_flops, load_workload, matmul_peak, median, native_bf16,
-                      nickname, round_robin, versions)
+                      nickname, round_robin, size_key, versions)
 from .report import check_report_path, check_targets, write_report
 from .systems import (build_systems, finetune_steps, hf_mlm_step, make_checkpoint, measure_inference, measure_latency,
                       measure_memory, mlm_batch, ours_mlm_step)
@@ -202,7 +202,7 @@ def run_bench(cfg: BenchConfig, out: str | Path) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     tokenizer = WordPieceTokenizer(BUILTIN_VOCAB)
-    most = max(BATCH * cfg.n_batches("6-384" if p == REAL else p) for p in cfg.models + cfg.engine_models)
+    most = max(BATCH * cfg.n_batches(size_key(p)) for p in cfg.models + cfg.engine_models)
     workload = load_workload(tokenizer, max(most, 256))
     log.info("workload: %s", workload.source)
     with Busy() as busy:

@@ -8,8 +8,9 @@ HELP = ("Benchmark inference against transformers, ONNX Runtime, OpenVINO and CT
 def add_arguments(parser):
     parser.add_argument("--quick", action="store_true", help="Tiny only, few repeats: every installed engine in a few minutes")
     parser.add_argument("--models", default=None,
-                        help="comma-separated sizes or presets, and 'minilm' for the real checkpoint (engine section "
-                             "only) (default: tiny,mini,small,medium,base,minilm; --quick: tiny)")
+                        help="comma-separated sizes or presets; 'minilm' for the real checkpoint; a model directory or Hub "
+                             "id (org/name[@revision], released:tiny) for real weights (engine section only) "
+                             "(default: tiny,mini,small,medium,base,minilm; --quick: tiny)")
     parser.add_argument("--engines-only", action="store_true",
                         help="only the engine section (skip the training steps, the memory and the tables against transformers and ONNX Runtime)")
     parser.add_argument("--out", default="docs/benchmarks.md", help="Markdown report; .json and .png are written beside it")

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import alive
+from conftest import children, survivors
 import torch
 from safetensors.torch import load_file
 
@@ -350,20 +350,6 @@ def test_glue_second_sweep_refused_then_killed_mid_run(tiny, glue_reference, tmp
 
 # --- an experiment's workers when only the parent is killed ---------------------------------------------------
 
-def children(pid: int) -> list[int]:
-    """The processes whose parent is `pid` (from /proc)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(entry.name))
-    return found
-
-
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the workers through /proc (Linux)")
 def test_experiment_workers_die_with_their_killed_parent_and_the_rerun_resumes(rt, tmp_path):
     """kill -9 of the experiment process alone (as the OOM killer does) while both workers pre-train: no worker
@@ -386,13 +372,8 @@ def test_experiment_workers_die_with_their_killed_parent_and_the_rerun_resumes(r
     assert len(workers) >= 2, workers
     os.kill(parent, signal.SIGKILL)
     killed(parent)
-    deadline = time.time() + 5
-    while any(alive(w) for w in workers) and time.time() < deadline:
-        time.sleep(0.05)
-    survivors = [w for w in workers if alive(w)]
-    for w in survivors:
-        os.kill(w, signal.SIGKILL)
-    assert not survivors, f"workers {survivors} outlived their parent by 5 s"
+    left = survivors(workers)
+    assert not left, f"workers {left} outlived their parent by 5 s"
     assert not all((log.parent / "model.safetensors").exists() for log in logs), "the kill did not land mid-way"
     assert run_clean(argv) == 0  # not refused as in use: the dead parent's and workers' locks are taken over
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]

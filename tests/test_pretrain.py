@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import alive, children, survivors
 from safetensors.torch import load_file
 
 from miniberts import cli
@@ -248,35 +249,20 @@ def test_two_processes_give_the_weights_of_one(tmp_path):
     assert la.keys() == lb.keys() and all(abs(la[s] - lb[s]) < 1e-5 for s in la)
 
 
-def _children(pid: int) -> list[int]:
-    """The direct children of `pid` (Linux /proc)."""
-    children = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        children += [int(c) for c in (task / "children").read_text().split()]
-    return children
-
-
-@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads the ranks' pids from /proc (Linux)")
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the ranks' pids from /proc (Linux)")
 def test_ranks_die_when_torchrun_is_killed(tmp_path):
     """kill -9 of torchrun's agent alone (as the OOM killer does): both ranks stop within seconds, not train on."""
-    from conftest import alive
-
     out = tmp_path / "run"
     agent = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                               "-m", "miniberts", "pretrain", *flags(tiny_model(tmp_path), out, 100000)],
                              cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     _wait_for(lambda: _logged_step(out) >= 2, agent, timeout=240)
-    ranks = _children(agent.pid)
+    ranks = children(agent.pid)
     assert len(ranks) == 2 and all(alive(r) for r in ranks)
     agent.send_signal(signal.SIGKILL)
     agent.wait()
-    deadline = time.time() + 5
-    while any(alive(r) for r in ranks) and time.time() < deadline:
-        time.sleep(0.05)
-    survivors = [r for r in ranks if alive(r)]
-    for r in survivors:
-        os.kill(r, signal.SIGKILL)
-    assert not survivors, f"ranks {survivors} outlived torchrun by 5 s"
+    left = survivors(ranks)
+    assert not left, f"ranks {left} outlived torchrun by 5 s"
 
 
 # --- bad input: one line, exit status 2, nothing left behind ---------------------------------------------------

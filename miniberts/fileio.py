@@ -50,7 +50,7 @@ def make_folder(path: Path) -> list[Path]:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise OutputError(f"{path}: cannot create the folder (a file of that name is in the way)")
-    created = [d for d in (path, *path.parents) if not d.exists()]
+    created = missing_folders(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -115,6 +115,11 @@ def build_dir(final: Path, build, done: str = "DONE") -> bool:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return True
+
+
+def missing_folders(path: Path) -> list[Path]:
+    """`path` and its parents that do not exist yet, `path` first: what creating it would create."""
+    return [d for d in (path, *path.parents) if not d.exists()]
 
 
 def remove_created(created: list[Path]) -> None:
@@ -192,7 +197,7 @@ def as_found_on_refusal(folder: Path, unless: tuple[type[BaseException], ...] = 
     is not refused by the refused one's traces. After `accept()` (the work has begun) nothing is removed: a failure
     then keeps what a rerun resumes from. `unless`: errors that mean another process works there (nothing is ours)."""
     folder = Path(folder)
-    created = [d for d in (folder, *folder.parents) if not d.exists()]
+    created = missing_folders(folder)
     before = set(folder.rglob("*")) if folder.is_dir() else set()
     accepted: list[bool] = []
     try:

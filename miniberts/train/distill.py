@@ -23,7 +23,7 @@ from ..data.load import TaskData, cache_root, load_task, targets_of
 from ..device import pick_device, resolve_dtype
 from ..errors import DataError, MinibertsError
 from ..inference.batching import unlabeled_texts
-from . import finetune, rundir
+from . import finetune, lexicon, rundir
 from .common import JsonlLog, set_seed, write_json
 from .distill_targets import Split, check_same_vocab, kl_to_teacher, soft_target_loss, teacher_logits
 
@@ -122,6 +122,7 @@ def run(cfg: DistillConfig) -> dict:
             raise MinibertsError(f"--{flag} is required")
     for model in (cfg.teacher, cfg.student):
         check_max_length(model, cfg.max_length)  # from the configs alone, before any data file is read
+    lexicon.check_random_start(cfg, cfg.student, "--student")
     data = load_task(cfg)
     pairs = any(ex.text_b is not None for ex in data.train)
     transfer_texts, transfer_pairs = read_transfer(cfg.transfer, pairs, cfg.transfer_limit)
@@ -142,6 +143,7 @@ def _distill(cfg: DistillConfig, data: TaskData, pairs: bool, transfer_texts: li
     set_seed(cfg.seed)
     student, tokenizer = load_classifier(cfg.student, data.id2label or None, data.regression, cfg.vocab, cfg.cased)
     check_same_vocab(teacher_tok, tokenizer)
+    finetune.inherit_lexicon(cfg, student, tokenizer)
     if teacher_ckpt.config.regression != data.regression or (
             not data.regression and teacher_ckpt.config.id2label != data.id2label):
         raise MinibertsError(f"{cfg.teacher}: the teacher's labels {teacher_ckpt.config.id2label or 'regression'} "

@@ -70,6 +70,7 @@ STRATEGIES = {
 PRETRAINED = ("pt-ft", "pd", "pd-ft")  # strategies that start from a pre-trained student
 DISTILLED = ("distill", "pd", "pd-ft")  # strategies that use the teacher and the transfer set
 SOURCES = ("generic", "transfer", "both")
+INITS = ("random", "lexicon-input", "lexicon-output")  # random, or lexicon-<source> (`lexicon`)
 GIVEN = "given"  # pretrain_on of a student directory: pre-trained before the experiment
 
 
@@ -82,6 +83,11 @@ class ExperimentConfig:
                 "pre-trained students)"})
     strategies: list[str] = field(default_factory=lambda: list(STRATEGIES), metadata={
         "help": "of " + ", ".join(f"{k} ({v})" for k, v in STRATEGIES.items()), "choices": tuple(STRATEGIES)})
+    student_init: list[str] = field(default_factory=lambda: ["random"], metadata={
+        "help": "how a student without weights starts: random (BERT's init), lexicon-input or lexicon-output (its "
+                "word embeddings from --teacher's input embeddings or per-token outputs, by PCA: the teacher as "
+                "given, before any fine-tuning); several = one more grid axis, the student named tiny+lexicon-input",
+        "choices": INITS})
     pretrain_on: list[str] = field(default_factory=lambda: ["generic"], metadata={
         "help": "what students are pre-trained on: generic (--pretrain-files), transfer (the transfer text itself, "
                 "the paper's D_LM = D_T), both (concatenated); several = one more grid axis", "choices": SOURCES})
@@ -144,7 +150,7 @@ class ExperimentConfig:
         for size in self.transfer_sizes:
             if size != "all" and not (size.isdigit() and int(size) > 0):
                 raise SettingsError(f"--transfer-sizes takes positive numbers of texts or all, got {size!r}")
-        for name in ("students", "strategies", "pretrain_on", "pretrain_steps", "transfer_sizes"):
+        for name in ("students", "student_init", "strategies", "pretrain_on", "pretrain_steps", "transfer_sizes"):
             values = getattr(self, name)
             if not values:
                 raise SettingsError(f"--{name.replace('_', '-')} needs at least one value")
@@ -166,6 +172,7 @@ class Student:
     model: str  # preset name or directory
     scratch: str | None  # the preset random-init arms start from (None: a directory of no preset's shape)
     params: int
+    init: str = "random"  # of INITS: how `scratch` starts
 
     @property
     def pretrained(self) -> bool:
@@ -234,7 +241,7 @@ def plan(cfg: ExperimentConfig) -> Plan:
                        label_column=cfg.label_column, max_length=cfg.max_length, eval_batch_size=cfg.eval_batch_size,
                        max_train_examples=cfg.max_train_examples, dtype=cfg.dtype, cache_dir=cache, progress=False)
     data = load_task(finetune.FinetuneConfig(**task_fields))
-    students = [_student(name, cfg) for name in cfg.students]
+    students = [_with_init(_student(name, cfg), init, cfg) for name in cfg.students for init in cfg.student_init]
     if len({s.label for s in students}) != len(students):
         raise MinibertsError(f"--students names one student twice: {cfg.students}")
     distilling = any(s in DISTILLED for s in cfg.strategies)
@@ -273,7 +280,8 @@ def plan(cfg: ExperimentConfig) -> Plan:
                     run_dir = out / "pretrained" / f"{s.label}-{source}-{steps}steps"
                     pretrained[(s.label, source, steps)] = run_dir
                     jobs.append(Job(f"pretrain {s.label} {source} {steps}", "pretrain", pretrain.PretrainConfig(
-                        model=s.model, train_files=corpora[source], eval_files=eval_files, out=str(run_dir),
+                        model=s.model, **_lexicon(s, cfg), train_files=corpora[source], eval_files=eval_files,
+                        out=str(run_dir),
                         steps=steps, max_minutes=cfg.pretrain_minutes, batch_size=cfg.pretrain_batch_size,
                         lr=cfg.pretrain_lr, seq_len=cfg.pretrain_seq_len, dropout=0.0, eval_every=0,
                         save_every=max(100, steps // 4), seed=cfg.shared_seed, dtype=cfg.dtype, progress=False,
@@ -301,8 +309,9 @@ def _cell_jobs(cfg: ExperimentConfig, students: list[Student], pretrained: dict,
                 for source, steps, init in _starts(s, strategy, cfg, pretrained):
                     for size in cfg.transfer_sizes if strategy in DISTILLED else [None]:
                         cell = Cell(s.label, strategy, source, steps, size, seed)
-                        jobs[cell] = _cell_job(cell, init, out / "cells" / cell.path, jobs, student_loop,
-                                               distill_extra)
+                        lexicon = _lexicon(s, cfg) if source is None else {}  # a random start
+                        jobs[cell] = _cell_job(cell, init, out / "cells" / cell.path, jobs, dict(
+                            student_loop, **lexicon), distill_extra)
     return list(jobs.values())
 
 
@@ -321,6 +330,27 @@ def _cell_job(cell: Cell, init: str, run_dir: Path, earlier: dict, student_loop:
                    run_dir, deps + ("teacher",), cell)
     return Job(name, "finetune", finetune.FinetuneConfig(model=init, out=str(run_dir), seed=cell.seed, **student_loop),
                run_dir, deps, cell)
+
+
+def _with_init(s: Student, init: str, cfg: ExperimentConfig) -> Student:
+    """The student `s` starting as `init` says: a lexicon init is another student, named `tiny+lexicon-input`."""
+    if init == "random":
+        return s
+    if s.pretrained:
+        raise MinibertsError(f"--student-init {init} initialises a random student, but {s.model} is a model directory "
+                             "with weights: give a preset (tiny, 2-256, ...)")
+    if not cfg.teacher:
+        raise MinibertsError(f"--student-init {init} takes the lexicon from --teacher DIR: give one")
+    check_same_vocab(load_tokenizer(read_checkpoint(cfg.teacher)), load_tokenizer(resolve(s.model)))
+    return dataclasses.replace(s, label=f"{s.label}+{init}", init=init)
+
+
+def _lexicon(s: Student, cfg: ExperimentConfig) -> dict:
+    """The init_lexicon and lexicon_source settings of `s`'s random start (none for BERT's random init): the
+    lexicon of --teacher as given, before the experiment fine-tunes it."""
+    if s.init == "random":
+        return {}
+    return {"init_lexicon": cfg.teacher, "lexicon_source": s.init.removeprefix("lexicon-")}
 
 
 def _student(name: str, cfg: ExperimentConfig) -> Student:
@@ -404,7 +434,9 @@ def identity(cfg: ExperimentConfig) -> dict:
     runs (--out, --workers, --cache-dir, --fresh), with the input files and model directories by their bytes."""
     inputs = {name: getattr(cfg, name) for name in ("students", "pretrain_files", "pretrain_eval_files", "teacher",
                                                      "train", "dev", "test", "transfer")}
-    return rundir.identity(cfg, inputs, skip=NOT_IDENTITY)
+    # A random start's identity is what it was before --student-init existed.
+    skip = NOT_IDENTITY + (("student_init",) if cfg.student_init == ["random"] else ())
+    return rundir.identity(cfg, inputs, skip=skip)
 
 
 # --- running the jobs -------------------------------------------------------------------------------------------
@@ -539,10 +571,10 @@ def cell_row(p: Plan, job: Job) -> dict:
     """One line of results.jsonl: the cell's axes, its scores, its student's size and pre-training."""
     cell = job.cell
     metrics = json.loads((job.out / "metrics.json").read_text(encoding="utf-8"))
-    params = next(s.params for s in p.students if s.label == cell.student)
-    row = {"student": cell.student, "strategy": cell.strategy, "pretrain_on": cell.pretrain_on,
+    student = next(s for s in p.students if s.label == cell.student)
+    row = {"student": cell.student, "student_init": student.init, "strategy": cell.strategy, "pretrain_on": cell.pretrain_on,
            "pretrain_steps": cell.pretrain_steps, "transfer_size": cell.transfer_size, "seed": cell.seed,
-           **row_scores(metrics, p.data), "params": params, "seconds": metrics["seconds"]}
+           **row_scores(metrics, p.data), "params": student.params, "seconds": metrics["seconds"]}
     if cell.strategy in DISTILLED:
         row["transfer_examples"] = _transfer_examples(job, p)
     if cell.pretrain_on and cell.pretrain_on != GIVEN:

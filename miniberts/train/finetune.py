@@ -34,17 +34,18 @@ from torch import nn
 from tqdm import tqdm
 
 from ..checkpoint import check_max_length, load_classifier, save_hf
-from ..data.load import TaskData, builtin_name, builtin_task_dir, load_task, targets_of
+from ..data.load import TaskData, builtin_name, builtin_task_dir, cache_root, load_task, targets_of
 from ..data.tasks import Example, get_task
 from ..device import DTYPES, autocast, pick_device, resolve_dtype
 from ..errors import MinibertsError
 from ..fileio import atomic_write_text
 from ..inference.predict import decode, format_predictions, predict_logits
 from ..metrics import task_metrics
+from ..model import BertForSequenceClassification
 from ..model_card import CardInfo, write_card
 from ..settings import validate
 from ..tokenizer import CASED_HELP, VOCAB_HELP, WordPieceTokenizer
-from . import rundir
+from . import lexicon, rundir
 from .common import JsonlLog, check_finite, lr_at, make_optimizer, set_lr, set_seed, write_json
 
 log = logging.getLogger("miniberts")
@@ -98,6 +99,8 @@ class FinetuneConfig(LoopConfig):
                                                           "$MINIBERTS_CACHE or ~/.cache/miniberts)"})
     vocab: str = field(default="", metadata={"help": VOCAB_HELP})
     cased: bool = field(default=False, metadata={"help": CASED_HELP})
+    init_lexicon: str = field(default="", metadata={"help": lexicon.INIT_HELP})
+    lexicon_source: str = field(default="input", metadata={"help": lexicon.SOURCE_HELP, "choices": lexicon.SOURCES})
     fresh: bool = field(default=False, metadata={"help": "remove the results in --out first, even if they were "
                                                          "made with other settings (else such a rerun is refused)"})
 
@@ -317,11 +320,19 @@ def run(cfg: FinetuneConfig, data: TaskData | None = None) -> dict:
     if not cfg.out:
         raise MinibertsError("--out is required (the run directory to write)")
     check_max_length(cfg.model, cfg.max_length)  # from config.json alone, before any data file is read
+    lexicon.check_random_start(cfg, cfg.model, "--model")
     data = data or load_task(cfg)
     with rundir.claim_run(cfg.out, run_identity(cfg), cfg.fresh) as run_dir:
         if run_dir.finished:
             return run_dir.finished_metrics()
         return _train_run(cfg, data, run_dir.path)
+
+
+def inherit_lexicon(cfg: FinetuneConfig, model: BertForSequenceClassification, tokenizer: WordPieceTokenizer
+                    ) -> None:
+    """--init-lexicon: the random `model`'s word embeddings from the teacher's (`lexicon`)."""
+    if cfg.init_lexicon:
+        lexicon.init_embeddings(model.bert, tokenizer, cfg.init_lexicon, cfg.lexicon_source, cache_root(cfg.cache_dir))
 
 
 def run_identity(cfg: FinetuneConfig, **inputs) -> dict:
@@ -333,7 +344,9 @@ def run_identity(cfg: FinetuneConfig, **inputs) -> dict:
     task_files["glue_dir"] = Path(cfg.glue_dir) / get_task(cfg.task).directory if _glue(cfg) else ""
     if cfg.task and builtin_name(cfg.task):
         task_files["cache_dir"] = builtin_task_dir(builtin_name(cfg.task), cfg.cache_dir)
-    return rundir.identity(cfg, task_files)
+    if cfg.init_lexicon:
+        task_files["init_lexicon"] = cfg.init_lexicon
+    return rundir.identity(cfg, task_files, skip=lexicon.identity_skip(cfg))
 
 
 def _glue(cfg: FinetuneConfig) -> bool:
@@ -352,6 +365,7 @@ def _train_run(cfg: FinetuneConfig, data: TaskData, out: Path) -> dict:
 
     set_seed(cfg.seed)  # before the model: a preset's random init and the new head depend on it
     model, tokenizer = load_classifier(cfg.model, data.id2label or None, data.regression, cfg.vocab, cfg.cased)
+    inherit_lexicon(cfg, model, tokenizer)
     device = pick_device()
     dtype = resolve_dtype(cfg.dtype, device)
     train = Encoded.from_examples(tokenizer, data.train, targets_of(data, data.train), cfg.max_length)

@@ -52,7 +52,7 @@ from ..model_card import CardInfo, write_card
 from ..settings import validate
 from ..tokenizer import CASED_HELP, VOCAB_HELP, WordPieceTokenizer, open_vocab
 from ..vocab import cached_vocab
-from . import rundir
+from . import lexicon, rundir
 from .common import (Checkpoints, JsonlLog, check_finite, init_distributed, lr_at, make_optimizer, plot_curves,
                      read_jsonl, rng_state, set_lr, set_rng_state, set_seed, write_json)
 
@@ -121,6 +121,8 @@ class PretrainConfig:
     progress: bool = field(default=True, metadata={"help": "progress bar on a terminal"})
     vocab: str = field(default="", metadata={"help": VOCAB_HELP})
     cased: bool = field(default=False, metadata={"help": CASED_HELP})
+    init_lexicon: str = field(default="", metadata={"help": lexicon.INIT_HELP})
+    lexicon_source: str = field(default="input", metadata={"help": lexicon.SOURCE_HELP, "choices": lexicon.SOURCES})
     fresh: bool = field(default=False, metadata={"help": "remove the run in --out (checkpoints, model, logs; not the "
                                                          "token cache RUN/data) and start afresh"})
 
@@ -168,6 +170,8 @@ def build_model(cfg: PretrainConfig, cache_root: Path) -> tuple[BertForPreTraini
     if cfg.seq_len > model.cfg.max_position_embeddings:
         raise MinibertsError(f"--seq-len {cfg.seq_len} exceeds the {model.cfg.max_position_embeddings} positions of "
                              f"the model {cfg.model}")
+    if cfg.init_lexicon:  # (a resumed run then loads its checkpoint over it)
+        lexicon.init_embeddings(model.bert, tokenizer, cfg.init_lexicon, cfg.lexicon_source, cache_root)
     return model, tokenizer
 
 
@@ -336,6 +340,7 @@ def run(cfg: PretrainConfig) -> dict:
         raise MinibertsError("give a length with --steps N and/or --max-minutes M")
     if cfg.fresh and cfg.resume:
         raise MinibertsError("give --resume (continue the run in --out) or --fresh (start it afresh), not both")
+    lexicon.check_random_start(cfg, cfg.model, "--model")
     check_files(cfg.train_files, "train")
     if cfg.eval_files:
         check_files(cfg.eval_files, "eval")
@@ -358,7 +363,9 @@ def run(cfg: PretrainConfig) -> dict:
 def run_identity(cfg: PretrainConfig) -> dict:
     """What defines a pre-training run (`rundir`): every setting but EXTENDABLE ones, the files by their bytes."""
     inputs = {"model": cfg.model, "train_files": cfg.train_files, "eval_files": cfg.eval_files, "vocab": cfg.vocab}
-    return rundir.identity(cfg, inputs, skip=EXTENDABLE)
+    if cfg.init_lexicon:
+        inputs["init_lexicon"] = cfg.init_lexicon
+    return rundir.identity(cfg, inputs, skip=EXTENDABLE + lexicon.identity_skip(cfg))
 
 
 # --- what the loop keeps: counters, clock, held-out evaluation, training records ----------------------------------

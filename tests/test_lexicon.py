@@ -156,3 +156,11 @@ def test_output_vectors_are_cached_and_keep_the_neighbours(tmp_path):
     assert sum(shared_neighbours(inherited, vectors, tokenizer)) >= 7 * len(WORDS)
     again, _ = lexicon.teacher_vectors(MINILM, "output", tokenizer, tmp_path)  # from the cache
     assert np.array_equal(again, vectors)
+
+
+def test_the_quickstart_can_start_its_student_from_the_lexicon():
+    from miniberts.train.quickstart import QuickstartConfig, experiment_config
+
+    assert experiment_config(QuickstartConfig()).student_init == ["random"]  # the default is unchanged
+    spec = experiment_config(QuickstartConfig(student_init="lexicon-input"))
+    assert spec.student_init == ["lexicon-input"] and "student_init" in experiment.identity(spec)

@@ -29,6 +29,9 @@ from . import experiment
 class QuickstartConfig:
     out: str = field(default="runs/quickstart", metadata={"help": "results and every run go under this folder"})
     student: str = field(default="tiny", metadata={"help": "student preset"})
+    student_init: str = field(default="random", metadata={
+        "help": "how the student starts: random, or with the teacher's lexicon (lexicon-input, lexicon-output: word "
+                "embeddings from MiniLM's by PCA; docs/experiments.md)", "choices": experiment.INITS})
     seeds: int = field(default=3, metadata={"help": "seeds per arm", "min": 1})
     pretrain_steps: int = field(default=2000, metadata={"help": "masked-LM pre-training steps of the student "
                                                                 "(batch 16 x 128 tokens)", "min": 1})
@@ -69,7 +72,8 @@ def experiment_config(cfg: QuickstartConfig) -> experiment.ExperimentConfig:
     """The preset: the experiment's settings on the quickstart's split (written by `write_split`)."""
     task = split_dir(cfg)
     return experiment.ExperimentConfig(
-        out=cfg.out, students=[cfg.student], pretrain_steps=[cfg.pretrain_steps], teacher=str(require_minilm()),
+        out=cfg.out, students=[cfg.student], student_init=[cfg.student_init], pretrain_steps=[cfg.pretrain_steps],
+        teacher=str(require_minilm()),
         teacher_epochs=cfg.teacher_epochs, train=str(task / "train.tsv"), dev=str(task / "dev.tsv"),
         test=str(task / "test.tsv"), transfer=[str(task / "transfer.txt")], text_column="sentence",
         label_column="label", transfer_sizes=[str(cfg.transfer_limit) if cfg.transfer_limit else "all"],

@@ -9,9 +9,12 @@ unlabeled in-domain text (the transfer set):
   pd          pre-trained distillation: pre-train, then distil      (pretrain.run -> distill.run)
   pd-ft       PD, then fine-tune on the labels                      (the pd cell -> finetune.run)
 
-A *cell* is one student x strategy x pre-training source x pre-training budget x transfer size x seed, and one run
+Pre-training is masked LM, or (`pretrain_objective` general-distill) TinyBERT's general distillation from a general
+teacher on the same text (`general_distill`): the objective is one more axis of the pre-trained strategies.
+
+A *cell* is one student x strategy x pre-training objective x source x budget x transfer size x seed, and one run
 directory under OUT/cells/. The work cells share is done once, as jobs of its own, before the cells that need it:
-each pre-trained student (one per student x source x budget, pre-trained with `shared_seed`: every seed of a
+each pre-trained student (one per student x objective x source x budget, pre-trained with `shared_seed`: every seed of a
 strategy starts from the same pre-trained weights, as the paper's students all start from one pre-trained
 checkpoint, and a seed then varies the head, the dropout and the batch order), and the teacher (fine-tuned on the
 labels first when it is not already a classifier for them) with its logits on every transfer set.
@@ -57,6 +60,7 @@ from ..data.load import TaskData, builtin_name, builtin_task_dir, load_task
 from . import distill, finetune, pretrain, rundir
 from .distill_targets import check_same_vocab
 from .experiment_report import write_report
+from .general_distill import OBJECTIVES
 
 log = logging.getLogger("miniberts")
 
@@ -90,6 +94,12 @@ class ExperimentConfig:
     pretrain_eval_files: list[str] = field(default_factory=list, metadata={
         "help": "held-out text for the students' MLM accuracy, the same for every source (default: the built-in "
                 "corpus' eval.txt; with --pretrain-files, 1%% of their documents)"})
+    pretrain_objective: list[str] = field(default_factory=lambda: ["mlm"], metadata={
+        "help": "pre-training objective: mlm (masked LM) or general-distill (the student matches the hidden states of "
+                "--general-teacher on the same text); several = one more grid axis", "choices": OBJECTIVES})
+    general_teacher: str = field(default="", metadata={
+        "help": "the teacher of --pretrain-objective general-distill, e.g. the general MiniLM (default: --teacher as "
+                "given, before any fine-tuning)"})
     pretrain_steps: list[int] = field(default_factory=lambda: [2000], metadata={
         "help": "pre-training budgets in optimizer steps (several = the budget curve)", "min": 1})
     pretrain_minutes: float = field(default=0.0, metadata={
@@ -144,7 +154,8 @@ class ExperimentConfig:
         for size in self.transfer_sizes:
             if size != "all" and not (size.isdigit() and int(size) > 0):
                 raise SettingsError(f"--transfer-sizes takes positive numbers of texts or all, got {size!r}")
-        for name in ("students", "strategies", "pretrain_on", "pretrain_steps", "transfer_sizes"):
+        for name in ("students", "strategies", "pretrain_on", "pretrain_objective", "pretrain_steps",
+                     "transfer_sizes"):
             values = getattr(self, name)
             if not values:
                 raise SettingsError(f"--{name.replace('_', '-')} needs at least one value")
@@ -180,16 +191,26 @@ class Cell:
     pretrain_steps: int | None
     transfer_size: str | None  # None for strategies without the transfer set
     seed: int
+    pretrain_objective: str | None = None  # None for random-init strategies and given students
 
     @property
     def path(self) -> str:
         parts = [self.student, self.strategy]
         if self.pretrain_on:
             steps = "" if self.pretrain_steps is None else f"-{self.pretrain_steps}steps"
-            parts.append(self.pretrain_on + steps)
+            parts.append(_objective_prefix(self.pretrain_objective) + self.pretrain_on + steps)
         if self.transfer_size:
             parts.append(f"transfer-{self.transfer_size}")
         return "/".join(parts + [f"seed-{self.seed}"])
+
+
+def _objective_prefix(objective: str | None) -> str:
+    """How a pre-training objective shows in folder names: none for masked LM (the names of earlier experiments)."""
+    return "" if objective in (None, "mlm") else f"{objective}-"
+
+
+def _pretrain_job_name(student: str, objective: str, source: str, steps: int) -> str:
+    return f"pretrain {student} {_objective_prefix(objective)}{source} {steps}"
 
 
 @dataclass
@@ -220,7 +241,7 @@ class Plan:
     students: list[Student]
     jobs: list[Job]
     teacher_dir: Path | None
-    pretrained: dict[tuple[str, str, int], Path]  # (student, source, steps) -> its pre-training run
+    pretrained: dict[tuple[str, str, str, int], Path]  # (student, objective, source, steps) -> its pre-training run
 
 
 def plan(cfg: ExperimentConfig) -> Plan:
@@ -262,22 +283,27 @@ def plan(cfg: ExperimentConfig) -> Plan:
         raise MinibertsError("--pretrain-on transfer needs --pretrain-eval-files: the transfer text is one document, "
                              "so none of it can be held out")
 
+    general_teacher = _general_teacher(cfg, students) if pretraining else ""
     jobs: list[Job] = []
-    pretrained: dict[tuple[str, str, int], Path] = {}
+    pretrained: dict[tuple[str, str, str, int], Path] = {}
     if pretraining:
         for s in students:
             if s.pretrained:
                 continue
-            for source in cfg.pretrain_on:
-                for steps in cfg.pretrain_steps:
-                    run_dir = out / "pretrained" / f"{s.label}-{source}-{steps}steps"
-                    pretrained[(s.label, source, steps)] = run_dir
-                    jobs.append(Job(f"pretrain {s.label} {source} {steps}", "pretrain", pretrain.PretrainConfig(
-                        model=s.model, train_files=corpora[source], eval_files=eval_files, out=str(run_dir),
-                        steps=steps, max_minutes=cfg.pretrain_minutes, batch_size=cfg.pretrain_batch_size,
-                        lr=cfg.pretrain_lr, seq_len=cfg.pretrain_seq_len, dropout=0.0, eval_every=0,
-                        save_every=max(100, steps // 4), seed=cfg.shared_seed, dtype=cfg.dtype, progress=False,
-                        resume=True), run_dir))  # resume: a run killed half-way continues (none yet: fresh)
+            for objective in cfg.pretrain_objective:
+                for source in cfg.pretrain_on:
+                    for steps in cfg.pretrain_steps:
+                        run_dir = out / "pretrained" / f"{s.label}-{_objective_prefix(objective)}{source}-{steps}steps"
+                        pretrained[(s.label, objective, source, steps)] = run_dir
+                        jobs.append(Job(_pretrain_job_name(s.label, objective, source, steps), "pretrain",
+                                        pretrain.PretrainConfig(
+                            model=s.model, objective=objective,
+                            teacher=general_teacher if objective == "general-distill" else "",
+                            train_files=corpora[source], eval_files=eval_files, out=str(run_dir), steps=steps,
+                            max_minutes=cfg.pretrain_minutes, batch_size=cfg.pretrain_batch_size, lr=cfg.pretrain_lr,
+                            seq_len=cfg.pretrain_seq_len, dropout=0.0, eval_every=0, save_every=max(100, steps // 4),
+                            seed=cfg.shared_seed, dtype=cfg.dtype, progress=False, resume=True),
+                                        run_dir))  # resume: a run killed half-way continues (none yet: fresh)
 
     student_loop = dict(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, **task_fields)
     distill_extra = dict(teacher=str(teacher_dir), transfer=transfer, temperature=cfg.temperature, alpha=cfg.alpha)
@@ -298,9 +324,9 @@ def _cell_jobs(cfg: ExperimentConfig, students: list[Student], pretrained: dict,
     for seed in range(1, cfg.seeds + 1):
         for s in students:
             for strategy in cfg.strategies:
-                for source, steps, init in _starts(s, strategy, cfg, pretrained):
+                for objective, source, steps, init in _starts(s, strategy, cfg, pretrained):
                     for size in cfg.transfer_sizes if strategy in DISTILLED else [None]:
-                        cell = Cell(s.label, strategy, source, steps, size, seed)
+                        cell = Cell(s.label, strategy, source, steps, size, seed, objective)
                         jobs[cell] = _cell_job(cell, init, out / "cells" / cell.path, jobs, student_loop,
                                                distill_extra)
     return list(jobs.values())
@@ -312,8 +338,8 @@ def _cell_job(cell: Cell, init: str, run_dir: Path, earlier: dict, student_loop:
         pd = earlier[dataclasses.replace(cell, strategy="pd")]
         return Job(name, "finetune", finetune.FinetuneConfig(model=str(pd.out), out=str(run_dir), seed=cell.seed,
                                                              **student_loop), run_dir, (pd.name,), cell)
-    deps = (f"pretrain {cell.student} {cell.pretrain_on} {cell.pretrain_steps}",) if cell.pretrain_on not in (
-        None, GIVEN) else ()
+    deps = (_pretrain_job_name(cell.student, cell.pretrain_objective, cell.pretrain_on, cell.pretrain_steps),) if (
+        cell.pretrain_on not in (None, GIVEN)) else ()
     if cell.strategy in DISTILLED:
         limit = 0 if cell.transfer_size == "all" else int(cell.transfer_size)
         return Job(name, "distill", distill.DistillConfig(student=init, out=str(run_dir), transfer_limit=limit,
@@ -343,13 +369,14 @@ def _student(name: str, cfg: ExperimentConfig) -> Student:
 
 
 def _starts(s: Student, strategy: str, cfg: ExperimentConfig, pretrained: dict) -> list[tuple]:
-    """(pretrain_on, pretrain_steps, initial model) for each cell of this student and strategy."""
+    """(pretrain_objective, pretrain_on, pretrain_steps, initial model) for each cell of this student and
+    strategy."""
     if strategy not in PRETRAINED:
-        return [(None, None, s.scratch)]
+        return [(None, None, None, s.scratch)]
     if s.pretrained:
-        return [(GIVEN, None, s.model)]
-    return [(src, steps, str(pretrained[(s.label, src, steps)]))
-            for src in cfg.pretrain_on for steps in cfg.pretrain_steps]
+        return [(None, GIVEN, None, s.model)]
+    return [(objective, src, steps, str(pretrained[(s.label, objective, src, steps)]))
+            for objective in cfg.pretrain_objective for src in cfg.pretrain_on for steps in cfg.pretrain_steps]
 
 
 def _transfer_files(cfg: ExperimentConfig, data: TaskData, cache: str, needed: bool) -> tuple[list[str], int]:
@@ -379,6 +406,24 @@ def _generic_corpus(cfg: ExperimentConfig, cache: str) -> tuple[list[str], list[
     return [str(corpus / "train.txt")], [str(corpus / "eval.txt")]
 
 
+def _general_teacher(cfg: ExperimentConfig, students: list[Student]) -> str:
+    """The teacher of general distillation (--general-teacher, else --teacher as given), its vocabulary and positions
+    checked against the students; "" when no student is pre-trained by general distillation."""
+    if "general-distill" not in cfg.pretrain_objective:
+        return ""
+    teacher = cfg.general_teacher or cfg.teacher
+    if not teacher:
+        raise MinibertsError("--pretrain-objective general-distill needs --general-teacher DIR (or --teacher DIR)")
+    ckpt = read_checkpoint(teacher)
+    for s in students:
+        if not s.pretrained:
+            check_same_vocab(load_tokenizer(ckpt), load_tokenizer(resolve(s.model)))
+    if cfg.pretrain_seq_len > ckpt.config.max_position_embeddings:
+        raise MinibertsError(f"--pretrain-seq-len {cfg.pretrain_seq_len} exceeds the "
+                             f"{ckpt.config.max_position_embeddings} positions of the general teacher {teacher}")
+    return teacher
+
+
 def _teacher(cfg: ExperimentConfig, data: TaskData, students: list[Student], out: Path, task_fields: dict):
     """(the teacher directory distillation uses, the fine-tuning that makes it or None); the vocabularies checked."""
     if not cfg.teacher:
@@ -403,7 +448,7 @@ def identity(cfg: ExperimentConfig) -> dict:
     """What defines an experiment's numbers (OUT/identity.json, `rundir`): every setting but where and how fast it
     runs (--out, --workers, --cache-dir, --fresh), with the input files and model directories by their bytes."""
     inputs = {name: getattr(cfg, name) for name in ("students", "pretrain_files", "pretrain_eval_files", "teacher",
-                                                     "train", "dev", "test", "transfer")}
+                                                     "general_teacher", "train", "dev", "test", "transfer")}
     return rundir.identity(cfg, inputs, skip=NOT_IDENTITY)
 
 
@@ -540,17 +585,20 @@ def cell_row(p: Plan, job: Job) -> dict:
     cell = job.cell
     metrics = json.loads((job.out / "metrics.json").read_text(encoding="utf-8"))
     params = next(s.params for s in p.students if s.label == cell.student)
-    row = {"student": cell.student, "strategy": cell.strategy, "pretrain_on": cell.pretrain_on,
-           "pretrain_steps": cell.pretrain_steps, "transfer_size": cell.transfer_size, "seed": cell.seed,
+    row = {"student": cell.student, "strategy": cell.strategy, "pretrain_objective": cell.pretrain_objective,
+           "pretrain_on": cell.pretrain_on, "pretrain_steps": cell.pretrain_steps, "transfer_size": cell.transfer_size, "seed": cell.seed,
            **row_scores(metrics, p.data), "params": params, "seconds": metrics["seconds"]}
     if cell.strategy in DISTILLED:
         row["transfer_examples"] = _transfer_examples(job, p)
     if cell.pretrain_on and cell.pretrain_on != GIVEN:
-        pre = json.loads((p.pretrained[(cell.student, cell.pretrain_on, cell.pretrain_steps)] / "metrics.json")
-                         .read_text(encoding="utf-8"))
+        pre = json.loads((p.pretrained[(cell.student, cell.pretrain_objective, cell.pretrain_on,
+                                        cell.pretrain_steps)] / "metrics.json").read_text(encoding="utf-8"))
         row.update(pretrain_steps_done=pre["steps"], pretrain_tokens=pre["tokens_seen"],
+                   pretrain_seconds=pre["train_time_s"],
                    pretrain_mlm_accuracy=None if pre["eval_mlm_accuracy"] is None
                    else round(100 * pre["eval_mlm_accuracy"], 4))
+        if pre.get("eval_hidden_loss") is not None:  # general distillation: MLM accuracy does not apply
+            row["pretrain_hidden_loss"] = round(pre["eval_hidden_loss"], 6)
     return row
 
 

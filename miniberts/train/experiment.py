@@ -255,6 +255,9 @@ def plan(cfg: ExperimentConfig) -> Plan:
         raise MinibertsError(f"--students names one student twice: {cfg.students}")
     distilling = any(s in DISTILLED for s in cfg.strategies)
     baselines.check(cfg.baselines, data)
+    if cfg.pareto and not any(ex.label is not None for ex in data.test.get("test", [])):
+        raise MinibertsError("--pareto puts the systems' test scores against their latency: give --test FILE, "
+                             "with labels")
     teaching = distilling or any(b in baselines.NEEDS_TEACHER for b in cfg.baselines)
     pretraining = any(s in PRETRAINED for s in cfg.strategies) and any(not s.pretrained for s in students)
 

@@ -24,6 +24,7 @@ from ..model_card import CardInfo
 from ..sbert import SentenceLayout, read_layout, write_layout
 from ..tokenizer import WordPieceTokenizer
 from . import backends
+from .backends.auto import BATCH_ONE
 from .batching import check_finite, embed_step, run_encoded
 from .config import EmbedConfig, PredictConfig
 from .predict import checked_logits, classify_step, has_task_head, no_head, results
@@ -41,6 +42,7 @@ class Model:
         self.source = source
         self.layout = layout
         self._runners: dict[tuple, tuple[nn.Module, torch.dtype]] = {}  # backends made ready once, reused per call
+        self._picked: dict[tuple, str] = {}  # (backend asked for, precision, single) -> the backend that runs
 
     @property
     def config(self) -> BertConfig:
@@ -146,7 +148,10 @@ class Model:
         path), so the same Model still runs exact fp32 afterwards."""
         module = self.module if head else self.encoder
         precision = backends.precision_of(dtype, int8)
-        name = backends.resolve(backend, self.config, precision, batch_size, self.device)  # auto's pick, or `backend`
+        setting = (backend, precision, batch_size <= BATCH_ONE)
+        if setting not in self._picked:  # auto's pick looks up every engine's modules: once per setting, not per call
+            self._picked[setting] = backends.resolve(backend, self.config, precision, batch_size, self.device)
+        name = self._picked[setting]  # auto's pick, or `backend`
         if name == "torch" and precision == "bf16":
             return module, dtype
         key = (head, name, precision)

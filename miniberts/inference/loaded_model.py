@@ -26,7 +26,7 @@ from ..tokenizer import WordPieceTokenizer
 from . import backends
 from .backends.auto import BATCH_ONE
 from .batching import check_finite, embed_step, run_encoded
-from .config import EmbedConfig, PredictConfig
+from .config import EmbedConfig, PredictConfig, settings_of
 from .predict import checked_logits, classify_step, has_task_head, no_head, results
 
 
@@ -71,8 +71,8 @@ class Model:
         fastest installed backend measured for this precision, size and batch shape; fp32 within 1e-5 of torch),
         "torch" (the reference), "onnxruntime", "openvino" or "ctranslate2" (miniberts/inference/backends); int8: int8 weights.
         """
-        cfg = EmbedConfig(pooling=pooling, normalize=normalize, batch_size=batch_size, max_length=max_length,
-                          dtype=dtype, backend=backend, int8=int8)
+        cfg = settings_of(EmbedConfig, pooling=pooling, normalize=normalize, batch_size=batch_size,
+                          max_length=max_length, dtype=dtype, backend=backend, int8=int8)
         one = isinstance(texts, str)
         texts = _texts([texts] if one else texts)
         pooling, normalize, length = self.embedding_settings(cfg)
@@ -115,7 +115,8 @@ class Model:
         """A fine-tuned classifier's {"label": name, "probabilities": {name: p}} per text (or text pair), or a
         regressor's float score per text, in order. `pairs`: the second texts of sentence-pair tasks. `backend`,
         `int8`: as in `embed`."""
-        cfg = PredictConfig(max_length=max_length, batch_size=batch_size, dtype=dtype, backend=backend, int8=int8)
+        cfg = settings_of(PredictConfig, max_length=max_length, batch_size=batch_size, dtype=dtype, backend=backend,
+                          int8=int8)
         if not isinstance(self.module, BertForSequenceClassification):
             raise no_head(self.source)
         texts = _texts(texts)

@@ -184,7 +184,7 @@ def test_latency_only_without_a_finished_pareto_experiment_is_refused(tmp_path, 
 
 
 @needs_model2vec
-@pytest.mark.slow  # ~1 minute on the shared 2-core machine: a teacher fine-tuning, 2 distillations, 3 baselines, timing
+@pytest.mark.slow  # 30-150 s on the shared 2-core machine: a teacher fine-tuning, 2 distillations, 3 baselines, timing
 def test_experiment_with_baselines_and_pareto_end_to_end(task, tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(latency, "LATENCY_ROUNDS", 5)
     monkeypatch.setattr(latency, "THROUGHPUT_ROUNDS", 1)

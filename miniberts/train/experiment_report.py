@@ -20,6 +20,7 @@ from ..stats import interval_text, paired_difference, summarize
 from .common import plot_curves, read_jsonl
 
 AXES = ("student", "strategy", "pretrain_objective", "pretrain_on", "pretrain_steps", "transfer_size")
+BASELINE = "baseline"  # the strategy of a baseline's rows (train/baselines.py); their student field names it
 COMPARISONS = (("pd", "distill"), ("distill", "pt-ft"), ("pt-ft", "scratch-ft"), ("pd-ft", "pd"))
 
 
@@ -84,7 +85,7 @@ def comparisons(rows: list[dict], metric: str) -> list[dict]:
 
 # --- text ---------------------------------------------------------------------------------------------------------
 
-def _objective(g: dict) -> str:
+def objective_text(g: dict) -> str:
     """The pre-training objective as tables name it: nothing for masked LM, the default."""
     return "" if g["pretrain_objective"] in (None, "mlm") else f"{g['pretrain_objective']} "
 
@@ -96,7 +97,7 @@ def pretraining_text(g: dict) -> str:
         return g["pretrain_on"]
     acc, hidden = g.get("pretrain_mlm_accuracy"), g.get("pretrain_hidden_loss")
     reached = f" (MLM {acc:.1f}%)" if acc is not None else f" (hidden-state loss {hidden:.3f})" if hidden else ""
-    return f"{_objective(g)}{g['pretrain_on']}, {g['pretrain_steps']} steps{reached}"
+    return f"{objective_text(g)}{g['pretrain_on']}, {g['pretrain_steps']} steps{reached}"
 
 
 def _cell(s: dict | None) -> str:
@@ -120,7 +121,7 @@ def markdown(groups: list[dict], diffs: list[dict], metric: str, teacher: dict |
                   "| comparison | student | pre-training | transfer | n | dev | test |",
                   "|---|---|---|---:|---:|---:|---:|"]
         for d in diffs:
-            pre = "–" if not d["pretrain_on"] else _objective(d) + d["pretrain_on"] + (
+            pre = "–" if not d["pretrain_on"] else objective_text(d) + d["pretrain_on"] + (
                 f", {d['pretrain_steps']} steps" if d["pretrain_steps"] else "")
             n = max((d[s]["n"] for s in ("dev", "test") if d[s]), default=0)
             lines.append(f"| {d['comparison']} | {d['student']} | {pre} | {d['transfer_size'] or '–'} | {n} | "
@@ -131,10 +132,12 @@ def markdown(groups: list[dict], diffs: list[dict], metric: str, teacher: dict |
 # --- figures ------------------------------------------------------------------------------------------------------
 
 def _label(g: dict, with_pretraining: bool, with_student: bool = False) -> str:
+    if g["strategy"] == BASELINE:  # each baseline its own point
+        return g["student"]
     parts = [g["student"]] if with_student else []
     parts.append(g["strategy"])
     if with_pretraining and g["pretrain_on"] and g["pretrain_steps"]:
-        parts.append(f"{_objective(g)}{g['pretrain_on']} {g['pretrain_steps']}")
+        parts.append(f"{objective_text(g)}{g['pretrain_on']} {g['pretrain_steps']}")
     return " ".join(parts)
 
 
@@ -200,7 +203,7 @@ def figure_budget(diffs: list[dict], groups: list[dict], split: str, metric: str
     for d in diffs:
         if d["comparison"] == "pd − distill" and d[split] is not None:
             tok, acc = tokens[(d["student"], d["pretrain_objective"], d["pretrain_on"], d["pretrain_steps"])]
-            lines.setdefault(f"{d['student']} {_objective(d)}{d['pretrain_on']} transfer {d['transfer_size']}",
+            lines.setdefault(f"{d['student']} {objective_text(d)}{d['pretrain_on']} transfer {d['transfer_size']}",
                              []).append(
                 (tok, d[split], acc))
     fig, ax = pyplot().subplots(figsize=(7, 4.5))

@@ -44,8 +44,8 @@ def test_front_marks_dominated_points_and_keeps_ties():
 
 
 def _row(student, strategy, seed, score):
-    return {"student": student, "strategy": strategy, "pretrain_on": None, "pretrain_steps": None,
-            "transfer_size": None, "seed": seed, "dev": {}, "test": {"accuracy": score}}
+    return {"student": student, "strategy": strategy, "pretrain_objective": None, "pretrain_on": None,
+            "pretrain_steps": None, "transfer_size": None, "seed": seed, "dev": {}, "test": {"accuracy": score}}
 
 
 def _latency(**ms):

@@ -42,7 +42,7 @@ from miniberts.inference.serve.app import create_app  # noqa: E402
 from miniberts.inference.serve.batcher import STALL_SECONDS, Batcher, Job  # noqa: E402
 from miniberts.inference.serve.config import ServeConfig  # noqa: E402
 from miniberts.inference.serve.metrics import Metrics  # noqa: E402
-from miniberts.inference.serve.service import ROWS_PER_FORWARD, Service  # noqa: E402
+from miniberts.inference.serve.service import INLINE_CHARACTERS, ROWS_PER_FORWARD, Service  # noqa: E402
 
 TEXTS = ["A three-hour cinema master class.", "Dull.",
          "It's always fascinating to watch Marker the essayist at work, even when the film around him falls apart.",
@@ -114,6 +114,10 @@ def test_predict_labels_equal_miniberts_predict(clf_client, classifier, tmp_path
         assert all(abs(a["score"] - row["probabilities"][a["label"]]) < 1e-5 for a in answer)
     one = clf_client.post("/predict", json={"inputs": TEXTS[0]}).json()
     assert one == answers[0]  # one string -> one list
+    assert len(TEXTS[2]) * 30 > INLINE_CHARACTERS  # so this request is tokenized on the tokenizer thread
+    many = clf_client.post("/predict", json={"inputs": [TEXTS[2]] * 30}).json()
+    assert len(many) == 30 and all(abs(a["score"] - b["score"]) < 1e-5 and a["label"] == b["label"]
+                                   for answer in many for a, b in zip(answer, answers[2]))
     raw = clf_client.post("/predict", json={"inputs": [TEXTS[0]], "raw_scores": True}).json()[0]
     logits = miniberts.load(classifier, "cpu").predict_tokens(*WordPieceTokenizer(BUILTIN_VOCAB).encode(TEXTS[:1]),
                                                              PredictConfig(dtype="fp32", backend="torch"))

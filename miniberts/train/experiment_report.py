@@ -20,6 +20,7 @@ from ..stats import interval_text, paired_difference, summarize
 from .common import plot_curves, read_jsonl
 
 AXES = ("student", "strategy", "pretrain_on", "pretrain_steps", "transfer_size")
+BASELINE = "baseline"  # the strategy of a baseline's rows (train/baselines.py); their student field names it
 COMPARISONS = (("pd", "distill"), ("distill", "pt-ft"), ("pt-ft", "scratch-ft"), ("pd-ft", "pd"))
 
 
@@ -125,6 +126,8 @@ def markdown(groups: list[dict], diffs: list[dict], metric: str, teacher: dict |
 # --- figures ------------------------------------------------------------------------------------------------------
 
 def _label(g: dict, with_pretraining: bool, with_student: bool = False) -> str:
+    if g["strategy"] == BASELINE:  # each baseline its own point
+        return g["student"]
     parts = [g["student"]] if with_student else []
     parts.append(g["strategy"])
     if with_pretraining and g["pretrain_on"] and g["pretrain_steps"]:

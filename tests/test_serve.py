@@ -304,7 +304,7 @@ def test_a_stuck_model_thread_makes_health_503(tiny_client):
     assert client.get("/health").status_code == 200
 
 
-def test_batches_fit_the_token_budget_longest_first_and_skip_gone_clients():
+def test_batches_fit_the_token_budget_oldest_first_and_skip_gone_clients():
     batches = []
     release = threading.Event()
 
@@ -339,9 +339,11 @@ def test_batches_fit_the_token_budget_longest_first_and_skip_gone_clients():
     results = asyncio.run(drive())
     batcher.stop()
     assert results == [[2], [3, 5, 2, 4], [6], [6, 1]]  # each job's results in its input order
-    # The embed inputs queued behind the held one: longest first, at most 12 padded tokens; then the predict input.
-    assert batches == [(("embed", True), [2]), (("embed", True), [6, 5]), (("embed", True), [4, 3, 2]),
-                       (("predict",), [6]), (("embed", True), [1])]
+    # The embed inputs queued behind the held one: oldest first within 12 padded tokens (a later, shorter input fills
+    # a pass that an older, longer one would overflow), each pass longest first; then the predict input. Taken
+    # longest first instead, c's 6 would run before a's older 4, 3 and 2.
+    assert batches == [(("embed", True), [2]), (("embed", True), [5, 3]), (("embed", True), [4, 2, 1]),
+                       (("predict",), [6]), (("embed", True), [6])]
     assert batcher.waiting == 0 and batcher.metrics.dropped._value.get() == 2
 
 

@@ -144,17 +144,18 @@ class Running:
         env = {**os.environ, "PYTHONPATH": str(ROOT), **(self.server.env or {})}
         proc = subprocess.Popen(self.server.argv(self.port), env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 600
+        deadline, healthy = time.monotonic() + 600, 0
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise ServerFailed(f"{self.server.name}: {shlex.join(self.server.argv(self.port))} exited with "
                                    f"{proc.returncode}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{self.port}/health").status_code == 200:
-                    return proc
+            try:  # 20 answers in a row, each on a new connection: every --workers process has loaded
+                healthy = healthy + 1 if httpx.get(f"http://127.0.0.1:{self.port}/health").status_code == 200 else 0
             except httpx.TransportError:
-                pass
-            time.sleep(0.2)
+                healthy = 0
+            if healthy >= 20:
+                return proc
+            time.sleep(0.2 if healthy == 0 else 0.01)
         proc.kill()
         raise ServerFailed(f"{self.server.name} did not become healthy in 10 minutes")
 

@@ -261,7 +261,8 @@ def plan(cfg: ExperimentConfig) -> Plan:
     teaching = distilling or any(b in baselines.NEEDS_TEACHER for b in cfg.baselines)
     pretraining = any(s in PRETRAINED for s in cfg.strategies) and any(not s.pretrained for s in students)
 
-    transfer, n_transfer = _transfer_files(cfg, data, cache, needed=distilling or "static" in cfg.baselines or (
+    transfer, n_transfer = _transfer_files(cfg, data, cache, needed=distilling or any(
+        b in baselines.STATIC_ARMS for b in cfg.baselines) or (
         pretraining and any(src != "generic" for src in cfg.pretrain_on)))
     for size in cfg.transfer_sizes:
         if distilling and size != "all" and int(size) > n_transfer:
@@ -325,12 +326,14 @@ def _baseline_jobs(cfg: ExperimentConfig, teacher_dir: Path | None, teacher_ft, 
         resolve(general)  # a model directory, or one line
     jobs = []
     for name in cfg.baselines:
-        run_dir = out / "baselines" / name
-        settings = baselines.BaselineConfig(name, finetune.FinetuneConfig(**task_fields), str(teacher_dir), general,
-                                            transfer, str(run_dir))
-        cell = Cell(name, pareto.BASELINE, None, None, "all" if name == "static" else None, None)
         deps = ("teacher",) if name in baselines.NEEDS_TEACHER else ()
-        jobs.append(Job(f"baseline {name}", "baseline", settings, run_dir, deps, cell))
+        for seed in range(1, cfg.seeds + 1) if name in baselines.SEEDED else (None,):
+            run_dir = out / "baselines" / name / ("" if seed is None else f"seed-{seed}")
+            settings = baselines.BaselineConfig(name, finetune.FinetuneConfig(**task_fields), str(teacher_dir),
+                                                general, transfer, str(run_dir), seed)
+            cell = Cell(name, pareto.BASELINE, None, None, "all" if name in baselines.STATIC_ARMS else None, seed)
+            jobs.append(Job(f"baseline {name}" + ("" if seed is None else f" seed {seed}"), "baseline", settings,
+                            run_dir, deps, cell))
     return jobs
 
 
@@ -594,6 +597,8 @@ def _systems(p: Plan, cells: list[Job]) -> list[latency.System]:
             systems[name] = latency.System(name, "model", str(job.out))
         elif job.cell.student == "teacher":
             systems[name] = latency.System(name, "model", str(p.teacher_dir))
+        elif job.cell.student == "static-trained":
+            systems[name] = latency.System(name, job.cell.student, str(job.out / baselines.PIPELINE))
         else:
             systems[name] = latency.System(name, job.cell.student, job.settings.general if name == "teacher-probe"
                                            else str(job.out), str(job.out / baselines.HEAD))

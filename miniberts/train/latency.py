@@ -3,9 +3,10 @@
 A system is a group of cells (a student x strategy x ..., or a baseline); the seeds of a group share one
 architecture, so its first seed's model stands for it. What is timed is what a user would call:
 `miniberts.load(dir).predict(...)` for students and the teacher (the engine `auto` picks for the shape), the
-general teacher's `embed` + the head for the probe, the model2vec model's `encode` + the head for static, model2vec's pipeline `predict` for static-trained. Batch-1
-latency: one real test sentence per call, the next sentence each round, the systems interleaved round by round
-(`timing.round_robin`) so that load from elsewhere falls on all alike; throughput: the whole test set in batches.
+general teacher's `embed` + the head for the probe, the model2vec model's `encode` + the head for static, model2vec's
+pipeline `predict` for static-trained. Batch-1 latency: one real test sentence per call, the next sentence each round,
+the systems interleaved round by round (`timing.round_robin`) so that load from elsewhere falls on all alike;
+throughput: the whole test set in batches.
 
 OUT/systems.json (written after the cells) says what to load and with which settings, and holds the test texts, so
 `miniberts experiment --out OUT --latency-only` re-measures on an idle machine without the flags or the data files

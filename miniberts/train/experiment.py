@@ -102,8 +102,8 @@ class ExperimentConfig:
         "help": "teacher model directory (needed by distill, pd, pd-ft); fine-tuned on --train first unless it is "
                 "already a classifier for the task's labels"})
     general_teacher: str = field(default="", metadata={
-        "help": "the teacher before task fine-tuning, for --baselines teacher-probe,static (default: --teacher when "
-                "it is not yet a classifier for the task)"})
+        "help": "the teacher before task fine-tuning, for --baselines teacher-probe,static,static-trained (default: "
+                "--teacher when it is not yet a classifier for the task)"})
     baselines: list[str] = field(default_factory=list, metadata={
         "help": "systems scored beside the students, each a cell: " + ", ".join(f"{k} ({v})" for k, v in
                                                                                 baselines.BASELINES.items()),
@@ -320,8 +320,9 @@ def _baseline_jobs(cfg: ExperimentConfig, teacher_dir: Path | None, teacher_ft, 
     """One cell per baseline, in OUT/baselines/<name>/, after the teacher's job where it needs the teacher."""
     general = cfg.general_teacher or (cfg.teacher if teacher_ft is not None else "")
     if not general and any(b in baselines.NEEDS_GENERAL for b in cfg.baselines):
-        raise MinibertsError(f"--baselines teacher-probe and static embed with the teacher before task fine-tuning: "
-                             f"--teacher {cfg.teacher} is already fine-tuned, so give --general-teacher DIR")
+        raise MinibertsError("--baselines teacher-probe, static and static-trained embed with the teacher before task "
+                             f"fine-tuning: --teacher {cfg.teacher} is already fine-tuned, so give "
+                             "--general-teacher DIR")
     if general:
         resolve(general)  # a model directory, or one line
     jobs = []

@@ -239,7 +239,7 @@ def test_latency_only_without_a_finished_pareto_experiment_is_refused(tmp_path, 
 
 
 @needs_model2vec
-@pytest.mark.slow  # 30-150 s on the shared 2-core machine: a teacher fine-tuning, 2 distillations, 3 baselines, timing
+@pytest.mark.slow  # 30-150 s on the shared 2-core machine: a teacher fine-tuning, 2 distillations, 5 baseline cells
 def test_experiment_with_baselines_and_pareto_end_to_end(task, tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(latency, "LATENCY_ROUNDS", 5)
     monkeypatch.setattr(latency, "THROUGHPUT_ROUNDS", 1)
@@ -247,16 +247,18 @@ def test_experiment_with_baselines_and_pareto_end_to_end(task, tiny, tmp_path, m
     spec = dict(students=["tiny"], strategies=["distill"], seeds=2, teacher=tiny, teacher_epochs=1, train=c.train,
                 dev=c.dev, test=c.test, transfer=[str(task / "transfer64.txt")], text_column="sentence",
                 label_column="label", epochs=1, batch_size=16, max_length=32, dtype="fp32",
-                baselines=["teacher", "teacher-probe", "static"])
+                baselines=["teacher", "teacher-probe", "static", "static-trained"])
     out = tmp_path / "exp"
     summary = experiment.run(experiment.ExperimentConfig(out=str(out), pareto=True, **spec))
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert [(r["student"], r["seed"]) for r in rows if r["strategy"] == pareto.BASELINE] == [
-        ("teacher", None), ("teacher-probe", None), ("static", None)]
+        ("teacher", None), ("teacher-probe", None), ("static", None), ("static-trained", 1), ("static-trained", 2)]
     teacher = next(r for r in rows if r["student"] == "teacher")
     assert teacher["test"] == summary["teacher"]["test"]  # the teacher arm scores what its fine-tuning measured
     names = {s["name"] for s in summary["pareto"]["systems"]}
-    assert names == {"tiny distill", "teacher", "teacher-probe", "static"}
+    assert names == {"tiny distill", "teacher", "teacher-probe", "static", "static-trained"}
+    seeded = next(s for s in summary["pareto"]["systems"] if s["name"] == "static-trained")
+    assert seeded["test"]["n"] == 2 and set(seeded["scores"]) == {1, 2}  # one cell per seed, summarised like a student
     assert set(json.loads((out / latency.LATENCY).read_text())["systems"]) == names
     assert (out / "pareto.png").stat().st_size > 0
     # --pareto is not part of the results' identity: the same spec without it reruns nothing and is not refused

@@ -1,6 +1,7 @@
 """The practitioner's Pareto of `miniberts experiment`: the front and the verdict on hand-made points, the
 teacher-probe and static baselines on a real slice of Rotten Tomatoes, `--latency-only` on a finished experiment
-folder, and the one-line refusal of `--baselines static` without model2vec.
+folder, the one-line refusals of `--baselines static` without model2vec and of `--baselines static-trained` without
+its trainer, and static-trained's cells (one per seed) and its fine-tuning on the slice.
 """
 
 import importlib.util
@@ -135,6 +136,60 @@ def test_static_without_model2vec_is_refused_in_one_line(task, classifier, tmp_p
     assert not out.exists()  # refused before anything was written
 
 
+def test_static_trained_without_model2vecs_trainer_is_refused_in_one_line(task, classifier, tmp_path, capsys,
+                                                                          monkeypatch):
+    monkeypatch.setitem(sys.modules, "model2vec.train", None)  # model2vec is there, its trainer's extra is not
+    out = tmp_path / "exp"
+    c = task_config(task)
+    err = refused(capsys, ["experiment", "--students", "tiny", "--strategies", "distill", "--baselines",
+                           "static-trained", "--teacher", classifier, "--general-teacher", classifier, "--train",
+                           c.train, "--dev", c.dev, "--transfer", str(task / "transfer64.txt"), "--text-column",
+                           "sentence", "--label-column", "label", "--out", str(out)])
+    assert "--baselines static-trained needs model2vec's trainer" in err and "pip install 'miniberts[static]'" in err
+    assert not out.exists()  # refused before anything was written
+
+
+def test_static_trained_is_one_cell_per_seed(task, classifier, tmp_path, monkeypatch):
+    for name in ("model2vec_distill", "model2vec_trainer"):  # the layout only: skip importing model2vec (~30 s here)
+        monkeypatch.setattr(baselines, name, lambda: None)
+    c = task_config(task)
+    p = experiment.plan(experiment.ExperimentConfig(
+        students=["tiny"], strategies=["distill"], baselines=["static-trained", "static"], seeds=2, teacher=classifier,
+        general_teacher=classifier, train=c.train, dev=c.dev, transfer=[str(task / "transfer64.txt")],
+        text_column="sentence", label_column="label", out=str(tmp_path / "exp")))
+    jobs = [j for j in p.jobs if j.kind == "baseline"]
+    assert [(j.cell.student, j.cell.seed, j.settings.seed) for j in jobs] == [
+        ("static-trained", 1, 1), ("static-trained", 2, 2), ("static", None, None)]
+    assert jobs[1].out == tmp_path / "exp" / "baselines" / "static-trained" / "seed-2"
+    assert jobs[2].out == tmp_path / "exp" / "baselines" / "static"
+
+
+@needs_model2vec
+@pytest.mark.slow
+def test_static_trained_fine_tunes_the_cached_static_model_per_seed(task, tiny, classifier, tmp_path):
+    """Two seeds: one distillation (cached), two trainings that differ, each pipeline scored as saved and timed by the
+    latency measurement's own call."""
+    runs = {}
+    for seed in (1, 2):
+        cfg = baselines.BaselineConfig("static-trained", task_config(task), classifier, tiny,
+                                       [str(task / "transfer64.txt")], str(tmp_path / f"seed-{seed}"), seed)
+        runs[seed] = baselines.run(cfg)
+    assert len(list((task / "cache" / "static-model").iterdir())) == 1  # distilled once, for both seeds
+    metrics, folder = runs[1], tmp_path / "seed-1" / baselines.PIPELINE
+    assert metrics["transfer_examples"] == 64 and metrics["train_examples"] == 64 + 32 and metrics["seed"] == 1
+    assert metrics["params"] == baselines.pipeline_params(folder) > 0
+    heads = [(tmp_path / f"seed-{s}" / baselines.PIPELINE / "head.safetensors").read_bytes() for s in (1, 2)]
+    assert heads[0] != heads[1]  # the seed changes the trained model
+    data = load_task(task_config(task))
+    ids = baselines.pipeline_labels(baselines.load_pipeline(folder), [ex.text_a for ex in data.dev["dev"]], 32, 8)
+    accuracy = 100 * np.mean([data.id2label[i] == ex.label for i, ex in zip(ids, data.dev["dev"])])
+    assert accuracy == pytest.approx(metrics["best"]["dev"]["accuracy"])
+    one, _, facts = latency._caller(latency.System("static-trained", "static-trained", str(folder)),
+                                    latency.Settings(max_length=32, dtype="fp32", batch_size=8, threads=1))
+    assert len(one(["a quietly moving film"])) == 1
+    assert facts["params"] == metrics["params"] and facts["disk_bytes"] > 0 and facts["engine"] == "model2vec"
+
+
 def test_probe_of_an_already_fine_tuned_teacher_needs_the_general_one(task, classifier, tmp_path, capsys):
     c = task_config(task)
     err = refused(capsys, ["experiment", "--strategies", "distill", "--baselines", "teacher-probe", "--teacher",
@@ -184,7 +239,7 @@ def test_latency_only_without_a_finished_pareto_experiment_is_refused(tmp_path, 
 
 
 @needs_model2vec
-@pytest.mark.slow  # 30-150 s on the shared 2-core machine: a teacher fine-tuning, 2 distillations, 3 baselines, timing
+@pytest.mark.slow  # 30-150 s on the shared 2-core machine: a teacher fine-tuning, 2 distillations, 5 baseline cells
 def test_experiment_with_baselines_and_pareto_end_to_end(task, tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(latency, "LATENCY_ROUNDS", 5)
     monkeypatch.setattr(latency, "THROUGHPUT_ROUNDS", 1)
@@ -192,16 +247,18 @@ def test_experiment_with_baselines_and_pareto_end_to_end(task, tiny, tmp_path, m
     spec = dict(students=["tiny"], strategies=["distill"], seeds=2, teacher=tiny, teacher_epochs=1, train=c.train,
                 dev=c.dev, test=c.test, transfer=[str(task / "transfer64.txt")], text_column="sentence",
                 label_column="label", epochs=1, batch_size=16, max_length=32, dtype="fp32",
-                baselines=["teacher", "teacher-probe", "static"])
+                baselines=["teacher", "teacher-probe", "static", "static-trained"])
     out = tmp_path / "exp"
     summary = experiment.run(experiment.ExperimentConfig(out=str(out), pareto=True, **spec))
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert [(r["student"], r["seed"]) for r in rows if r["strategy"] == pareto.BASELINE] == [
-        ("teacher", None), ("teacher-probe", None), ("static", None)]
+        ("teacher", None), ("teacher-probe", None), ("static", None), ("static-trained", 1), ("static-trained", 2)]
     teacher = next(r for r in rows if r["student"] == "teacher")
     assert teacher["test"] == summary["teacher"]["test"]  # the teacher arm scores what its fine-tuning measured
     names = {s["name"] for s in summary["pareto"]["systems"]}
-    assert names == {"tiny distill", "teacher", "teacher-probe", "static"}
+    assert names == {"tiny distill", "teacher", "teacher-probe", "static", "static-trained"}
+    seeded = next(s for s in summary["pareto"]["systems"] if s["name"] == "static-trained")
+    assert seeded["test"]["n"] == 2 and set(seeded["scores"]) == {1, 2}  # one cell per seed, summarised like a student
     assert set(json.loads((out / latency.LATENCY).read_text())["systems"]) == names
     assert (out / "pareto.png").stat().st_size > 0
     # --pareto is not part of the results' identity: the same spec without it reruns nothing and is not refused

@@ -109,8 +109,9 @@ class ExperimentConfig:
         "help": "teacher model directory (needed by distill, pd, pd-ft); fine-tuned on --train first unless it is "
                 "already a classifier for the task's labels"})
     general_teacher: str = field(default="", metadata={
-        "help": "the teacher before task fine-tuning, for --baselines teacher-probe,static and --pretrain-objective "
-                "general-distill (default: --teacher when it is not yet a classifier for the task)"})
+        "help": "the teacher before task fine-tuning, for --baselines teacher-probe,static,static-trained and "
+                "--pretrain-objective general-distill (default: --teacher when it is not yet a classifier for the "
+                "task)"})
     baselines: list[str] = field(default_factory=list, metadata={
         "help": "systems scored beside the students, each a cell: " + ", ".join(f"{k} ({v})" for k, v in
                                                                                 baselines.BASELINES.items()),
@@ -279,7 +280,8 @@ def plan(cfg: ExperimentConfig) -> Plan:
     teaching = distilling or any(b in baselines.NEEDS_TEACHER for b in cfg.baselines)
     pretraining = any(s in PRETRAINED for s in cfg.strategies) and any(not s.pretrained for s in students)
 
-    transfer, n_transfer = _transfer_files(cfg, data, cache, needed=distilling or "static" in cfg.baselines or (
+    transfer, n_transfer = _transfer_files(cfg, data, cache, needed=distilling or any(
+        b in baselines.STATIC_ARMS for b in cfg.baselines) or (
         pretraining and any(src != "generic" for src in cfg.pretrain_on)))
     for size in cfg.transfer_sizes:
         if distilling and size != "all" and int(size) > n_transfer:
@@ -342,18 +344,21 @@ def _baseline_jobs(cfg: ExperimentConfig, teacher_dir: Path | None, teacher_ft, 
     """One cell per baseline, in OUT/baselines/<name>/, after the teacher's job where it needs the teacher."""
     general = general_teacher(cfg, teacher_ft)
     if not general and any(b in baselines.NEEDS_GENERAL for b in cfg.baselines):
-        raise MinibertsError(f"--baselines teacher-probe and static embed with the teacher before task fine-tuning: "
-                             f"--teacher {cfg.teacher} is already fine-tuned, so give --general-teacher DIR")
+        raise MinibertsError("--baselines teacher-probe, static and static-trained embed with the teacher before task "
+                             f"fine-tuning: --teacher {cfg.teacher} is already fine-tuned, so give "
+                             "--general-teacher DIR")
     if general:
         resolve(general)  # a model directory, or one line
     jobs = []
     for name in cfg.baselines:
-        run_dir = out / "baselines" / name
-        settings = baselines.BaselineConfig(name, finetune.FinetuneConfig(**task_fields), str(teacher_dir), general,
-                                            transfer, str(run_dir))
-        cell = Cell(name, pareto.BASELINE, None, None, "all" if name == "static" else None, None)
         deps = ("teacher",) if name in baselines.NEEDS_TEACHER else ()
-        jobs.append(Job(f"baseline {name}", "baseline", settings, run_dir, deps, cell))
+        for seed in range(1, cfg.seeds + 1) if name in baselines.SEEDED else (None,):
+            run_dir = out / "baselines" / name / ("" if seed is None else f"seed-{seed}")
+            settings = baselines.BaselineConfig(name, finetune.FinetuneConfig(**task_fields), str(teacher_dir),
+                                                general, transfer, str(run_dir), seed)
+            cell = Cell(name, pareto.BASELINE, None, None, "all" if name in baselines.STATIC_ARMS else None, seed)
+            jobs.append(Job(f"baseline {name}" + ("" if seed is None else f" seed {seed}"), "baseline", settings,
+                            run_dir, deps, cell))
     return jobs
 
 
@@ -643,6 +648,8 @@ def _systems(p: Plan, cells: list[Job]) -> list[latency.System]:
             systems[name] = latency.System(name, "model", str(job.out))
         elif job.cell.student == "teacher":
             systems[name] = latency.System(name, "model", str(p.teacher_dir))
+        elif job.cell.student == "static-trained":
+            systems[name] = latency.System(name, job.cell.student, str(job.out / baselines.PIPELINE))
         else:
             systems[name] = latency.System(name, job.cell.student, job.settings.general if name == "teacher-probe"
                                            else str(job.out), str(job.out / baselines.HEAD))

@@ -3,9 +3,10 @@
 A system is a group of cells (a student x strategy x ..., or a baseline); the seeds of a group share one
 architecture, so its first seed's model stands for it. What is timed is what a user would call:
 `miniberts.load(dir).predict(...)` for students and the teacher (the engine `auto` picks for the shape), the
-general teacher's `embed` + the head for the probe, the model2vec model's `encode` + the head for static. Batch-1
-latency: one real test sentence per call, the next sentence each round, the systems interleaved round by round
-(`timing.round_robin`) so that load from elsewhere falls on all alike; throughput: the whole test set in batches.
+general teacher's `embed` + the head for the probe, the model2vec model's `encode` + the head for static, model2vec's
+pipeline `predict` for static-trained. Batch-1 latency: one real test sentence per call, the next sentence each round,
+the systems interleaved round by round (`timing.round_robin`) so that load from elsewhere falls on all alike;
+throughput: the whole test set in batches.
 
 OUT/systems.json (written after the cells) says what to load and with which settings, and holds the test texts, so
 `miniberts experiment --out OUT --latency-only` re-measures on an idle machine without the flags or the data files
@@ -34,8 +35,8 @@ from ..inference import backends
 from ..inference.loaded_model import load
 from ..timing import cpu_flags, cpu_model, median, round_robin
 from . import pareto, rundir
-from .baselines import (STATIC, general_model_dir, head_labels, load_static, probe_features, read_head,
-                        static_features)
+from .baselines import (STATIC, general_model_dir, head_labels, load_pipeline, load_static, pipeline_labels,
+                        pipeline_params, probe_features, read_head, static_features)
 from .common import read_jsonl
 
 log = logging.getLogger("miniberts")
@@ -48,8 +49,9 @@ THROUGHPUT_ROUNDS = 3  # passes over the test set per system
 @dataclass
 class System:
     name: str  # pareto.system_name of its group
-    kind: str  # "model" (a miniberts classifier: students, the teacher) | "teacher-probe" | "static"
-    model: str  # the model directory (the probe: the general teacher; static: the baseline's run directory)
+    kind: str  # "model" (a miniberts classifier: students, the teacher) | "teacher-probe" | "static(-trained)"
+    model: str  # the model directory (the probe: the general teacher; static: the baseline's run directory;
+    #             static-trained: its saved pipeline)
     head: str = ""  # the probe's and static's logistic-regression head
 
 
@@ -122,6 +124,12 @@ def _caller(system: System, s: Settings):
         return one, many, {"params": int(static.embedding.size + coef.size + intercept.size),
                            "disk_bytes": _weights_bytes(Path(system.model) / STATIC) + Path(system.head).stat().st_size,
                            "engine": "model2vec"}
+    if system.kind == "static-trained":
+        pipeline = load_pipeline(Path(system.model))
+        one = lambda texts: pipeline_labels(pipeline, texts, s.max_length, 1)  # noqa: E731
+        many = lambda texts: pipeline_labels(pipeline, texts, s.max_length, s.batch_size)  # noqa: E731
+        return one, many, {"params": pipeline_params(Path(system.model)),
+                           "disk_bytes": _weights_bytes(Path(system.model)), "engine": "model2vec"}
     model = load(system.model, device="cpu")
     engine = "/".join(_engine(model.config, s, batch) for batch in (1, s.batch_size))
     if system.kind == "teacher-probe":

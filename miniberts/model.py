@@ -211,6 +211,14 @@ class BertModel(nn.Module):
         init_weights(self, cfg.initializer_range)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None):
+        x = self.hidden_states(input_ids, attention_mask, token_type_ids, every_layer=False)[-1]
+        pooled = torch.tanh(self.pooler(x[:, 0]))
+        return x, pooled
+
+    def hidden_states(self, input_ids: Tensor, attention_mask: Tensor | None = None,
+                      token_type_ids: Tensor | None = None, every_layer: bool = True) -> list[Tensor]:
+        """[embedding output, layer 1, ..., layer L] outputs, each [B, S, H] (TinyBERT's hidden-state targets);
+        only the last one unless `every_layer`."""
         b, s = input_ids.shape
         if s > self.cfg.max_position_embeddings:
             raise MinibertsError(f"sequence length {s} exceeds the model's {self.cfg.max_position_embeddings} positions")
@@ -218,12 +226,13 @@ class BertModel(nn.Module):
             token_type_ids = torch.zeros_like(input_ids)
         packing = make_packing(attention_mask, b, s, self.unpad, self.cfg.hidden_size)
         x = self.embeddings(input_ids, token_type_ids, packing)
+        kept = [x]
         for layer in self.layers:
             x = layer(x, packing)
+            kept = kept + [x] if every_layer else [x]  # inference holds one layer's output at a time
         if packing.indices is not None:
-            x = pad(x, packing.indices, b, s)
-        pooled = torch.tanh(self.pooler(x[:, 0]))
-        return x, pooled
+            kept = [pad(h, packing.indices, b, s) for h in kept]
+        return kept
 
 
 class MaskedLMHead(nn.Module):

@@ -78,6 +78,7 @@ def _bound_problem(value, meta: dict) -> str | None:
     return None
 
 
+@functools.cache  # per annotation, not per call: part of every Model.embed call's validation
 def _optional(annotation) -> tuple[object, bool]:
     """`X | None` -> (X, True); anything else -> (annotation, False)."""
     if isinstance(annotation, str) and annotation.replace(" ", "").endswith("|None"):

@@ -101,13 +101,10 @@ class WordPieceTokenizer:
     def pad_batch(self, ids: list[list[int]], type_ids: list[list[int]]) -> dict[str, torch.Tensor]:
         """Right-pad to the longest sequence of the batch: input_ids, attention_mask, token_type_ids [B, S]."""
         width = max(len(x) for x in ids)
-        input_ids = torch.full((len(ids), width), self.pad_id, dtype=torch.long)
-        types = torch.zeros((len(ids), width), dtype=torch.long)
-        mask = torch.zeros((len(ids), width), dtype=torch.long)
-        for row, (seq, seq_types) in enumerate(zip(ids, type_ids)):
-            input_ids[row, : len(seq)] = torch.tensor(seq)
-            types[row, : len(seq)] = torch.tensor(seq_types)
-            mask[row, : len(seq)] = 1
+        # One conversion per array from padded lists: a tensor per row and a copy into it cost more than the rows.
+        input_ids = torch.tensor([seq + [self.pad_id] * (width - len(seq)) for seq in ids], dtype=torch.long)
+        types = torch.tensor([seq + [0] * (width - len(seq)) for seq in type_ids], dtype=torch.long)
+        mask = torch.tensor([[1] * len(seq) + [0] * (width - len(seq)) for seq in ids], dtype=torch.long)
         return {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": types}
 
     def __call__(self, texts: list[str], pairs: list[str] | None = None, max_length: int = 512) -> dict[str, torch.Tensor]:

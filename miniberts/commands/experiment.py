@@ -18,4 +18,6 @@ def run(args):
 
     summary = experiment(dataclass_from_args(ExperimentConfig, args))
     print(summary["table"])
+    if "pareto_table" in summary:
+        print("\n" + summary["pareto_table"])
     print(f"\n{summary['cells']} cells, {summary['minutes']} minutes; results in {args.out or 'the --config out'}")

@@ -401,13 +401,14 @@ class Sampler:
 
 class MaskingCollator:
     """Instances -> padded, masked batches: input_ids, attention_mask, token_type_ids, mlm_positions [B, S] (bool),
-    mlm_labels [N] (original ids at the masked positions, row-major), nsp_labels [B] (1 = B is a random segment)."""
+    mlm_labels [N] (original ids at the masked positions, row-major), nsp_labels [B] (1 = B is a random segment).
+    `masking=False`: the same batches unmasked (general distillation: teacher and student read the same tokens)."""
 
     def __init__(self, corpus: Corpus, instances: np.ndarray, tokenizer: WordPieceTokenizer, max_predictions: int,
-                 whole_word: bool, seed: int, stream: int = TRAIN_STREAM):
+                 whole_word: bool, seed: int, stream: int = TRAIN_STREAM, masking: bool = True):
         self.corpus, self.instances = corpus, instances
         self.tok = tokenizer
-        self.max_predictions, self.seed, self.stream = max_predictions, seed, stream
+        self.max_predictions, self.seed, self.stream, self.masking = max_predictions, seed, stream, masking
         ordered = sorted(tokenizer.vocab, key=tokenizer.vocab.get)
         self.vocab_size = len(ordered)
         self.maskable = np.ones(self.vocab_size, dtype=bool)
@@ -430,6 +431,8 @@ class MaskingCollator:
     def masked(self, epoch: int, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
         """(masked ids, original ids, token types, masked positions, is_random_next); the same at every call."""
         ids, types, random_next = self.sequence(index)
+        if not self.masking:
+            return ids, ids, types, np.zeros(0, dtype=np.int64), random_next
         rng = np.random.default_rng([self.seed, self.stream, epoch, index])
         out, positions = mask_sequence(ids, rng, maskable=self.maskable, is_continuation=self.is_continuation,
                                        max_predictions=self.max_predictions, mask_id=self.tok.mask_id,

@@ -7,6 +7,7 @@ config is known.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 from ..device import DTYPES
@@ -59,3 +60,18 @@ class PredictConfig:
     def __post_init__(self):
         validate(self)
 
+
+
+@functools.lru_cache(maxsize=256, typed=True)  # typed: 1 is not taken for True, nor 32.0 for 32
+def _validated(cls, **settings):
+    return cls(**settings)
+
+
+def settings_of(cls, **settings):
+    """`cls(**settings)` (EmbedConfig or PredictConfig), validated once per distinct setting: validation is a share
+    of a one-sentence `Model.embed`. The instance is shared between calls, so it is read, never changed. A setting
+    that cannot be a cache key (a list) is validated, and refused, uncached."""
+    try:
+        return _validated(cls, **settings)
+    except TypeError:  # unhashable: validation gives its own one-line error
+        return cls(**settings)

@@ -126,8 +126,12 @@ def export(model_dir: str | Path, out: str | Path, quantize: str | None = None, 
 
 
 def session(path: str | Path, threads: int | None = None):
-    """An onnxruntime CPU InferenceSession (intra-op threads: all cores unless `threads`)."""
-    _, ort = require_onnx()
+    """An onnxruntime CPU InferenceSession (intra-op threads: all cores unless `threads`). Running a graph needs
+    onnxruntime only: `onnx` (seconds to import) is for building one."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise MinibertsError(f"ONNX inference needs onnxruntime, which is not installed: {INSTALL_HINT}") from None
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads

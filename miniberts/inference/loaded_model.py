@@ -24,8 +24,9 @@ from ..model_card import CardInfo
 from ..sbert import SentenceLayout, read_layout, write_layout
 from ..tokenizer import WordPieceTokenizer
 from . import backends
+from .backends.auto import BATCH_ONE
 from .batching import check_finite, embed_step, run_encoded
-from .config import EmbedConfig, PredictConfig
+from .config import EmbedConfig, PredictConfig, settings_of
 from .predict import checked_logits, classify_step, has_task_head, no_head, results
 
 
@@ -41,6 +42,7 @@ class Model:
         self.source = source
         self.layout = layout
         self._runners: dict[tuple, tuple[nn.Module, torch.dtype]] = {}  # backends made ready once, reused per call
+        self._picked: dict[tuple, str] = {}  # (backend asked for, precision, single) -> the backend that runs
 
     @property
     def config(self) -> BertConfig:
@@ -69,8 +71,8 @@ class Model:
         fastest installed backend measured for this precision, size and batch shape; fp32 within 1e-5 of torch),
         "torch" (the reference), "onnxruntime", "openvino" or "ctranslate2" (miniberts/inference/backends); int8: int8 weights.
         """
-        cfg = EmbedConfig(pooling=pooling, normalize=normalize, batch_size=batch_size, max_length=max_length,
-                          dtype=dtype, backend=backend, int8=int8)
+        cfg = settings_of(EmbedConfig, pooling=pooling, normalize=normalize, batch_size=batch_size,
+                          max_length=max_length, dtype=dtype, backend=backend, int8=int8)
         one = isinstance(texts, str)
         texts = _texts([texts] if one else texts)
         pooling, normalize, length = self.embedding_settings(cfg)
@@ -113,7 +115,8 @@ class Model:
         """A fine-tuned classifier's {"label": name, "probabilities": {name: p}} per text (or text pair), or a
         regressor's float score per text, in order. `pairs`: the second texts of sentence-pair tasks. `backend`,
         `int8`: as in `embed`."""
-        cfg = PredictConfig(max_length=max_length, batch_size=batch_size, dtype=dtype, backend=backend, int8=int8)
+        cfg = settings_of(PredictConfig, max_length=max_length, batch_size=batch_size, dtype=dtype, backend=backend,
+                          int8=int8)
         if not isinstance(self.module, BertForSequenceClassification):
             raise no_head(self.source)
         texts = _texts(texts)
@@ -146,7 +149,10 @@ class Model:
         path), so the same Model still runs exact fp32 afterwards."""
         module = self.module if head else self.encoder
         precision = backends.precision_of(dtype, int8)
-        name = backends.resolve(backend, self.config, precision, batch_size, self.device)  # auto's pick, or `backend`
+        setting = (backend, precision, batch_size <= BATCH_ONE)
+        if setting not in self._picked:  # auto's pick looks up every engine's modules: once per setting, not per call
+            self._picked[setting] = backends.resolve(backend, self.config, precision, batch_size, self.device)
+        name = self._picked[setting]  # auto's pick, or `backend`
         if name == "torch" and precision == "bf16":
             return module, dtype
         key = (head, name, precision)

@@ -9,9 +9,12 @@ unlabeled in-domain text (the transfer set):
   pd          pre-trained distillation: pre-train, then distil      (pretrain.run -> distill.run)
   pd-ft       PD, then fine-tune on the labels                      (the pd cell -> finetune.run)
 
-A *cell* is one student x strategy x pre-training source x pre-training budget x transfer size x seed, and one run
+Pre-training is masked LM, or (`pretrain_objective` general-distill) TinyBERT's general distillation from a general
+teacher on the same text (`general_distill`): the objective is one more axis of the pre-trained strategies.
+
+A *cell* is one student x strategy x pre-training objective x source x budget x transfer size x seed, and one run
 directory under OUT/cells/. The work cells share is done once, as jobs of its own, before the cells that need it:
-each pre-trained student (one per student x source x budget, pre-trained with `shared_seed`: every seed of a
+each pre-trained student (one per student x objective x source x budget, pre-trained with `shared_seed`: every seed of a
 strategy starts from the same pre-trained weights, as the paper's students all start from one pre-trained
 checkpoint, and a seed then varies the head, the dropout and the batch order), and the teacher (fine-tuned on the
 labels first when it is not already a classifier for them) with its logits on every transfer set.
@@ -54,9 +57,10 @@ from ..fileio import as_found_on_refusal, atomic_write_text
 from ..lifetime import die_with_parent
 from ..settings import SettingsError, validate
 from ..data.load import TaskData, builtin_name, builtin_task_dir, load_task
-from . import distill, finetune, pretrain, rundir
+from . import baselines, distill, finetune, latency, pareto, pretrain, rundir
 from .distill_targets import check_same_vocab
 from .experiment_report import write_report
+from .general_distill import OBJECTIVES
 
 log = logging.getLogger("miniberts")
 
@@ -96,6 +100,9 @@ class ExperimentConfig:
     pretrain_eval_files: list[str] = field(default_factory=list, metadata={
         "help": "held-out text for the students' MLM accuracy, the same for every source (default: the built-in "
                 "corpus' eval.txt; with --pretrain-files, 1%% of their documents)"})
+    pretrain_objective: list[str] = field(default_factory=lambda: ["mlm"], metadata={
+        "help": "pre-training objective: mlm (masked LM) or general-distill (the student matches the hidden states of "
+                "--general-teacher on the same text); several = one more grid axis", "choices": OBJECTIVES})
     pretrain_steps: list[int] = field(default_factory=lambda: [2000], metadata={
         "help": "pre-training budgets in optimizer steps (several = the budget curve)", "min": 1})
     pretrain_minutes: float = field(default=0.0, metadata={
@@ -107,6 +114,20 @@ class ExperimentConfig:
     teacher: str = field(default="", metadata={
         "help": "teacher model directory (needed by distill, pd, pd-ft); fine-tuned on --train first unless it is "
                 "already a classifier for the task's labels"})
+    general_teacher: str = field(default="", metadata={
+        "help": "the teacher before task fine-tuning, for --baselines teacher-probe,static,static-trained and "
+                "--pretrain-objective general-distill (default: --teacher when it is not yet a classifier for the "
+                "task)"})
+    baselines: list[str] = field(default_factory=list, metadata={
+        "help": "systems scored beside the students, each a cell: " + ", ".join(f"{k} ({v})" for k, v in
+                                                                                baselines.BASELINES.items()),
+        "choices": tuple(baselines.BASELINES)})
+    pareto: bool = field(default=False, metadata={
+        "help": "at the end, measure every system's size, batch-1 latency and throughput in one process and add the "
+                "Pareto table to summary.md and pareto.png"})
+    latency_only: bool = field(default=False, metadata={
+        "help": "with --out alone: re-measure a finished --pareto experiment's latencies (an idle machine) and "
+                "rewrite latency.json, summary.md and pareto.png; nothing trains"})
     teacher_epochs: int = field(default=3, metadata={"help": "epochs of the teacher's fine-tuning", "min": 1})
     teacher_lr: float = field(default=5e-5, metadata={"help": "learning rate of the teacher's fine-tuning", "gt": 0})
     task: str = field(default="", metadata={"help": "built-in task (rotten_tomatoes, ...) or GLUE task (with "
@@ -150,18 +171,21 @@ class ExperimentConfig:
         for size in self.transfer_sizes:
             if size != "all" and not (size.isdigit() and int(size) > 0):
                 raise SettingsError(f"--transfer-sizes takes positive numbers of texts or all, got {size!r}")
-        for name in ("students", "student_init", "strategies", "pretrain_on", "pretrain_steps", "transfer_sizes"):
+        for name in ("students", "student_init", "strategies", "pretrain_on", "pretrain_objective", "pretrain_steps",
+                     "transfer_sizes"):
             values = getattr(self, name)
             if not values:
                 raise SettingsError(f"--{name.replace('_', '-')} needs at least one value")
             if len(set(values)) != len(values):
                 raise SettingsError(f"--{name.replace('_', '-')} lists a value twice: {values}")
+        if len(set(self.baselines)) != len(self.baselines):
+            raise SettingsError(f"--baselines lists a value twice: {self.baselines}")
         if "pd-ft" in self.strategies and "pd" not in self.strategies:
             raise SettingsError("--strategies pd-ft fine-tunes the pd cells' students: list pd too")
 
 
 # Settings that do not change a number of the results (identity.json leaves them out).
-NOT_IDENTITY = ("workers",)  # beside rundir.NOT_IDENTITY (out, fresh, cache_dir, ...)
+NOT_IDENTITY = ("workers", "pareto", "latency_only")  # beside rundir.NOT_IDENTITY (out, fresh, cache_dir, ...)
 
 
 # --- the plan: students, cells, jobs --------------------------------------------------------------------------
@@ -187,16 +211,26 @@ class Cell:
     pretrain_steps: int | None
     transfer_size: str | None  # None for strategies without the transfer set
     seed: int
+    pretrain_objective: str | None = None  # None for random-init strategies and given students
 
     @property
     def path(self) -> str:
         parts = [self.student, self.strategy]
         if self.pretrain_on:
             steps = "" if self.pretrain_steps is None else f"-{self.pretrain_steps}steps"
-            parts.append(self.pretrain_on + steps)
+            parts.append(_objective_prefix(self.pretrain_objective) + self.pretrain_on + steps)
         if self.transfer_size:
             parts.append(f"transfer-{self.transfer_size}")
         return "/".join(parts + [f"seed-{self.seed}"])
+
+
+def _objective_prefix(objective: str | None) -> str:
+    """How a pre-training objective shows in folder names: none for masked LM (the names of earlier experiments)."""
+    return "" if objective in (None, "mlm") else f"{objective}-"
+
+
+def _pretrain_job_name(student: str, objective: str, source: str, steps: int) -> str:
+    return f"pretrain {student} {_objective_prefix(objective)}{source} {steps}"
 
 
 @dataclass
@@ -204,7 +238,7 @@ class Job:
     """One call of a recipe. `out/metrics.json` marks it finished; it runs once every job in `deps` has."""
 
     name: str
-    kind: str  # pretrain | teacher | finetune | distill
+    kind: str  # pretrain | teacher | finetune | distill | baseline
     settings: object  # the recipe's config (for "teacher": TeacherWork)
     out: Path
     deps: tuple[str, ...] = ()
@@ -216,6 +250,7 @@ class Job:
 
 @dataclass
 class TeacherWork:
+    teacher: str  # the directory of the fine-tuned teacher
     finetune: finetune.FinetuneConfig | None  # None: the teacher is already a classifier for the task's labels
     label: list[distill.DistillConfig]  # one distillation config per transfer size: the logits they will ask for
 
@@ -227,7 +262,7 @@ class Plan:
     students: list[Student]
     jobs: list[Job]
     teacher_dir: Path | None
-    pretrained: dict[tuple[str, str, int], Path]  # (student, source, steps) -> its pre-training run
+    pretrained: dict[tuple[str, str, str, int], Path]  # (student, objective, source, steps) -> its pre-training run
 
 
 def plan(cfg: ExperimentConfig) -> Plan:
@@ -245,16 +280,22 @@ def plan(cfg: ExperimentConfig) -> Plan:
     if len({s.label for s in students}) != len(students):
         raise MinibertsError(f"--students names one student twice: {cfg.students}")
     distilling = any(s in DISTILLED for s in cfg.strategies)
+    baselines.check(cfg.baselines, data)
+    if cfg.pareto and not any(ex.label is not None for ex in data.test.get("test", [])):
+        raise MinibertsError("--pareto puts the systems' test scores against their latency: give --test FILE, "
+                             "with labels")
+    teaching = distilling or any(b in baselines.NEEDS_TEACHER for b in cfg.baselines)
     pretraining = any(s in PRETRAINED for s in cfg.strategies) and any(not s.pretrained for s in students)
 
-    transfer, n_transfer = _transfer_files(cfg, data, cache, needed=distilling or (
+    transfer, n_transfer = _transfer_files(cfg, data, cache, needed=distilling or any(
+        b in baselines.STATIC_ARMS for b in cfg.baselines) or (
         pretraining and any(src != "generic" for src in cfg.pretrain_on)))
     for size in cfg.transfer_sizes:
         if distilling and size != "all" and int(size) > n_transfer:
             raise MinibertsError(f"--transfer-sizes {size}: the transfer set {transfer[0]} has {n_transfer} texts")
 
     teacher_dir, teacher_ft = None, None
-    if distilling:
+    if teaching:
         teacher_dir, teacher_ft = _teacher(cfg, data, students, out, task_fields)
 
     # The built-in corpus is written when a source uses it or, by default, for its held-out eval.txt: every
@@ -269,34 +310,63 @@ def plan(cfg: ExperimentConfig) -> Plan:
         raise MinibertsError("--pretrain-on transfer needs --pretrain-eval-files: the transfer text is one document, "
                              "so none of it can be held out")
 
+    distiller = _general_distiller(cfg, students, teacher_ft) if pretraining else ""
     jobs: list[Job] = []
-    pretrained: dict[tuple[str, str, int], Path] = {}
+    pretrained: dict[tuple[str, str, str, int], Path] = {}
     if pretraining:
         for s in students:
             if s.pretrained:
                 continue
-            for source in cfg.pretrain_on:
-                for steps in cfg.pretrain_steps:
-                    run_dir = out / "pretrained" / f"{s.label}-{source}-{steps}steps"
-                    pretrained[(s.label, source, steps)] = run_dir
-                    jobs.append(Job(f"pretrain {s.label} {source} {steps}", "pretrain", pretrain.PretrainConfig(
-                        model=s.model, **_lexicon(s, cfg), train_files=corpora[source], eval_files=eval_files,
-                        out=str(run_dir),
-                        steps=steps, max_minutes=cfg.pretrain_minutes, batch_size=cfg.pretrain_batch_size,
-                        lr=cfg.pretrain_lr, seq_len=cfg.pretrain_seq_len, dropout=0.0, eval_every=0,
-                        save_every=max(100, steps // 4), seed=cfg.shared_seed, dtype=cfg.dtype, progress=False,
-                        resume=True), run_dir))  # resume: a run killed half-way continues (none yet: fresh)
+            for objective in cfg.pretrain_objective:
+                for source in cfg.pretrain_on:
+                    for steps in cfg.pretrain_steps:
+                        run_dir = out / "pretrained" / f"{s.label}-{_objective_prefix(objective)}{source}-{steps}steps"
+                        pretrained[(s.label, objective, source, steps)] = run_dir
+                        jobs.append(Job(_pretrain_job_name(s.label, objective, source, steps), "pretrain",
+                                        pretrain.PretrainConfig(
+                            model=s.model, **_lexicon(s, cfg), objective=objective,
+                            teacher=distiller if objective == "general-distill" else "",
+                            train_files=corpora[source], eval_files=eval_files, out=str(run_dir), steps=steps,
+                            max_minutes=cfg.pretrain_minutes, batch_size=cfg.pretrain_batch_size, lr=cfg.pretrain_lr,
+                            seq_len=cfg.pretrain_seq_len, dropout=0.0, eval_every=0, save_every=max(100, steps // 4),
+                            seed=cfg.shared_seed, dtype=cfg.dtype, progress=False, resume=True),
+                                        run_dir))  # resume: a run killed half-way continues (none yet: fresh)
 
     student_loop = dict(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, **task_fields)
     distill_extra = dict(teacher=str(teacher_dir), transfer=transfer, temperature=cfg.temperature, alpha=cfg.alpha)
     cells = _cell_jobs(cfg, students, pretrained, out, student_loop, distill_extra)
-    if distilling:
+    if teaching:
         label = {}  # transfer size -> the first distillation config of that size: the logits its cells ask for
         for job in cells:
             if job.kind == "distill":
                 label.setdefault(job.cell.transfer_size, job.settings)
-        jobs.append(Job("teacher", "teacher", TeacherWork(teacher_ft, list(label.values())), out / "teacher-logits"))
+        jobs.append(Job("teacher", "teacher", TeacherWork(str(teacher_dir), teacher_ft, list(label.values())),
+                        out / "teacher-logits"))
+    cells += _baseline_jobs(cfg, teacher_dir, teacher_ft, transfer, out, task_fields)
     return Plan(cfg, data, students, jobs + cells, teacher_dir, pretrained)
+
+
+def _baseline_jobs(cfg: ExperimentConfig, teacher_dir: Path | None, teacher_ft, transfer: list[str], out: Path,
+                   task_fields: dict) -> list[Job]:
+    """One cell per baseline, in OUT/baselines/<name>/, after the teacher's job where it needs the teacher."""
+    general = general_teacher(cfg, teacher_ft)
+    if not general and any(b in baselines.NEEDS_GENERAL for b in cfg.baselines):
+        raise MinibertsError("--baselines teacher-probe, static and static-trained embed with the teacher before task "
+                             f"fine-tuning: --teacher {cfg.teacher} is already fine-tuned, so give "
+                             "--general-teacher DIR")
+    if general:
+        resolve(general)  # a model directory, or one line
+    jobs = []
+    for name in cfg.baselines:
+        deps = ("teacher",) if name in baselines.NEEDS_TEACHER else ()
+        for seed in range(1, cfg.seeds + 1) if name in baselines.SEEDED else (None,):
+            run_dir = out / "baselines" / name / ("" if seed is None else f"seed-{seed}")
+            settings = baselines.BaselineConfig(name, finetune.FinetuneConfig(**task_fields), str(teacher_dir),
+                                                general, transfer, str(run_dir), seed)
+            cell = Cell(name, pareto.BASELINE, None, None, "all" if name in baselines.STATIC_ARMS else None, seed)
+            jobs.append(Job(f"baseline {name}" + ("" if seed is None else f" seed {seed}"), "baseline", settings,
+                            run_dir, deps, cell))
+    return jobs
 
 
 def _cell_jobs(cfg: ExperimentConfig, students: list[Student], pretrained: dict, out: Path, student_loop: dict,
@@ -306,9 +376,9 @@ def _cell_jobs(cfg: ExperimentConfig, students: list[Student], pretrained: dict,
     for seed in range(1, cfg.seeds + 1):
         for s in students:
             for strategy in cfg.strategies:
-                for source, steps, init in _starts(s, strategy, cfg, pretrained):
+                for objective, source, steps, init in _starts(s, strategy, cfg, pretrained):
                     for size in cfg.transfer_sizes if strategy in DISTILLED else [None]:
-                        cell = Cell(s.label, strategy, source, steps, size, seed)
+                        cell = Cell(s.label, strategy, source, steps, size, seed, objective)
                         lexicon = _lexicon(s, cfg) if source is None else {}  # a random start
                         jobs[cell] = _cell_job(cell, init, out / "cells" / cell.path, jobs, dict(
                             student_loop, **lexicon), distill_extra)
@@ -321,8 +391,8 @@ def _cell_job(cell: Cell, init: str, run_dir: Path, earlier: dict, student_loop:
         pd = earlier[dataclasses.replace(cell, strategy="pd")]
         return Job(name, "finetune", finetune.FinetuneConfig(model=str(pd.out), out=str(run_dir), seed=cell.seed,
                                                              **student_loop), run_dir, (pd.name,), cell)
-    deps = (f"pretrain {cell.student} {cell.pretrain_on} {cell.pretrain_steps}",) if cell.pretrain_on not in (
-        None, GIVEN) else ()
+    deps = (_pretrain_job_name(cell.student, cell.pretrain_objective, cell.pretrain_on, cell.pretrain_steps),) if (
+        cell.pretrain_on not in (None, GIVEN)) else ()
     if cell.strategy in DISTILLED:
         limit = 0 if cell.transfer_size == "all" else int(cell.transfer_size)
         return Job(name, "distill", distill.DistillConfig(student=init, out=str(run_dir), transfer_limit=limit,
@@ -373,13 +443,14 @@ def _student(name: str, cfg: ExperimentConfig) -> Student:
 
 
 def _starts(s: Student, strategy: str, cfg: ExperimentConfig, pretrained: dict) -> list[tuple]:
-    """(pretrain_on, pretrain_steps, initial model) for each cell of this student and strategy."""
+    """(pretrain_objective, pretrain_on, pretrain_steps, initial model) for each cell of this student and
+    strategy."""
     if strategy not in PRETRAINED:
-        return [(None, None, s.scratch)]
+        return [(None, None, None, s.scratch)]
     if s.pretrained:
-        return [(GIVEN, None, s.model)]
-    return [(src, steps, str(pretrained[(s.label, src, steps)]))
-            for src in cfg.pretrain_on for steps in cfg.pretrain_steps]
+        return [(None, GIVEN, None, s.model)]
+    return [(objective, src, steps, str(pretrained[(s.label, objective, src, steps)]))
+            for objective in cfg.pretrain_objective for src in cfg.pretrain_on for steps in cfg.pretrain_steps]
 
 
 def _transfer_files(cfg: ExperimentConfig, data: TaskData, cache: str, needed: bool) -> tuple[list[str], int]:
@@ -409,6 +480,31 @@ def _generic_corpus(cfg: ExperimentConfig, cache: str) -> tuple[list[str], list[
     return [str(corpus / "train.txt")], [str(corpus / "eval.txt")]
 
 
+def general_teacher(cfg: ExperimentConfig, teacher_ft) -> str:
+    """The teacher before task fine-tuning: --general-teacher, else --teacher when this experiment fine-tunes it
+    (`teacher_ft`, not None); "" when there is none."""
+    return cfg.general_teacher or (cfg.teacher if teacher_ft is not None else "")
+
+
+def _general_distiller(cfg: ExperimentConfig, students: list[Student], teacher_ft) -> str:
+    """The teacher of general distillation (`general_teacher`), its vocabulary and positions checked against the
+    students; "" when no student is pre-trained by general distillation."""
+    if "general-distill" not in cfg.pretrain_objective:
+        return ""
+    teacher = general_teacher(cfg, teacher_ft)
+    if not teacher:
+        raise MinibertsError("--pretrain-objective general-distill learns from the teacher before task fine-tuning: "
+                             "give --general-teacher DIR (or a --teacher that is not yet fine-tuned)")
+    ckpt = read_checkpoint(teacher)
+    for s in students:
+        if not s.pretrained:
+            check_same_vocab(load_tokenizer(ckpt), load_tokenizer(resolve(s.model)))
+    if cfg.pretrain_seq_len > ckpt.config.max_position_embeddings:
+        raise MinibertsError(f"--pretrain-seq-len {cfg.pretrain_seq_len} exceeds the "
+                             f"{ckpt.config.max_position_embeddings} positions of the general teacher {teacher}")
+    return teacher
+
+
 def _teacher(cfg: ExperimentConfig, data: TaskData, students: list[Student], out: Path, task_fields: dict):
     """(the teacher directory distillation uses, the fine-tuning that makes it or None); the vocabularies checked."""
     if not cfg.teacher:
@@ -433,7 +529,7 @@ def identity(cfg: ExperimentConfig) -> dict:
     """What defines an experiment's numbers (OUT/identity.json, `rundir`): every setting but where and how fast it
     runs (--out, --workers, --cache-dir, --fresh), with the input files and model directories by their bytes."""
     inputs = {name: getattr(cfg, name) for name in ("students", "pretrain_files", "pretrain_eval_files", "teacher",
-                                                     "train", "dev", "test", "transfer")}
+                                                     "general_teacher", "train", "dev", "test", "transfer")}
     # A random start's identity is what it was before --student-init existed.
     skip = NOT_IDENTITY + (("student_init",) if cfg.student_init == ["random"] else ())
     return rundir.identity(cfg, inputs, skip=skip)
@@ -452,6 +548,8 @@ def run_job(job: Job, threads: int) -> str:
             finetune.run(job.settings)
         elif job.kind == "distill":
             distill.run(job.settings)
+        elif job.kind == "baseline":
+            baselines.run(job.settings)
         else:
             _teacher_work(job)
     finally:
@@ -471,7 +569,7 @@ def _teacher_work(job: Job) -> None:
         distill.teacher_targets(cfg, distill.teacher_splits(data, texts, pairs))
         counts[cfg.transfer_limit or "all"] = len(texts)
     job.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(job.out / "metrics.json", json.dumps({"teacher": work.label[0].teacher,
+    atomic_write_text(job.out / "metrics.json", json.dumps({"teacher": work.teacher,
                                                             "transfer_texts": counts}, indent=2) + "\n")
 
 
@@ -527,6 +625,12 @@ def run(cfg: ExperimentConfig, prepare: Callable[[], None] = lambda: None) -> di
     `prepare()` writes input files that `cfg` names (the quickstart's split) before they are fingerprinted."""
     started = time.time()
     out = Path(cfg.out)
+    if cfg.latency_only:
+        if not cfg.out:
+            raise MinibertsError("--latency-only needs --out (a finished --pareto experiment)")
+        summary = latency.remeasure(out)
+        summary["minutes"] = round((time.time() - started) / 60, 2)
+        return summary
     # A refusal (bad settings, another OUT) leaves OUT as it was: no identity, cache or lock of the refused run.
     with as_found_on_refusal(out, unless=(rundir.RunInUse,)) as accept:
         prepare()
@@ -553,9 +657,34 @@ def _run(cfg: ExperimentConfig, p: Plan, out: Path, started: float) -> dict:
         teacher = row_scores(json.loads((p.teacher_dir / "metrics.json").read_text(encoding="utf-8")), p.data)
     summary = write_report(out, rows, p.data.spec.metrics[0], teacher, {s.label: s.params for s in p.students},
                            {j.cell: j.out for j in cells})
+    if cfg.pareto:
+        latency.write_systems(out, _systems(p, cells), [ex.text_a for ex in p.data.test.get("test", [])],
+                              latency.Settings(cfg.max_length, cfg.dtype, cfg.eval_batch_size, cfg.threads))
+        summary = pareto.write(out, rows, latency.measure(out))
     summary["minutes"] = round((time.time() - started) / 60, 2)
     log.info("experiment: %d cells in %.1f minutes; results in %s", len(rows), summary["minutes"], out)
     return summary
+
+
+def _systems(p: Plan, cells: list[Job]) -> list[latency.System]:
+    """What the latency measurement loads: per group, its first finished cell's model (seeds share the shape)."""
+    systems: dict[str, latency.System] = {}
+    for job in cells:
+        if not job.finished():
+            continue
+        name = pareto.system_name(dataclasses.asdict(job.cell))
+        if name in systems:
+            continue
+        if job.kind != "baseline":
+            systems[name] = latency.System(name, "model", str(job.out))
+        elif job.cell.student == "teacher":
+            systems[name] = latency.System(name, "model", str(p.teacher_dir))
+        elif job.cell.student == "static-trained":
+            systems[name] = latency.System(name, job.cell.student, str(job.out / baselines.PIPELINE))
+        else:
+            systems[name] = latency.System(name, job.cell.student, job.settings.general if name == "teacher-probe"
+                                           else str(job.out), str(job.out / baselines.HEAD))
+    return list(systems.values())
 
 
 # --- results ------------------------------------------------------------------------------------------------------
@@ -571,18 +700,25 @@ def cell_row(p: Plan, job: Job) -> dict:
     """One line of results.jsonl: the cell's axes, its scores, its student's size and pre-training."""
     cell = job.cell
     metrics = json.loads((job.out / "metrics.json").read_text(encoding="utf-8"))
+    if job.kind == "baseline":
+        return {**dataclasses.asdict(cell), **row_scores(metrics, p.data), "params": metrics["params"],
+                "seconds": metrics["seconds"], **{k: metrics[k] for k in ("transfer_examples",) if k in metrics}}
     student = next(s for s in p.students if s.label == cell.student)
-    row = {"student": cell.student, "student_init": student.init, "strategy": cell.strategy, "pretrain_on": cell.pretrain_on,
+    row = {"student": cell.student, "student_init": student.init, "strategy": cell.strategy,
+           "pretrain_objective": cell.pretrain_objective, "pretrain_on": cell.pretrain_on,
            "pretrain_steps": cell.pretrain_steps, "transfer_size": cell.transfer_size, "seed": cell.seed,
            **row_scores(metrics, p.data), "params": student.params, "seconds": metrics["seconds"]}
     if cell.strategy in DISTILLED:
         row["transfer_examples"] = _transfer_examples(job, p)
     if cell.pretrain_on and cell.pretrain_on != GIVEN:
-        pre = json.loads((p.pretrained[(cell.student, cell.pretrain_on, cell.pretrain_steps)] / "metrics.json")
-                         .read_text(encoding="utf-8"))
+        pre = json.loads((p.pretrained[(cell.student, cell.pretrain_objective, cell.pretrain_on,
+                                        cell.pretrain_steps)] / "metrics.json").read_text(encoding="utf-8"))
         row.update(pretrain_steps_done=pre["steps"], pretrain_tokens=pre["tokens_seen"],
+                   pretrain_seconds=pre["train_time_s"],
                    pretrain_mlm_accuracy=None if pre["eval_mlm_accuracy"] is None
                    else round(100 * pre["eval_mlm_accuracy"], 4))
+        if pre.get("eval_hidden_loss") is not None:  # general distillation: MLM accuracy does not apply
+            row["pretrain_hidden_loss"] = round(pre["eval_hidden_loss"], 6)
     return row
 
 

@@ -1,6 +1,6 @@
 """An experiment's report from its results.jsonl rows: summary.json, summary.md, the figures.
 
-Per group (student x strategy x pre-training source x budget x transfer size): mean ± std over seeds and the 95%
+Per group (student x strategy x pre-training objective x source x budget x transfer size): mean ± std over seeds and the 95%
 t-interval (`stats.summarize`). The paper's comparisons as paired differences over the seeds both arms ran
 (`stats.paired_difference`): pd − distill (does pre-training help distillation?), distill − pt-ft (is the
 transfer set worth more than pre-training?), pt-ft − scratch-ft (does pre-training help fine-tuning?), pd-ft − pd
@@ -19,7 +19,8 @@ from ..figures import pyplot, save_figure
 from ..stats import interval_text, paired_difference, summarize
 from .common import plot_curves, read_jsonl
 
-AXES = ("student", "strategy", "pretrain_on", "pretrain_steps", "transfer_size")
+AXES = ("student", "strategy", "pretrain_objective", "pretrain_on", "pretrain_steps", "transfer_size")
+BASELINE = "baseline"  # the strategy of a baseline's rows (train/baselines.py); their student field names it
 COMPARISONS = (("pd", "distill"), ("distill", "pt-ft"), ("pt-ft", "scratch-ft"), ("pd-ft", "pd"))
 
 
@@ -45,7 +46,7 @@ def summarize_groups(rows: list[dict], metric: str) -> list[dict]:
         first = members[0]
         entry = dict(zip(AXES, key))
         entry["params"] = first["params"]
-        for extra in ("transfer_examples", "pretrain_tokens", "pretrain_mlm_accuracy"):
+        for extra in ("transfer_examples", "pretrain_tokens", "pretrain_mlm_accuracy", "pretrain_hidden_loss"):
             if extra in first:
                 entry[extra] = first[extra]
         for split in ("dev", "test"):
@@ -60,7 +61,7 @@ def _compatible(a: dict, b: dict) -> bool:
     """Same student, and every axis that both cells have set is equal (distill has no pre-training, pt-ft no
     transfer set: they pair with every budget / transfer size of the other arm)."""
     return a["student"] == b["student"] and all(
-        a[k] is None or b[k] is None or a[k] == b[k] for k in ("pretrain_on", "pretrain_steps", "transfer_size"))
+        a[k] is None or b[k] is None or a[k] == b[k] for k in AXES[2:])
 
 
 def comparisons(rows: list[dict], metric: str) -> list[dict]:
@@ -84,13 +85,19 @@ def comparisons(rows: list[dict], metric: str) -> list[dict]:
 
 # --- text ---------------------------------------------------------------------------------------------------------
 
+def objective_text(g: dict) -> str:
+    """The pre-training objective as tables name it: nothing for masked LM, the default."""
+    return "" if g["pretrain_objective"] in (None, "mlm") else f"{g['pretrain_objective']} "
+
+
 def pretraining_text(g: dict) -> str:
     if not g["pretrain_on"]:
         return "–"
     if g["pretrain_steps"] is None:
         return g["pretrain_on"]
-    acc = g.get("pretrain_mlm_accuracy")
-    return f"{g['pretrain_on']}, {g['pretrain_steps']} steps" + (f" (MLM {acc:.1f}%)" if acc is not None else "")
+    acc, hidden = g.get("pretrain_mlm_accuracy"), g.get("pretrain_hidden_loss")
+    reached = f" (MLM {acc:.1f}%)" if acc is not None else f" (hidden-state loss {hidden:.3f})" if hidden else ""
+    return f"{objective_text(g)}{g['pretrain_on']}, {g['pretrain_steps']} steps{reached}"
 
 
 def _cell(s: dict | None) -> str:
@@ -114,7 +121,7 @@ def markdown(groups: list[dict], diffs: list[dict], metric: str, teacher: dict |
                   "| comparison | student | pre-training | transfer | n | dev | test |",
                   "|---|---|---|---:|---:|---:|---:|"]
         for d in diffs:
-            pre = "–" if not d["pretrain_on"] else d["pretrain_on"] + (
+            pre = "–" if not d["pretrain_on"] else objective_text(d) + d["pretrain_on"] + (
                 f", {d['pretrain_steps']} steps" if d["pretrain_steps"] else "")
             n = max((d[s]["n"] for s in ("dev", "test") if d[s]), default=0)
             lines.append(f"| {d['comparison']} | {d['student']} | {pre} | {d['transfer_size'] or '–'} | {n} | "
@@ -125,10 +132,12 @@ def markdown(groups: list[dict], diffs: list[dict], metric: str, teacher: dict |
 # --- figures ------------------------------------------------------------------------------------------------------
 
 def _label(g: dict, with_pretraining: bool, with_student: bool = False) -> str:
+    if g["strategy"] == BASELINE:  # each baseline its own point
+        return g["student"]
     parts = [g["student"]] if with_student else []
     parts.append(g["strategy"])
     if with_pretraining and g["pretrain_on"] and g["pretrain_steps"]:
-        parts.append(f"{g['pretrain_on']} {g['pretrain_steps']}")
+        parts.append(f"{objective_text(g)}{g['pretrain_on']} {g['pretrain_steps']}")
     return " ".join(parts)
 
 
@@ -158,7 +167,8 @@ def _group_lines(lines: dict[str, list[dict]], x: str, split: str, xlabel: str, 
 
 
 def _several_budgets(groups: list[dict]) -> bool:
-    return len({(g["pretrain_on"], g["pretrain_steps"]) for g in groups if g["pretrain_steps"]}) > 1
+    return len({(g["pretrain_objective"], g["pretrain_on"], g["pretrain_steps"]) for g in groups
+                if g["pretrain_steps"]}) > 1
 
 
 def figure_params(groups: list[dict], split: str, metric: str, path: Path) -> None:
@@ -187,14 +197,14 @@ def figure_transfer(groups: list[dict], split: str, metric: str, path: Path) -> 
 def figure_budget(diffs: list[dict], groups: list[dict], split: str, metric: str, path: Path) -> None:
     """PD − distill against the student's pre-training tokens, one line per student x source x transfer size;
     each point labelled with the held-out MLM accuracy the pre-training reached."""
-    tokens = {(g["student"], g["pretrain_on"], g["pretrain_steps"]): (g.get("pretrain_tokens"),
-                                                                      g.get("pretrain_mlm_accuracy"))
-              for g in groups if g["strategy"] == "pd"}
+    tokens = {(g["student"], g["pretrain_objective"], g["pretrain_on"], g["pretrain_steps"]): (
+        g.get("pretrain_tokens"), g.get("pretrain_mlm_accuracy")) for g in groups if g["strategy"] == "pd"}
     lines: dict[str, list[tuple]] = {}
     for d in diffs:
         if d["comparison"] == "pd − distill" and d[split] is not None:
-            tok, acc = tokens[(d["student"], d["pretrain_on"], d["pretrain_steps"])]
-            lines.setdefault(f"{d['student']} {d['pretrain_on']} transfer {d['transfer_size']}", []).append(
+            tok, acc = tokens[(d["student"], d["pretrain_objective"], d["pretrain_on"], d["pretrain_steps"])]
+            lines.setdefault(f"{d['student']} {objective_text(d)}{d['pretrain_on']} transfer {d['transfer_size']}",
+                             []).append(
                 (tok, d[split], acc))
     fig, ax = pyplot().subplots(figsize=(7, 4.5))
     for label, points in lines.items():

@@ -55,6 +55,8 @@ from ..vocab import cached_vocab
 from . import lexicon, rundir
 from .common import (Checkpoints, JsonlLog, check_finite, init_distributed, lr_at, make_optimizer, plot_curves,
                      read_jsonl, rng_state, set_lr, set_rng_state, set_seed, write_json)
+from . import general_distill
+from .general_distill import OBJECTIVES, ProjectedStudent, Teacher, hidden_loss_sum, load_teacher
 
 log = logging.getLogger("miniberts")
 
@@ -63,6 +65,13 @@ log = logging.getLogger("miniberts")
 class PretrainConfig:
     model: str = field(default="tiny", metadata={"help": "preset (tiny, mini, 4-256, ...) for a random start, a model "
                                                           "directory to continue from, or a config.json (custom dims)"})
+    objective: str = field(default="mlm", metadata={
+        "help": "mlm (masked LM, + NSP with --nsp) or general-distill (TinyBERT's general distillation: every "
+                "layer's hidden states, embeddings included, matched to --teacher's through one learned projection)",
+        "choices": OBJECTIVES})
+    teacher: str = field(default="", metadata={
+        "help": "the frozen teacher of --objective general-distill: a model directory with the student's vocabulary "
+                "and at least --seq-len positions (e.g. the general MiniLM)"})
     train_files: list[str] = field(default_factory=list, metadata={
         "help": "text files, one sentence per line, a blank line between documents (.gz/.bz2 accepted)"})
     out: str = field(default="", metadata={"help": "run directory: the model (Hugging Face layout), metrics.json, "
@@ -131,7 +140,7 @@ class PretrainConfig:
 
 
 # Settings a resumed run must share with the checkpoint: they decide which batch comes at which step.
-RESUME_KEYS = ("train_files", "batch_size", "seq_len", "max_predictions", "nsp", "whole_word", "short_seq_prob",
+RESUME_KEYS = ("objective", "train_files", "batch_size", "seq_len", "max_predictions", "nsp", "whole_word", "short_seq_prob",
                "eval_files", "eval_fraction", "seed", "vocab_size", "vocab", "cased")
 # Settings a resumed run may change: its length and how often it evaluates and saves. All the others define the
 # run (`rundir` identity), with the model and data files by their bytes.
@@ -200,7 +209,7 @@ def prepare_data(cfg: PretrainConfig, tokenizer: WordPieceTokenizer, cache_root:
     if len(train) == 0:
         raise DataError(f"{cfg.train_files[0]}: no training sequences could be built")
     collate = lambda c, inst, stream: MaskingCollator(c, inst, tokenizer, max_predictions, cfg.whole_word, cfg.seed,
-                                                      stream)
+                                                      stream, masking=cfg.objective == "mlm")
     counts = {"train_documents": corpus.num_documents, "train_tokens": len(corpus.tokens),
               "train_sequences": len(train), "eval_sequences": 0 if held is None else min(len(held), cfg.eval_sequences),
               "cache": str(corpus.dir)}
@@ -341,6 +350,11 @@ def run(cfg: PretrainConfig) -> dict:
     if cfg.fresh and cfg.resume:
         raise MinibertsError("give --resume (continue the run in --out) or --fresh (start it afresh), not both")
     lexicon.check_random_start(cfg, cfg.model, "--model")
+    if cfg.objective == "mlm" and cfg.teacher:
+        raise MinibertsError("--teacher is the teacher of --objective general-distill; masked LM has none")
+    if cfg.objective == "general-distill" and (cfg.nsp or not cfg.teacher):
+        raise MinibertsError("--objective general-distill needs --teacher DIR (a model directory with the student's "
+                             "vocabulary)" if not cfg.nsp else "--nsp is a masked-LM head: not with general-distill")
     check_files(cfg.train_files, "train")
     if cfg.eval_files:
         check_files(cfg.eval_files, "eval")
@@ -362,7 +376,8 @@ def run(cfg: PretrainConfig) -> dict:
 
 def run_identity(cfg: PretrainConfig) -> dict:
     """What defines a pre-training run (`rundir`): every setting but EXTENDABLE ones, the files by their bytes."""
-    inputs = {"model": cfg.model, "train_files": cfg.train_files, "eval_files": cfg.eval_files, "vocab": cfg.vocab}
+    inputs = {"model": cfg.model, "train_files": cfg.train_files, "eval_files": cfg.eval_files, "vocab": cfg.vocab,
+              "teacher": cfg.teacher}
     if cfg.init_lexicon:
         inputs["init_lexicon"] = cfg.init_lexicon
     return rundir.identity(cfg, inputs, skip=EXTENDABLE + lexicon.identity_skip(cfg))
@@ -371,7 +386,7 @@ def run_identity(cfg: PretrainConfig) -> dict:
 # --- what the loop keeps: counters, clock, held-out evaluation, training records ----------------------------------
 
 # Per-step sums, all-reduced over the ranks and added up over a log window.
-SUMS = ("mlm_ce", "mlm_correct", "masked", "nsp_ce", "nsp_correct", "sequences", "tokens")
+SUMS = ("mlm_ce", "mlm_correct", "masked", "nsp_ce", "nsp_correct", "sequences", "tokens", "hidden_se")
 
 
 @dataclass
@@ -397,28 +412,31 @@ class Clock:
 class HeldOut:
     """The held-out evaluation (rank 0, when there are held-out batches): its last result and when it ran."""
 
-    def __init__(self, batches: list[dict] | None, clock: float, jlog: JsonlLog):
+    def __init__(self, batches: list[dict] | None, clock: float, jlog: JsonlLog, measure):
         self.batches, self.last_clock, self.jlog = batches, clock, jlog
+        self.measure = measure  # held-out batches -> {metric: value}
         self.last: dict = {}
 
     def due(self, cfg: PretrainConfig, step: int, clock: float) -> bool:
         return bool((cfg.eval_every and step % cfg.eval_every == 0) or (
             cfg.eval_every_minutes and clock - self.last_clock >= cfg.eval_every_minutes * 60))
 
-    def run(self, model: BertForPreTraining, progress: Progress, clock: float, device: torch.device,
-            dtype: torch.dtype) -> float:
+    def run(self, progress: Progress, clock: float) -> float:
         """Evaluate at training time `clock` and log it; returns the seconds it took (0 without held-out data)."""
         if self.batches is None:
             return 0.0
         t = time.perf_counter()
         step = progress.step
-        self.last = {"step": step, "minutes": round(clock / 60, 3), **evaluate(model, self.batches, device, dtype)}
+        self.last = {"step": step, "minutes": round(clock / 60, 3), **self.measure(self.batches)}
         self.last_clock = clock
         self.jlog.write({"split": "eval", "step": step, "elapsed_s": round(clock, 3), "tokens": progress.tokens_seen,
                          **{k: v for k, v in self.last.items() if k not in ("step", "minutes")}})
-        log.info("step %d (%.1f min): held-out MLM loss %.4f, perplexity %.1f, accuracy %.4f%s", step, clock / 60,
-                 self.last["mlm_loss"], self.last["perplexity"], self.last["mlm_accuracy"],
-                 f", NSP accuracy {self.last['nsp_accuracy']:.4f}" if "nsp_accuracy" in self.last else "")
+        if "hidden_loss" in self.last:
+            log.info("step %d (%.1f min): held-out hidden-state loss %.4f", step, clock / 60, self.last["hidden_loss"])
+        else:
+            log.info("step %d (%.1f min): held-out MLM loss %.4f, perplexity %.1f, accuracy %.4f%s", step, clock / 60,
+                     self.last["mlm_loss"], self.last["perplexity"], self.last["mlm_accuracy"],
+                     f", NSP accuracy {self.last['nsp_accuracy']:.4f}" if "nsp_accuracy" in self.last else "")
         return time.perf_counter() - t
 
 
@@ -442,17 +460,18 @@ class TrainLog:
 
     def write(self, progress: Progress, lr: float, grad_norm: float, clock: float, budget: float) -> None:
         cfg, step = self.cfg, progress.step
-        rec = _train_record(self.window, step, lr, grad_norm, progress.tokens_seen, clock, self.window_s, cfg.nsp)
+        rec = _train_record(self.window, step, lr, grad_norm, progress.tokens_seen, clock, self.window_s, cfg)
         self.jlog.write(rec)
         self.window[:], self.window_s = 0, 0.0
         now = time.perf_counter()
         eta = ((cfg.steps - step) * progress.train_s / max(step, 1)) if cfg.steps else max(0.0, budget - clock)
-        self.bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{rec['mlm_accuracy']:.3f}",
-                             tok_s=f"{rec['tokens_per_s']:.0f}", eta=f"{eta / 60:.1f}m", refresh=False)
+        acc = f"{rec['mlm_accuracy']:.4f}" if "mlm_accuracy" in rec else "n/a"
+        self.bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=acc, tok_s=f"{rec['tokens_per_s']:.0f}",
+                             eta=f"{eta / 60:.1f}m", refresh=False)
         if not self.show_bar and now - self.last_line >= 30:
             self.last_line = now
-            log.info("step %d: loss %.4f, MLM accuracy %.4f, %.0f tokens/s, %.1f min left", step, rec["loss"],
-                     rec["mlm_accuracy"], rec["tokens_per_s"], eta / 60)
+            log.info("step %d: loss %.4f, MLM accuracy %s, %.0f tokens/s, %.1f min left", step, rec["loss"], acc,
+                     rec["tokens_per_s"], eta / 60)
 
     def close(self) -> None:
         self.bar.close()
@@ -466,10 +485,10 @@ def _run(cfg: PretrainConfig, rank: int, world: int, device: torch.device) -> di
     and saves the end point and writes the model, metrics.json and the curve."""
     run_dir = Path(cfg.out)
     ckpts = Checkpoints(run_dir, keep=cfg.keep_checkpoints)
-    model, tokenizer, data, state = _set_up(cfg, rank, world, run_dir, ckpts)
+    model, tokenizer, data, state, teacher = _set_up(cfg, rank, world, run_dir, ckpts)
     dtype = resolve_dtype(cfg.dtype, device)
     log_probs = _unigrams(cfg, data, state, rank)
-    net, optimizer, progress = _ready_to_train(cfg, model, state, log_probs, rank, world, device)
+    net, trained, optimizer, progress = _ready_to_train(cfg, model, teacher, state, log_probs, rank, world, device)
     micro = cfg.batch_size // (world * cfg.grad_accum)
     sampler = Sampler(len(data.train), cfg.seed)
     held_batches, unigram = _held_out_set(cfg, data, log_probs, micro, rank)
@@ -480,9 +499,11 @@ def _run(cfg: PretrainConfig, rank: int, world: int, device: torch.device) -> di
     jlog = JsonlLog(log_path)
     if rank == 0:
         _announce(cfg, model, data, world, device, dtype, unigram)
-    held = HeldOut(held_batches, progress.clock_before, jlog)
+    measure = (lambda b: evaluate(model, b, device, dtype)) if teacher is None else (
+        lambda b: general_distill.evaluate(trained, teacher, b, device, dtype))
+    held = HeldOut(held_batches, progress.clock_before, jlog, measure)
     if rank == 0 and state is None:
-        held.run(model, progress, 0.0, device, dtype)  # the starting point of the curve; not on the clock
+        held.run(progress, 0.0)  # the starting point of the curve; not on the clock
     clock = Clock(progress.clock_before)
     budget = cfg.max_minutes * 60
     last_saved = progress.step if state is not None else -1
@@ -494,13 +515,14 @@ def _run(cfg: PretrainConfig, rank: int, world: int, device: torch.device) -> di
             t0 = time.perf_counter()
             first = progress.step * cfg.batch_size + rank * micro * cfg.grad_accum
             batches = [data.train(sampler.take(first + j * micro, micro)) for j in range(cfg.grad_accum)]
-            masked, now, interrupts, out_of_time = _agree(batches, clock(), stop, budget, rank, world, device)
+            counted, now, interrupts, out_of_time = _agree(batches, clock(), stop, budget, rank, world, device,
+                                                           cfg.objective)
             if interrupts or out_of_time:
                 interrupted = interrupts > 0
                 break
             lr = learning_rate(cfg, progress.step, now)
-            sums, grad_norm = train_step(net, model, optimizer, batches, masked, lr, cfg.batch_size, world, device,
-                                         dtype)
+            sums, grad_norm = train_step(net, trained, optimizer, batches, counted, lr, cfg.batch_size, world,
+                                         device, dtype, teacher)
             progress.step += 1
             sums = np.array(_all_reduce(sums.tolist(), device, world))
             check_divergence(progress.step, sums, grad_norm)
@@ -513,9 +535,9 @@ def _run(cfg: PretrainConfig, rank: int, world: int, device: torch.device) -> di
             if rank == 0:
                 now = clock()
                 if held.due(cfg, progress.step, now):
-                    clock.eval_s += held.run(model, progress, now, device, dtype)
+                    clock.eval_s += held.run(progress, now)
                 if cfg.save_every and progress.step % cfg.save_every == 0:
-                    save_checkpoint(ckpts, cfg, model, optimizer, progress, clock())
+                    save_checkpoint(ckpts, cfg, trained, optimizer, progress, clock())
                     last_saved = progress.step
     train_log.close()
 
@@ -523,15 +545,15 @@ def _run(cfg: PretrainConfig, rank: int, world: int, device: torch.device) -> di
     if rank != 0:
         return {"steps": progress.step, "tokens_seen": progress.tokens_seen, "interrupted": interrupted}
     if not interrupted and held.last.get("step") != progress.step:
-        held.run(model, progress, end, device, dtype)  # the end point of the curve
+        held.run(progress, end)  # the end point of the curve
     if last_saved != progress.step:
-        save_checkpoint(ckpts, cfg, model, optimizer, progress, end)
+        save_checkpoint(ckpts, cfg, trained, optimizer, progress, end)
     save_hf(model, tokenizer, run_dir)
     metrics = _metrics(cfg, log_path, held.last, unigram, progress, end, interrupted, world, device, dtype,
                        data.counts)
     write_card(run_dir, CardInfo("pretrain", [cfg.model], rundir.settings(cfg), metrics))
     write_json(run_dir / "metrics.json", metrics)
-    _plot(log_path, unigram, run_dir / "learning_curve.png")
+    _plot(log_path, unigram, run_dir / "learning_curve.png", cfg.objective)
     if interrupted:
         log.info("stopped at step %d; continue with --resume", progress.step)
     return metrics
@@ -540,9 +562,10 @@ def _run(cfg: PretrainConfig, rank: int, world: int, device: torch.device) -> di
 # --- the steps of the run -------------------------------------------------------------------------------------
 
 def _set_up(cfg: PretrainConfig, rank: int, world: int, run_dir: Path, ckpts: Checkpoints
-            ) -> tuple[BertForPreTraining, WordPieceTokenizer, PretrainData, dict | None]:
-    """The model, its tokenizer, the data and the checkpoint to resume from (None: a fresh start). Rank 0 builds
-    what is cached first (vocabulary, shards), then the others open it; rejected inputs leave no directory behind."""
+            ) -> tuple[BertForPreTraining, WordPieceTokenizer, PretrainData, dict | None, Teacher | None]:
+    """The model, its tokenizer, the data, the checkpoint to resume from (None: a fresh start) and the teacher of
+    general distillation (None: masked LM). Rank 0 builds what is cached first (vocabulary, shards), then the others
+    open it; rejected inputs leave no directory behind."""
     cache_root = Path(cfg.cache_dir) if cfg.cache_dir else run_dir / "data"
     new_dirs = _new_dirs(run_dir, cache_root)
     if rank == 0:
@@ -553,6 +576,8 @@ def _set_up(cfg: PretrainConfig, rank: int, world: int, run_dir: Path, ckpts: Ch
             if (rank == 0) == (turn == 0):
                 set_seed(cfg.seed)  # the same initial weights on every rank
                 model, tokenizer = build_model(cfg, cache_root)
+                teacher = load_teacher(cfg.teacher, tokenizer, cfg.seq_len, model.cfg.num_layers) if (
+                    cfg.objective == "general-distill") else None
                 state = _resume_state(cfg, ckpts, model.cfg) if cfg.resume else None
                 if not cfg.resume and ckpts.steps():
                     raise MinibertsError(f"{ckpts.dir} holds checkpoints of an earlier run: pass --resume to continue "
@@ -565,25 +590,27 @@ def _set_up(cfg: PretrainConfig, rank: int, world: int, run_dir: Path, ckpts: Ch
             with contextlib.suppress(OSError):
                 d.rmdir()  # only when empty
         raise
-    return model, tokenizer, data, state
+    return model, tokenizer, data, state, teacher
 
 
 def _unigrams(cfg: PretrainConfig, data: PretrainData, state: dict | None, rank: int) -> np.ndarray | None:
     """The training corpus' unigram log-probabilities (a corpus pass), when a random start takes them as its MLM
     bias or rank 0 reports the held-out unigram baseline; else None."""
-    held_out_baseline = rank == 0 and data.eval is not None
+    held_out_baseline = rank == 0 and data.eval is not None and cfg.objective == "mlm"
     return unigram_log_probs(data.train) if _bias_from_unigrams(cfg, state) or held_out_baseline else None
 
 
 def _bias_from_unigrams(cfg: PretrainConfig, state: dict | None) -> bool:
-    return bool(cfg.unigram_bias and state is None and not local_path(cfg.model).is_dir())  # random starts only
+    return bool(cfg.unigram_bias and cfg.objective == "mlm" and state is None  # random starts only
+                and not local_path(cfg.model).is_dir())
 
 
-def _ready_to_train(cfg: PretrainConfig, model: BertForPreTraining, state: dict | None, log_probs: np.ndarray | None,
-                    rank: int, world: int, device: torch.device
-                    ) -> tuple[torch.nn.Module, torch.optim.Optimizer, Progress]:
-    """The model on its device in training mode (a random start at the unigram baseline), its optimizer, both
-    restored from `state` with the RNGs and the counters, and the module the steps run (DDP-wrapped under torchrun)."""
+def _ready_to_train(cfg: PretrainConfig, model: BertForPreTraining, teacher: Teacher | None, state: dict | None,
+                    log_probs: np.ndarray | None, rank: int, world: int, device: torch.device
+                    ) -> tuple[torch.nn.Module, torch.nn.Module, torch.optim.Optimizer, Progress]:
+    """The trained module on its device in training mode (the model, a random start at the unigram baseline; with a
+    teacher, the model and its projection), its optimizer, both restored from `state` with the RNGs and the
+    counters, and the module the steps run (DDP-wrapped under torchrun)."""
     if _bias_from_unigrams(cfg, state):
         with torch.no_grad():  # a random start begins at the unigram baseline
             model.mlm.bias.copy_(torch.from_numpy(log_probs))
@@ -593,18 +620,25 @@ def _ready_to_train(cfg: PretrainConfig, model: BertForPreTraining, state: dict 
     if not cfg.nsp:
         # Without NSP the pooler feeds no loss; frozen, DDP does not wait for its gradients (and AdamW skips it).
         model.bert.pooler.requires_grad_(False)
-    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
+    trained: torch.nn.Module = model
+    if teacher is not None:  # the MLM head feeds no loss either; the projection is trained beside the encoder
+        model.mlm.requires_grad_(False)
+        teacher.model.to(device)
+        trained = ProjectedStudent(model, teacher.model.cfg.hidden_size).to(device).train()
+    optimizer = make_optimizer(trained, cfg.lr, cfg.weight_decay)
     progress = Progress()
     if state is not None:
         model.load_state_dict(state["model"])
+        if teacher is not None:
+            trained.projection.load_state_dict(state["projection"])
         optimizer.load_state_dict(state["optimizer"])
         progress = Progress(int(state["step"]), int(state["tokens_seen"]), float(state["elapsed_s"]),
                             float(state["train_s"]))
         set_rng_state(state["rng"])
     if rank > 0:  # dropout differs per rank (rank 0 restores its exact stream; the others are re-seeded by step)
         torch.manual_seed(cfg.seed + 7919 * rank + progress.step)
-    net = DistributedDataParallel(model) if world > 1 else model
-    return net, optimizer, progress
+    net = DistributedDataParallel(trained) if world > 1 else trained
+    return net, trained, optimizer, progress
 
 
 def _held_out_set(cfg: PretrainConfig, data: PretrainData, log_probs: np.ndarray | None, micro: int, rank: int
@@ -613,75 +647,94 @@ def _held_out_set(cfg: PretrainConfig, data: PretrainData, log_probs: np.ndarray
     if rank != 0 or data.eval is None:
         return None, None
     batches = eval_batches(data.eval, cfg.eval_sequences, max(micro, 32), cfg.seed)
-    return batches, unigram_loss(log_probs, batches)
+    return batches, None if log_probs is None else unigram_loss(log_probs, batches)
 
 
 def _announce(cfg: PretrainConfig, model: BertForPreTraining, data: PretrainData, world: int, device: torch.device,
               dtype: torch.dtype, unigram: float | None) -> None:
-    log.info("pre-training %s (%s parameters) on %d sequences of <= %d tokens (%d tokens); %d held out; "
+    log.info("pre-training %s (%s parameters) with %s on %d sequences of <= %d tokens (%d tokens); %d held out; "
              "%d process(es) on %s, %s; unigram baseline loss %s", cfg.model,
-             f"{sum(p.numel() for p in model.parameters()):,}", len(data.train), cfg.seq_len,
+             f"{sum(p.numel() for p in model.parameters()):,}",
+             "masked LM" if cfg.objective == "mlm" else f"general distillation from {cfg.teacher}", len(data.train),
+             cfg.seq_len,
              data.counts["train_tokens"], data.counts["eval_sequences"], world, device,
              str(dtype).removeprefix("torch."), "n/a" if unigram is None else f"{unigram:.3f}")
 
 
 def _agree(batches: list[dict], now: float, stop: StopRequest, budget: float, rank: int, world: int,
-           device: torch.device) -> list[float]:
-    """One agreement per step, before any work: the step's masked-token count, rank 0's clock (the schedule must be
-    the same everywhere), whether any rank was interrupted, whether time is up."""
-    return _all_reduce([sum(b["mlm_labels"].numel() for b in batches), now if rank == 0 else 0.0,
+           device: torch.device, objective: str) -> list[float]:
+    """One agreement per step, before any work: the step's count of the tokens the loss is a mean over (masked
+    tokens; for general distillation all real tokens), rank 0's clock (the schedule must be the same everywhere),
+    whether any rank was interrupted, whether time is up."""
+    counted = (lambda b: b["mlm_labels"].numel()) if objective == "mlm" else (lambda b: int(b["attention_mask"].sum()))
+    return _all_reduce([sum(counted(b) for b in batches), now if rank == 0 else 0.0,
                         float(stop.requested), float(rank == 0 and budget > 0 and now >= budget)], device, world)
 
 
-def train_step(net: torch.nn.Module, model: BertForPreTraining, optimizer: torch.optim.Optimizer,
-               batches: list[dict], masked: float, lr: float, batch_size: int, world: int, device: torch.device,
-               dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def train_step(net: torch.nn.Module, trained: torch.nn.Module, optimizer: torch.optim.Optimizer,
+               batches: list[dict], counted: float, lr: float, batch_size: int, world: int, device: torch.device,
+               dtype: torch.dtype, teacher: Teacher | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimizer step over this rank's micro-batches, gradients accumulated (DDP syncs on the last one) and
-    clipped to norm 1.0. `masked`: the step's masked tokens on all ranks, which normalises the MLM loss. Returns this
-    rank's sums (SUMS) and the gradient norm."""
+    clipped to norm 1.0. `counted`: the step's masked tokens (with a teacher: real tokens) on all ranks, which
+    normalises the loss. Returns this rank's sums (SUMS) and the gradient norm."""
     set_lr(optimizer, lr)
     sums = torch.zeros(len(SUMS), dtype=torch.float64, device=device)
+    scale = world / max(counted, 1.0)  # DDP averages over ranks: undo it, divide by all
     for j, batch in enumerate(batches):
         b = _to(batch, device)
         sync = net.no_sync() if world > 1 and j < len(batches) - 1 else contextlib.nullcontext()
         with sync:
-            with autocast(device, dtype):
-                mlm_logits, nsp_logits = net(b["input_ids"], b["attention_mask"], b["token_type_ids"],
-                                             mlm_positions=b["mlm_positions"])
-            mlm_ce = F.cross_entropy(mlm_logits.float(), b["mlm_labels"], reduction="sum")  # [N masked]
-            loss = mlm_ce * (world / max(masked, 1.0))  # DDP averages over ranks: undo it, divide by all
-            nsp_ce = torch.zeros((), device=device)
-            if nsp_logits is not None:
-                nsp_ce = F.cross_entropy(nsp_logits.float(), b["nsp_labels"], reduction="sum")
-                loss = loss + nsp_ce * (world / batch_size)
+            if teacher is None:
+                loss, row = _mlm_loss(net, b, scale, batch_size, world, device, dtype)
+            else:
+                hidden_se = hidden_loss_sum(net, teacher, b, device, dtype)
+                loss, row = hidden_se * scale, [0.0] * 5 + [float(len(b["input_ids"])), 0.0, hidden_se.detach()]
             loss.backward()
         with torch.no_grad():
-            sums += torch.stack([
-                mlm_ce.detach().double(), (mlm_logits.argmax(-1) == b["mlm_labels"]).sum().double(),
-                torch.tensor(float(b["mlm_labels"].numel()), device=device), nsp_ce.detach().double(),
-                (nsp_logits.argmax(-1) == b["nsp_labels"]).sum().double() if nsp_logits is not None
-                else torch.zeros((), dtype=torch.float64, device=device),
-                torch.tensor(float(len(b["input_ids"])), device=device),
-                b["attention_mask"].sum().double()])
-    grad_norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+            row[SUMS.index("tokens")] = b["attention_mask"].sum()
+            sums += torch.stack([torch.as_tensor(v, device=device).double() for v in row])
+    grad_norm = torch.nn.utils.clip_grad_norm_([p for p in trained.parameters() if p.requires_grad], 1.0)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return sums, grad_norm
 
 
+def _mlm_loss(net: torch.nn.Module, b: dict, scale: float, batch_size: int, world: int, device: torch.device,
+              dtype: torch.dtype) -> tuple[torch.Tensor, list]:
+    """The micro-batch's MLM (+ NSP) loss, scaled for the step, and its row of SUMS (tokens filled in by the caller)."""
+    with autocast(device, dtype):
+        mlm_logits, nsp_logits = net(b["input_ids"], b["attention_mask"], b["token_type_ids"],
+                                     mlm_positions=b["mlm_positions"])
+    mlm_ce = F.cross_entropy(mlm_logits.float(), b["mlm_labels"], reduction="sum")  # [N masked]
+    loss = mlm_ce * scale
+    nsp_ce = torch.zeros((), device=device)
+    nsp_correct = 0.0
+    if nsp_logits is not None:
+        nsp_ce = F.cross_entropy(nsp_logits.float(), b["nsp_labels"], reduction="sum")
+        loss = loss + nsp_ce * (world / batch_size)
+        nsp_correct = (nsp_logits.argmax(-1) == b["nsp_labels"]).sum().detach()
+    row = [mlm_ce.detach(), (mlm_logits.argmax(-1) == b["mlm_labels"]).sum().detach(), float(b["mlm_labels"].numel()),
+           nsp_ce.detach(), nsp_correct, float(len(b["input_ids"])), 0.0, 0.0]
+    return loss, row
+
+
 def check_divergence(step: int, sums: np.ndarray, grad_norm: torch.Tensor) -> None:
     """The divergence guard: the step's sums are already on the host, so checking every step is free, and stops the
     run before a NaN model could be saved."""
-    check_finite(step, sums[0] / max(sums[2], 1) + sums[3] / max(sums[5], 1), float(grad_norm))
+    check_finite(step, sums[0] / max(sums[2], 1) + sums[3] / max(sums[5], 1) + sums[7] / max(sums[6], 1),
+                 float(grad_norm))
 
 
-def save_checkpoint(ckpts: Checkpoints, cfg: PretrainConfig, model: BertForPreTraining,
+def save_checkpoint(ckpts: Checkpoints, cfg: PretrainConfig, trained: torch.nn.Module,
                     optimizer: torch.optim.Optimizer, progress: Progress, clock: float) -> None:
-    """Everything an exact resume needs: weights, optimizer, RNGs (dropout), counters and the clock."""
+    """Everything an exact resume needs: weights (with general distillation, the projection's too), optimizer, RNGs
+    (dropout), counters and the clock."""
+    model = trained.student if isinstance(trained, ProjectedStudent) else trained
+    extra = {"projection": trained.projection.state_dict()} if isinstance(trained, ProjectedStudent) else {}
     ckpts.save(progress.step, {"step": progress.step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                "rng": rng_state(), "tokens_seen": progress.tokens_seen, "elapsed_s": clock,
                                "train_s": progress.train_s, "config": dataclasses.asdict(cfg),
-                               "model_config": model.cfg.to_dict()})
+                               "model_config": model.cfg.to_dict(), **extra})
 
 
 def _resume_state(cfg: PretrainConfig, ckpts: Checkpoints, model_cfg: BertConfig) -> dict | None:
@@ -722,11 +775,14 @@ def _trim_log(path: Path, keep_until: int | None) -> None:
 
 
 def _train_record(w: np.ndarray, step: int, lr: float, grad_norm: float, tokens_seen: int, clock: float, seconds: float,
-                  nsp: bool) -> dict:
+                  cfg: PretrainConfig) -> dict:
     mlm_loss = w[0] / max(w[2], 1)
     rec = {"split": "train", "step": step, "loss": mlm_loss, "mlm_loss": mlm_loss,
            "mlm_accuracy": w[1] / max(w[2], 1)}
-    if nsp:
+    if cfg.objective == "general-distill":  # no MLM numbers: they do not apply
+        hidden = w[7] / max(w[6], 1)
+        rec = {"split": "train", "step": step, "loss": hidden, "hidden_loss": hidden}
+    if cfg.nsp:
         nsp_loss = w[3] / max(w[5], 1)
         rec.update(loss=mlm_loss + nsp_loss, nsp_loss=nsp_loss, nsp_accuracy=w[4] / max(w[5], 1))
     rec.update(lr=lr, grad_norm=grad_norm, tokens=tokens_seen, tokens_per_s=w[6] / max(seconds, 1e-9),
@@ -741,21 +797,25 @@ def _metrics(cfg: PretrainConfig, log_path: Path, last_eval: dict, unigram: floa
     train = [r for r in records if r.get("split") == "train"]
     metrics = {
         "model": cfg.model,
+        "objective": cfg.objective,
         "steps": step,
         "interrupted": interrupted,
         "eval_mlm_loss": last_eval.get("mlm_loss"),
         "eval_perplexity": last_eval.get("perplexity"),
         "eval_mlm_accuracy": last_eval.get("mlm_accuracy"),
         **({"eval_nsp_accuracy": last_eval.get("nsp_accuracy")} if cfg.nsp else {}),
+        "eval_hidden_loss": last_eval.get("hidden_loss"),
         "eval_step": last_eval.get("step"),
         "unigram_baseline_loss": unigram,
-        "train_mlm_loss": train[-1]["mlm_loss"] if train else None,
+        "train_mlm_loss": train[-1].get("mlm_loss") if train else None,
+        "train_hidden_loss": train[-1].get("hidden_loss") if train else None,
         "tokens_seen": tokens_seen,
         "wall_time_s": round(clock, 2),
         "train_time_s": round(train_s, 2),
         "tokens_per_s": round(tokens_seen / train_s, 1) if train_s else None,
-        "eval_curve": [{"step": r["step"], "minutes": round(r["elapsed_s"] / 60, 3), "mlm_loss": r["mlm_loss"],
-                        "mlm_accuracy": r["mlm_accuracy"]} for r in records if r.get("split") == "eval"],
+        "eval_curve": [{"step": r["step"], "minutes": round(r["elapsed_s"] / 60, 3),
+                        **{k: r[k] for k in ("mlm_loss", "mlm_accuracy", "hidden_loss") if k in r}}
+                       for r in records if r.get("split") == "eval"],
         "data": counts,
         "processes": world,
         "device": str(device),
@@ -767,16 +827,19 @@ def _metrics(cfg: PretrainConfig, log_path: Path, last_eval: dict, unigram: floa
     return metrics
 
 
-def _plot(log_path: Path, unigram: float | None, out: Path) -> None:
+def _plot(log_path: Path, unigram: float | None, out: Path, objective: str) -> None:
     records = read_jsonl(log_path) if log_path.is_file() else []
     series = {}
     train = [r for r in records if r.get("split") == "train"]
     held = [r for r in records if r.get("split") == "eval"]
+    key, name = ("mlm_loss", "MLM loss") if objective == "mlm" else ("hidden_loss", "hidden-state loss")
     if train:
-        series["train MLM loss"] = ([r["step"] for r in train], [r["mlm_loss"] for r in train])
+        series[f"train {name}"] = ([r["step"] for r in train], [r[key] for r in train])
     if held:
-        series["held-out MLM loss"] = ([r["step"] for r in held], [r["mlm_loss"] for r in held])
+        series[f"held-out {name}"] = ([r["step"] for r in held], [r[key] for r in held])
         if unigram is not None:
             series["unigram baseline"] = ([held[0]["step"], max(r["step"] for r in records)], [unigram, unigram])
     if series:
-        plot_curves(series, out, xlabel="step", ylabel="loss (nats)", title="masked-LM pre-training")
+        ylabel, title = ("loss (nats)", "masked-LM pre-training") if objective == "mlm" else (
+            "MSE per hidden unit", "general distillation")
+        plot_curves(series, out, xlabel="step", ylabel=ylabel, title=title)

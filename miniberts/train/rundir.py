@@ -54,7 +54,7 @@ LOCK = ".lock"
 # Where the results go and how a run shows its progress: none of them changes a number of the results.
 NOT_IDENTITY = frozenset({"out", "fresh", "resume", "progress", "log_every", "cache_dir"})
 # Inputs that name a model: a path, a preset, or a Hub id (only these are looked up on the Hub).
-MODEL_INPUTS = frozenset({"model", "teacher", "student", "students"})
+MODEL_INPUTS = frozenset({"model", "teacher", "general_teacher", "student", "students"})
 
 
 class RunInUse(MinibertsError):
@@ -271,6 +271,16 @@ def open_run(out: str | Path, ident: dict, fresh: bool = False, keep: Sequence[s
                 (path / LOCK).unlink(missing_ok=True)
                 remove_created(created)
         raise
+    finally:
+        _release(fd)
+
+
+@contextmanager
+def locked(out: str | Path) -> Iterator[Path]:
+    """RUN's lock alone, for work on a finished run that changes none of its results (re-measuring its timings)."""
+    fd = _acquire(Path(out))
+    try:
+        yield Path(out)
     finally:
         _release(fd)
 

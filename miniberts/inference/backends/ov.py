@@ -46,9 +46,10 @@ class OpenVinoEncoder(EngineEncoder):
         if precision != "default":  # "default" (the bench's row): what OpenVINO picks for this CPU by itself
             config["INFERENCE_PRECISION_HINT"] = "bf16" if precision == "bf16" else "f32"
         self.compiled = core.compile_model(core.read_model(str(folder / "model.xml")), "CPU", config)
+        # "<Type: 'bfloat16'>" (or 'float16', 'float32'). No BF16 in the CPU's OPTIMIZATION_CAPABILITIES: OpenVINO
+        # runs f32 whatever the hint.
         ran = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
-        # No BF16 in the CPU's OPTIMIZATION_CAPABILITIES: OpenVINO runs f32 whatever the hint.
-        self.precision = "bf16" if "bf16" in ran else "f16" if "f16" in ran else "fp32"
+        self.precision = "bf16" if "bfloat16" in ran or "bf16" in ran else "f16" if "float16" in ran else "fp32"
         self.request = self.compiled.create_infer_request()
         self.outputs = self.compiled.outputs
 

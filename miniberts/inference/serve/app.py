@@ -15,12 +15,13 @@ import threading
 import time
 
 import numpy as np
+import orjson
 import torch
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from ..predict import results
@@ -30,6 +31,17 @@ from .service import ClientGone, Service
 
 log = logging.getLogger(__name__)
 CLIENT_CLOSED = 499  # nginx's status for a request whose client went away; nobody receives it, the metrics count it
+
+
+class JSONResponse(Response):
+    """JSON written by orjson. The standard library's encoder was the largest single share of the event loop's work
+    per one-sentence request (py-spy on a Tiny server under 64 wrk clients); orjson writes the same text (the
+    shortest round-trip form of each float64) more than ten times faster."""
+
+    media_type = "application/json"
+
+    def render(self, content) -> bytes:
+        return orjson.dumps(content)
 
 
 def error(status: int, error_type: str, message: str) -> JSONResponse:

@@ -1,9 +1,9 @@
 """Dynamic batching: one queue of tokenized inputs and one thread that runs the model on them.
 
 Whenever the model thread is free it takes what is queued, of one kind (embeddings with one normalisation, or
-predictions), longest first, up to `max_batch_tokens` padded tokens (rows x the longest row), and runs it as one
-forward pass. No timer waits for a batch to fill: a lone request runs at once, and a crowd that arrives while a pass
-runs shares the next one. The inputs of a request whose client has gone are dropped when they are taken, before they
+predictions), oldest first, up to `max_batch_tokens` padded tokens (rows x the longest row), and runs it, sorted
+longest first, as one pass. No timer waits for a batch to fill: a lone request runs at once, and a crowd that arrives
+while a pass runs shares the next one. The inputs of a request whose client has gone are dropped when they are taken, before they
 are computed. Admission is bounded: `admit` refuses inputs beyond `max_waiting` at once, so the queue never grows
 without limit. Tokenization happens on the request side (serve/service.py), so this thread only runs the model.
 """
@@ -117,17 +117,22 @@ class Batcher:
                 self._run(batch)
 
     def _take(self) -> list[Item]:
-        """The next batch (called holding the lock): the oldest input's kind, longest first, within the budget.
-        Inputs of cancelled jobs leave the queue here, uncomputed."""
+        """The next batch (called holding the lock): inputs of the oldest input's kind, oldest first, as many as fit
+        the budget (rows x the longest row taken), then sorted longest first for the forwards. Taken by age, not by
+        length: taken longest first, a short input waited while longer ones kept arriving, and a many-input request
+        was answered only when the whole queue had run. Inputs of cancelled jobs leave the queue here, uncomputed."""
         kind = self._queue[0].job.kind
         dropped = [it for it in self._queue if it.job.cancelled]
-        candidates = sorted((it for it in self._queue if it.job.kind == kind and not it.job.cancelled),
-                            key=lambda it: -it.length)
         batch: list[Item] = []
-        if candidates:
-            width = candidates[0].length  # sorted longest first: the padded width of any prefix
-            rows = max(1, self.max_batch_tokens // width)
-            batch = candidates[:rows]
+        width = 0
+        for it in self._queue:
+            if it.job.cancelled or it.job.kind != kind:
+                continue
+            if batch and max(width, it.length) * (len(batch) + 1) > self.max_batch_tokens:
+                continue  # a later, shorter input may still fit; this one is among the oldest of the next pass
+            batch.append(it)
+            width = max(width, it.length)
+        batch.sort(key=lambda it: -it.length)
         taken = {id(it) for it in batch + dropped}
         self._queue = [it for it in self._queue if id(it) not in taken]
         self.metrics.queue_size.set(len(self._queue))

@@ -24,6 +24,10 @@ class Inputs:
     pairs: list[str] | None  # the second texts of sentence pairs (predict), or None
     one: bool  # the body held one input, not a list: the answer is that input's result, not a list of them
 
+    @property
+    def characters(self) -> int:
+        return sum(map(len, self.texts)) + sum(map(len, self.pairs or ()))
+
 
 def json_object(raw: bytes) -> dict:
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import importlib.metadata
 import logging
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -20,7 +21,7 @@ from ...device import resolve_dtype
 from ...errors import MinibertsError
 from ...hub import resolved_name
 from ...model import BertForSequenceClassification
-from ..backends import precision_of
+from ..backends import precision_of, resolve
 from ..config import EmbedConfig, PredictConfig
 from ..loaded_model import Model, load
 from .batcher import Batcher, Job
@@ -55,6 +56,11 @@ def check_budget(model: Model, cfg: ServeConfig) -> None:
 # 64 one-text clients), AVX-512 BF16 EPYC, defaults: one padded forward per pass 48 ms (Tiny) / 538 ms (MiniLM-L6),
 # length-sorted forwards of 8 rows 35 / 255 ms (of 4: slower again, per-call costs; of 16: in between).
 ROWS_PER_FORWARD = 8
+# A request of at most this many characters is tokenized on the event loop itself (~0.1 ms) rather than handed to the
+# tokenizer thread and back: two thread switches per request, which one-sentence requests at full load pay on the same
+# cores as the model. Longer ones go to the thread, so a large body never stalls the loop.
+INLINE_CHARACTERS = 2000
+
 
 class Service:
     def __init__(self, cfg: ServeConfig, source: str, model: Model | None = None):
@@ -64,8 +70,10 @@ class Service:
         self.state = "loading"  # -> "ready" -> "draining"; "failed" when loading failed
         self.metrics = Metrics()
         self.batcher: Batcher | None = None
-        # One tokenizer thread: the tokenizer's truncation setting is shared state, so calls must not overlap.
+        # One tokenizer thread: the tokenizer's truncation setting is shared state, so calls must not overlap (the
+        # lock also covers small requests tokenized on the event loop).
         self._tokenizer_thread = ThreadPoolExecutor(1, thread_name_prefix="miniberts-tokenizer")
+        self._tokenizer_lock = threading.Lock()
 
     # --- life cycle -----------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -76,10 +84,15 @@ class Service:
             self.model = load(self.source)
         check_budget(self.model, self.cfg)
         self.embed_length, self.predict_length = longest_inputs(self.model)
+        # One engine for every pass: auto's pick for forwards of ROWS_PER_FORWARD rows. Left to pick per call, auto
+        # would also load its batch-1 engine for passes of one input (Tiny: ONNX Runtime beside OpenVINO), another
+        # runtime and graph in memory for ~0.1 ms on a request that spends milliseconds in HTTP.
+        self.precision = precision_of(resolve_dtype(self.cfg.dtype, self.model.device), self.cfg.int8)
+        self.backend = resolve(self.cfg.backend, self.model.config, self.precision, ROWS_PER_FORWARD, self.model.device)
         self.batcher = Batcher(self._compute, self.cfg.max_batch_tokens, self.cfg.max_concurrent_requests,
                                self.metrics)
-        # Warm up on one row and on many (--backend auto may pick another engine for each, backends/auto.py), so the
-        # engines' one-time exports happen before /health answers 200, not in the first requests' passes.
+        # Warm up on one row and on many, so the engine's one-time export and first shapes happen before /health
+        # answers 200, not in the first requests' passes.
         for rows in (1, max(2, self.cfg.max_client_batch_size)):
             ids, types = self.model.embedding_tokens(["warm up"] * rows, self.embed_length)
             self._compute(("embed", True), ids, types)
@@ -104,10 +117,10 @@ class Service:
         cfg = self.cfg
         rows = min(len(ids), ROWS_PER_FORWARD)
         if kind[0] == "embed":
-            settings = EmbedConfig(normalize=kind[1], batch_size=rows, dtype=cfg.dtype, backend=cfg.backend,
+            settings = EmbedConfig(normalize=kind[1], batch_size=rows, dtype=cfg.dtype, backend=self.backend,
                                    int8=cfg.int8)
             return self.model.embed_tokens(ids, type_ids, settings)
-        settings = PredictConfig(batch_size=rows, dtype=cfg.dtype, backend=cfg.backend, int8=cfg.int8)
+        settings = PredictConfig(batch_size=rows, dtype=cfg.dtype, backend=self.backend, int8=cfg.int8)
         return self.model.predict_tokens(ids, type_ids, settings)
 
     # --- requests -------------------------------------------------------------------------------------------
@@ -115,10 +128,11 @@ class Service:
         """Token ids as the model runs them; 422 naming the first input over the length when not `truncate`."""
         length = self.predict_length if predict else self.embed_length
         width = length if truncate else length + 1  # one token more shows which inputs are too long
-        if predict:
-            ids, types = self.model.tokenizer.encode(inputs.texts, inputs.pairs, width)
-        else:
-            ids, types = self.model.embedding_tokens(inputs.texts, width)
+        with self._tokenizer_lock:
+            if predict:
+                ids, types = self.model.tokenizer.encode(inputs.texts, inputs.pairs, width)
+            else:
+                ids, types = self.model.embedding_tokens(inputs.texts, width)
         long = next((i for i, x in enumerate(ids) if len(x) > length), None)
         if long is not None:
             raise ApiError(422, "validation", f"input {long} is longer than the model's {length} tokens; "
@@ -139,7 +153,10 @@ class Service:
                                               f"{self.cfg.max_concurrent_requests} inputs are waiting; retry later")
         loop = asyncio.get_running_loop()
         try:
-            ids, types = await loop.run_in_executor(self._tokenizer_thread, self.tokens, inputs, predict, truncate)
+            if inputs.characters <= INLINE_CHARACTERS:
+                ids, types = self.tokens(inputs, predict, truncate)
+            else:
+                ids, types = await loop.run_in_executor(self._tokenizer_thread, self.tokens, inputs, predict, truncate)
         except BaseException:
             self.batcher.release(count)
             raise
@@ -160,8 +177,11 @@ class Service:
         """Per input, its tokens as embeddings run it: (id, token, special, start, stop) each."""
         self.check_ready()
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._tokenizer_thread, self.model.tokenizer.pieces, inputs.texts,
-                                          self.embed_length)
+        return await loop.run_in_executor(self._tokenizer_thread, self._pieces, inputs.texts)
+
+    def _pieces(self, texts: list[str]) -> list[list[tuple[int, str, bool, int, int]]]:
+        with self._tokenizer_lock:
+            return self.model.tokenizer.pieces(texts, self.embed_length)
 
     def check_ready(self) -> None:
         if self.state != "ready":
@@ -178,8 +198,8 @@ class Service:
             "dimensions": model.config.hidden_size,
             "pooling": model.embedding_settings(EmbedConfig())[0],
             "max_input_length": self.embed_length,
-            "backend": cfg.backend,
-            "precision": precision_of(resolve_dtype(cfg.dtype, model.device), cfg.int8),  # what "auto" resolved to
+            "backend": self.backend,  # what "auto" resolved to, as the precision
+            "precision": self.precision,
             "max_batch_tokens": cfg.max_batch_tokens,
             "max_client_batch_size": cfg.max_client_batch_size,
             "max_concurrent_requests": cfg.max_concurrent_requests,

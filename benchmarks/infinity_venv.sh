@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# A virtual environment with infinity-emb for benchmarks/serve_load.py --infinity-python DIR/bin/python.
+# infinity-emb 0.0.78 pins numpy<2 and calls tokenizer methods that transformers 5 removed, so it cannot share the
+# project's environment; this one sees the project's packages (torch above all: never a second copy) through a .pth
+# line and shadows only what infinity needs older: numpy 1.26, transformers 4, sentence-transformers 3,
+# huggingface_hub 0.x. Usage: benchmarks/infinity_venv.sh [DIR] (default /tmp/infinity-venv), from the project's venv.
+set -euo pipefail
+DIR=${1:-/tmp/infinity-venv}
+MAIN_SITE=$(python -c "import site; print(site.getsitepackages()[0])")
+python -m venv "$DIR"
+echo "$MAIN_SITE" > "$("$DIR/bin/python" -c "import site; print(site.getsitepackages()[0])")/zz_project_venv.pth"
+"$DIR/bin/pip" install -q "infinity-emb[server]==0.0.78" "transformers<5" "sentence-transformers<4" "huggingface_hub<1"
+"$DIR/bin/python" -c "import infinity_emb, torch, numpy; print('infinity-emb', infinity_emb.__version__, 'torch', torch.__version__, 'numpy', numpy.__version__)"

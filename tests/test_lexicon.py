@@ -45,7 +45,8 @@ def inherited(tmp_path_factory):
     the projection's measurements, its tokenizer): one PCA for the file."""
     torch.manual_seed(0)
     bert, tokenizer = load_encoder("tiny")
-    random_init = (bert.embeddings.word.weight.detach().numpy().copy(), bert.embeddings.position.weight.detach().clone())
+    emb = bert.embeddings
+    random_init = (emb.word.weight.detach().numpy().copy(), emb.position.weight.detach().clone())
     stats = lexicon.init_embeddings(bert, tokenizer, MINILM, "input", tmp_path_factory.mktemp("cache"))
     return bert, random_init, stats, tokenizer
 

@@ -64,10 +64,9 @@ def run_encoded(tokenizer: WordPieceTokenizer, ids: list[list[int]], type_ids: l
     """`run_batches` on texts already tokenized (`tokenizer.encode`): a server tokenizes off its model thread."""
     # no_grad rather than inference_mode: autocast caches its bf16 weight casts only outside inference mode.
     if len(ids) == 1:  # one text (a request, a one-sentence call): no sorting, padding, progress or reordering
-        inputs = {"input_ids": torch.tensor(ids, device=device), "token_type_ids": torch.tensor(type_ids, device=device),
-                  "attention_mask": torch.ones((1, len(ids[0])), dtype=torch.long, device=device)}
+        inputs = tokenizer.pad_batch(ids, type_ids)  # one row: nothing to pad
         with torch.no_grad(), autocast(device, dtype):
-            return step(inputs).float().cpu()
+            return step({k: v.to(device) for k, v in inputs.items()}).float().cpu()
     batches = length_batches([len(x) for x in ids], batch_size)
     outputs = []
     # A progress bar only when asked for: even a disabled tqdm costs a one-text call a noticeable share of its time.

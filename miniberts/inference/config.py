@@ -61,7 +61,6 @@ class PredictConfig:
         validate(self)
 
 
-
 @functools.lru_cache(maxsize=256, typed=True)  # typed: 1 is not taken for True, nor 32.0 for 32
 def _validated(cls, **settings):
     return cls(**settings)

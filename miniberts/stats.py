@@ -3,7 +3,8 @@
 With 3-5 seeds per arm the normal approximation (mean ± 1.96 s/√n) is too narrow: the 95% interval of a mean of n
 runs is mean ± t(0.975, n-1) · s/√n, with s the sample standard deviation (ddof 1) and t from scipy.stats.t. Two
 arms run with the same seeds (same data order, same head init) are compared by the mean of their per-seed
-differences and its t-interval (a paired t-test): the seed-to-seed noise they share cancels.
+differences and its t-interval (a paired t-test): the seed-to-seed noise they share cancels. Arms that share no
+randomness (a student against model2vec's trainer) or have different seed counts are compared by Welch's interval.
 """
 
 from __future__ import annotations
@@ -34,6 +35,19 @@ def paired_difference(a: dict, b: dict, confidence: float = 0.95) -> dict | None
     if not keys:
         return None
     return {**summarize([a[k] - b[k] for k in keys], confidence), "paired": keys}
+
+
+def welch_difference(a: list[float], b: list[float], confidence: float = 0.95) -> dict:
+    """mean(a) − mean(b) for independent samples of unequal variances: {"n" (len a, len b), "mean", "low", "high",
+    "df"}, the Welch-Satterthwaite t-interval (scipy's ttest_ind(equal_var=False))."""
+    if len(a) < 2 or len(b) < 2:
+        raise ValueError("Welch's interval needs at least two values per arm")
+    sa, sb = summarize(a, confidence), summarize(b, confidence)
+    va, vb = sa["std"] ** 2 / len(a), sb["std"] ** 2 / len(b)
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    mean = sa["mean"] - sb["mean"]
+    half = scipy_stats.t.ppf(0.5 + confidence / 2, df) * math.sqrt(va + vb)
+    return {"n": (len(a), len(b)), "mean": mean, "low": mean - half, "high": mean + half, "df": df}
 
 
 def interval_text(s: dict, digits: int = 1) -> str:

@@ -160,6 +160,10 @@ def test_intervals_agree_with_scipy():
     d = stats.paired_difference(a, b)  # seeds 1-3 pair; 4 and 7 have no partner
     ci = scipy.stats.ttest_rel([74.1, 75.3, 73.8], [72.0, 74.9, 71.1]).confidence_interval(0.95)
     assert d["paired"] == [1, 2, 3] and (d["low"], d["high"]) == (pytest.approx(ci.low), pytest.approx(ci.high))
+    w = stats.welch_difference([75.25, 75.1, 75.1], [74.65, 74.6, 75.65, 74.75, 74.45])  # 3 against 5, unequal spread
+    ci = scipy.stats.ttest_ind([75.25, 75.1, 75.1], [74.65, 74.6, 75.65, 74.75, 74.45], equal_var=False)
+    assert (w["low"], w["high"]) == pytest.approx(tuple(ci.confidence_interval(0.95)))
+    assert w["df"] == pytest.approx(ci.df) and w["n"] == (3, 5)
     assert stats.summarize([70.0]) == {"n": 1, "mean": 70.0, "std": None, "low": None, "high": None}
     assert stats.interval_text(s) == f"{s['mean']:.1f} ± {s['std']:.1f} [{low:.1f}, {high:.1f}]"
 

@@ -193,12 +193,6 @@ def test_missing_engine_is_one_line_naming_the_extra(tiny, tmp_path, monkeypatch
     assert not (tmp_path / "x.npy").exists()
 
 
-def test_openvino_has_no_int8_and_says_so():
-    skip_unless_installed("openvino")
-    with pytest.raises(MinibertsError, match="no int8 path"):
-        backends.for_encoder(load_encoder("2-128")[0], "openvino", "int8")
-
-
 def test_ctranslate2_refuses_left_padding():
     skip_unless_installed("ctranslate2")
     module, _ = backends.for_encoder(load_encoder("2-128")[0], "ctranslate2", "fp32")

@@ -16,7 +16,6 @@ import json
 import logging
 import pickle
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -233,7 +232,8 @@ def _read_tf(src: Path) -> Checkpoint:
 def load_state(model: nn.Module, state: dict[str, torch.Tensor], where: str, allow_new: tuple[str, ...] = ()) -> list[str]:
     """Copy `state` (our names) into `model`; names starting with `allow_new` may be missing (a new head).
     Returns the names that were newly initialised. Wrong shapes and leftovers are errors."""
-    state = _named_for(model, state)
+    if isinstance(model, BertModel):
+        state = {k.removeprefix("bert."): v for k, v in state.items() if k.startswith("bert.")}
     expected = model.state_dict()
     for name, tensor in state.items():
         if name not in expected:
@@ -248,26 +248,6 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], where: str, all
         raise CheckpointError(f"{where}: missing tensors {not_allowed[:5]}")
     model.load_state_dict(state, strict=False)
     return missing
-
-
-def _named_for(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """`state` under the names `model` gives its tensors (a bare encoder drops the "bert." prefix)."""
-    if isinstance(model, BertModel):
-        return {k.removeprefix("bert."): v for k, v in state.items() if k.startswith("bert.")}
-    return state
-
-
-def built(make: Callable[[], nn.Module], state: dict[str, torch.Tensor], where: str, allow_new: tuple[str, ...] = ()
-          ) -> tuple[nn.Module, list[str]]:
-    """`make()` holding `state` (`load_state`'s checks) and the names that were newly initialised. When `state` fills
-    every tensor, the module is made on the meta device and given uninitialised memory for the copy: the random
-    initialisation the copy would overwrite (a quarter of a MiniLM load) is skipped, and so is its use of torch's
-    random generator."""
-    with torch.device("meta"):
-        blank = make()
-    ours = _named_for(blank, state)
-    model = blank.to_empty(device="cpu") if all(k in ours for k in blank.state_dict()) else make()
-    return model, load_state(model, state, where, allow_new)
 
 
 def resolve(model: str | Path) -> Checkpoint:
@@ -331,11 +311,11 @@ def load_encoder(model: "str | Path | Checkpoint", vocab: str | Path = "", cased
                  ) -> tuple[BertModel, WordPieceTokenizer]:
     """An encoder (BertModel) from a directory, a preset name, or a Checkpoint already read."""
     ckpt, tokenizer = _model_and_tokenizer(model, vocab, cased)
-    if not ckpt.state:
-        return BertModel(ckpt.config), tokenizer
-    encoder, new = built(lambda: BertModel(ckpt.config), ckpt.state, ckpt.source, allow_new=("pooler.",))
-    if new:
-        log.warning("%s has no pooler (a masked-LM checkpoint): the pooled output is untrained", ckpt.source)
+    encoder = BertModel(ckpt.config)
+    if ckpt.state:
+        new = load_state(encoder, ckpt.state, ckpt.source, allow_new=("pooler.",))
+        if new:
+            log.warning("%s has no pooler (a masked-LM checkpoint): the pooled output is untrained", ckpt.source)
     return encoder, tokenizer
 
 
@@ -357,13 +337,13 @@ def load_classifier(model: "str | Path | Checkpoint", id2label: list[str] | None
     cfg = ckpt.config
     if id2label is not None or regression is not None:
         cfg = cfg.with_task(id2label or [], bool(regression))
+    net = BertForSequenceClassification(cfg)
     state = {k: v for k, v in ckpt.state.items() if not k.startswith(("mlm.", "nsp."))}
     same_head = ckpt.has_head("classifier.") and (ckpt.config.id2label, ckpt.config.regression) == (cfg.id2label, cfg.regression)
     if not same_head:
         state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
-    if not state:
-        return BertForSequenceClassification(cfg), tokenizer
-    net, _ = built(lambda: BertForSequenceClassification(cfg), state, ckpt.source, allow_new=("classifier.", "bert.pooler."))
+    if state:
+        load_state(net, state, ckpt.source, allow_new=("classifier.", "bert.pooler."))
     return net, tokenizer
 
 

@@ -14,7 +14,8 @@ Tiny preset with random weights saved as a model directory: its speed does not d
 2. **The same work stage by stage, in-process**: model load; engine preparation with the artifact built (empty
    cache) and read from the cache; tokenization (one batched `tokenizers` call); batching (length sort, padding);
    the engine (every batch through the runner `Model.embed` uses); pooling; the .npy write. Beside them the
-   in-process `Model.embed` call, whose excess over the stages is its own overhead.
+   in-process `Model.embed` call, whose excess over the stages is its own overhead. Then the engine alone on the
+   same sorted tokens at 32, 64 and 128 rows per batch (interleaved, best of two): whether more rows per call pay.
 3. **The arithmetic**: useful FLOPs of the real tokens (bench.harness.forward_flops, without the task head), the
    fp32 (and, where native, bf16) matmul peak measured in this run (bench.harness.matmul_peak), and the fraction of
    the peak of the precision that ran that the whole process, the in-process call and the engine alone reach.
@@ -57,6 +58,7 @@ from miniberts.inference.config import EmbedConfig
 
 CPU = torch.device("cpu")
 BATCH = EmbedConfig().batch_size
+ROWS = (BATCH, 2 * BATCH, 4 * BATCH)  # rows per engine batch compared (engine_by_rows)
 
 
 def model_dir(name: str, work: Path) -> Path:
@@ -122,9 +124,25 @@ def stages(src: Path, texts: list[str], work: Path) -> tuple[dict[str, float], d
     t["output (.npy)"], _ = timed(lambda: np.save(work / "stages.npy", vectors))
     t["Model.embed, in-process (one call)"], _ = timed(lambda: model.embed(texts))
     ran = {"backend": next(name for (_, name, _) in model._runners), "lengths": [len(x) for x in ids], "model": model,
+           "rows": engine_by_rows(model.tokenizer, runner, run_dtype, ids, types),
            # an engine runs in its own precision (autocast is then a no-op); torch in the autocast dtype
            "precision": getattr(runner, "precision", "bf16" if run_dtype == torch.bfloat16 else "fp32")}
     return t, ran
+
+
+def engine_by_rows(tokenizer, runner, run_dtype: torch.dtype, ids: list, types: list) -> dict[int, float]:
+    """Engine seconds over all the length-sorted batches at ROWS rows per batch (padding done beforehand): the best
+    of two rounds, the sizes interleaved, so whether more rows per call pay is a relative measurement of one run."""
+    padded = {rows: [tokenizer.pad_batch([ids[i] for i in b], [types[i] for i in b])
+                     for b in length_batches([len(x) for x in ids], rows)] for rows in ROWS}
+    best = dict.fromkeys(ROWS, float("inf"))
+    with torch.no_grad(), autocast(CPU, run_dtype):
+        for order in (ROWS, ROWS[::-1]):
+            for rows in order:
+                seconds, _ = timed(lambda: [runner(b["input_ids"], b["attention_mask"], b["token_type_ids"])
+                                            for b in padded[rows]])
+                best[rows] = min(best[rows], seconds)
+    return best
 
 
 def timed_round_robin(calls: dict[str, callable], texts: list[str], iters: int) -> dict[str, tuple[float, float]]:
@@ -218,6 +236,8 @@ def report(name: str, r: dict, peaks: dict[str, float]) -> list[str]:
         share = f"{v / total:.0%}" if k in counted else "–"
         lines.append(f"| {k} | {v:.3f} | {share} | {frac(v) if k == 'engine' or 'Model.embed' in k else ''} |")
     lines += [f"| sum of the stages (cached artifact) | {total:.3f} | 100% | {frac(total)} |", "",
+              "| rows per engine batch (length-sorted, the same tokens) | engine s | ÷ the default's |", "|---:|---:|---:|",
+              *(f"| {rows} | {v:.3f} | {v / r['engine_by_rows'][BATCH]:.2f} |" for rows, v in r["engine_by_rows"].items()), "",
               "| one sentence | ms |", "|---|---:|", *(f"| {k} | {v:.3f} |" for k, v in one.items()), ""]
     return lines
 
@@ -248,7 +268,7 @@ def main() -> None:
         src = model_dir(name, work)
         t, ran = stages(src, texts, work)
         model = ran.pop("model")
-        r = {"backend": ran["backend"], "precision": ran["precision"], "stages": t,
+        r = {"backend": ran["backend"], "precision": ran["precision"], "stages": t, "engine_by_rows": ran["rows"],
              "arithmetic": arithmetic(model.config, ran.pop("lengths"), peaks),
              "one_sentence": one_sentence(model, texts[:64], args.iters)}
         del model

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from conftest import MINILM, needs_minilm
 
 import miniberts
 from miniberts.errors import MinibertsError
 from miniberts.inference import backends
 from miniberts.inference.backends.base import EngineEncoder
+from miniberts.inference.config import EmbedConfig
 
 TEXTS = ["Jurors in Virginia recommended that the man serve nine years in prison, said prosecutors.",
          "東京 and São Paulo 🙂", "   "]
@@ -55,6 +55,8 @@ def test_one_text_tokens_equal_the_batch_tokens(minilm):
 
 @needs_minilm
 def test_one_text_bad_pooling_is_refused(minilm):
-    runner, _ = minilm._runner(False, "onnxruntime", torch.float32, False, 1)
+    ids, types = minilm.embedding_tokens(TEXTS[:1], 32)
+    cfg = EmbedConfig(backend="onnxruntime", dtype="fp32")
+    cfg.pooling = "max"  # past the settings' own check: the server's entry point still refuses it
     with pytest.raises(MinibertsError, match="pooling must be one of"):
-        runner.embed_one([101, 102], [0, 0], "max", False)
+        minilm.embed_tokens(ids, types, cfg)

@@ -8,7 +8,6 @@ from torch import Tensor, nn
 
 from ...errors import MinibertsError
 from ...model import BertForSequenceClassification
-from ..batching import POOLINGS
 
 
 def as_numpy(x) -> np.ndarray:
@@ -48,9 +47,8 @@ class EngineEncoder(nn.Module):
     def embed_one(self, ids: list[int], type_ids: list[int], pooling: str, normalize: bool) -> np.ndarray:
         """One text's sentence vector, float32 [1, H], in numpy from end to end: the engine's own call plus its
         pooling, no torch tensor on the way (the path of a one-text `Model.embed`). One row has no padding, so "mean"
-        is the mean over all its positions; `normalize` is torch.nn.functional.normalize's x / max(||x||, 1e-12)."""
-        if pooling not in POOLINGS:
-            raise MinibertsError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
+        is the mean over all its positions; `normalize` is torch.nn.functional.normalize's x / max(||x||, 1e-12).
+        `pooling`: "cls", "pooler" or "mean", checked by the caller (batching.embed_step)."""
         row = np.array([ids], np.int64)
         hidden, pooled = self.checked_run(row, np.ones_like(row), np.array([type_ids], np.int64))
         vector = pooled if pooling == "pooler" else hidden[:, 0] if pooling == "cls" else hidden.mean(1)

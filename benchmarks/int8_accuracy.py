@@ -5,7 +5,8 @@
 Every method quantizes the same ONNX export of all-MiniLM-L6-v2 (miniberts.inference.export.export_onnx), with ONNX
 Runtime (run in an ONNX Runtime session) or with NNCF (the `nncf` rows: converted to OpenVINO IR, run by OpenVINO with
 the f32 hint, as `--backend openvino --int8` runs it); the reference is the unquantized graph in ONNX Runtime (within
-5e-6 of our torch fp32). Metrics, on mean-pooled embeddings (the model's own pooling) of padded, length-sorted batches of 32:
+5e-6 of our torch fp32). Metrics, on mean-pooled embeddings (the model's own pooling) of padded, length-sorted
+batches of 32:
 
 - cosine to fp32 over `--sentences` Rotten Tomatoes texts (reviews and plot summaries, shuffled with seed 1):
   min, 1st percentile, mean;
@@ -122,7 +123,8 @@ METHODS = {
     "nncf static, smoothquant 0.95": nncf_static(0.95),
     "nncf static, smoothquant 0.95, proj fp32": nncf_static(0.95, "proj"),
     "nncf static, smoothquant 0.5, proj fp32": nncf_static(0.5, "proj"),
-    "nncf static, smoothquant 0.5, proj fp32 where outliers (openvino `--int8`)": nncf_static(ov_int8.ALPHA, "outliers"),
+    "nncf static, smoothquant 0.5, proj fp32 where outliers (openvino `--int8`)":
+        nncf_static(ov_int8.ALPHA, "outliers"),
 }
 
 
@@ -139,7 +141,8 @@ def runner(path: Path):
         return lambda b: sess.run(["last_hidden_state"], b)[0]
     import openvino as ov
 
-    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": 2, "INFERENCE_PRECISION_HINT": "f32"})
+    config = {"INFERENCE_NUM_THREADS": 2, "INFERENCE_PRECISION_HINT": "f32"}
+    compiled = ov.Core().compile_model(str(path), "CPU", config)
     request = compiled.create_infer_request()
     return lambda b: request.infer(b)[compiled.outputs[0]]
 
@@ -189,7 +192,8 @@ def main() -> None:
                     f"{100 * acc:.2f}% | {100 * (acc - fp32_acc):+.2f} |")
         print(rows[-1], flush=True)
     table = "\n".join([
-        f"all-MiniLM-L6-v2, ONNX Runtime and OpenVINO, {cpu_model()}: cosine of mean-pooled embeddings to fp32 over {len(ref)} "
+        f"all-MiniLM-L6-v2, ONNX Runtime and OpenVINO, {cpu_model()}: cosine of mean-pooled embeddings to fp32 over "
+        f"{len(ref)} "
         f"Rotten Tomatoes texts; linear probe on {len(test_y)} held-out reviews; calibration: {len(ids)} BBC News "
         "sentences", "",
         "| method | min cosine | p1 cosine | mean cosine | probe accuracy | delta (points) |",

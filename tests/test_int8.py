@@ -67,7 +67,8 @@ def test_int8_artifact_is_cached_by_weights_and_calibration(tmp_path, monkeypatc
     else:
         (tmp_path / "ir").mkdir()
         ov.build(encoder)(tmp_path / "ir")
-        real_build = lambda enc, ids: lambda folder: [shutil.copy(f, folder) for f in (tmp_path / "ir").iterdir()]  # noqa: E731
+        def real_build(enc, ids):
+            return lambda folder: [shutil.copy(f, folder) for f in (tmp_path / "ir").iterdir()]
 
     def counting_build(enc, *args):  # the calibration token ids come last
         write = real_build(enc, *args)
@@ -117,11 +118,12 @@ def test_openvino_int8_needs_nncf_and_the_tokenizer(monkeypatch):
 def test_int8_agrees_and_keeps_task_accuracy_on_real_minilm(engine):
     """300 Rotten Tomatoes reviews, mean pooling in padded batches of 32, the default calibration (built-in news
     text, not reviews). Cosine >= 0.99 on every sentence (benchmarks/int8_accuracy.py measured on 1,200: min 0.992
-    for ONNX Runtime, 0.994 for OpenVINO; the uncalibrated dynamic int8 0.972). OpenVINO's is slow: NNCF calibrates
-    the real MiniLM on the 256 sentences when the artifact is not cached. Probe: a logistic-regression head fitted on 200 reviews' fp32 features,
-    applied to the other 100 reviews' fp32 and int8 features: >= 95% of its predictions agree and int8 loses at most
-    2 points (two reviews; measured here: 61% fp32, 63% int8; the study's 400-review probe measured the 0.5-point
-    bound: +0.0)."""
+    for ONNX Runtime, 0.994 for OpenVINO; the uncalibrated dynamic int8 0.972). OpenVINO's is slow: NNCF
+    calibrates the real MiniLM on the 256 sentences when the artifact is not cached. Probe: a logistic-regression
+    head fitted on 200 reviews' fp32 features, applied to the other 100 reviews' fp32 and int8 features: >= 95% of
+    its predictions agree and int8 loses at most 2 points (two reviews; measured here for ONNX Runtime: 61% fp32,
+    63% int8; the study's 400-review probe measured the 0.5-point bound: +0.0 for ONNX Runtime, +0.5 for
+    OpenVINO)."""
     from sklearn.linear_model import LogisticRegression
 
     encoder, tok = load_encoder(MINILM)

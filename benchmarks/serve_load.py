@@ -26,11 +26,13 @@ Servers:
 The classifier (Tiny fine-tuned for one epoch on the built-in Rotten Tomatoes task, seed 0, or --classifier DIR) is
 served by miniberts on /predict; neither peer serves a miniberts classifier head.
 
-Beside them, the ceiling: the same model in this process through `Model.embed` / `Model.predict` (defaults), batched
-(batch 32 over 1,024 sentences, length-sorted by the library) and one sentence per call. Then the resident memory of a
+Beside them, the ceiling: the same model in this process through `Model.embed` / `Model.predict`, on the server's work
+(its lengths, precision and engines), batched (batch 32 over 1,024 sentences, length-sorted by the library), as served
+(passes of 64 sentences in arrival order, forwards of 8) and one sentence per call. Then the resident memory of a
 `miniberts serve` of the first model over --rss-requests one-sentence requests at concurrency 64, sampled every 0.25 s:
 first, peak, last and the growth over the second half of the run. The goals of docs/serving.md are checked at the end.
-Run it alone on an idle machine: timing figures measured beside other work are wrong.
+Each server's stderr is kept: its last 20 lines in the JSON ("stderr"), its last line in the markdown (a server
+that exits says why there). Run it alone on an idle machine: timing figures measured beside other work are wrong.
 """
 
 from __future__ import annotations
@@ -61,12 +63,15 @@ import miniberts
 from miniberts.bench.harness import cpu_model, rt_rows
 from miniberts.data.builtin import minilm_dir
 from miniberts.fileio import atomic_write_text
+from miniberts.inference.serve.service import ROWS_PER_FORWARD
 from miniberts.inference.st_export import export_sentence_transformers
 
 ROOT = Path(__file__).resolve().parents[1]
 WRK = shutil.which("wrk")
 PROBE_SECONDS = 2.0  # a server that answers one sentence slower than this after a cell is restarted
 STDERR_LINES = 20  # the end of each server's stderr kept in the results
+CEILING_BATCH = 32  # rows per batch of the in-process batched ceiling
+SERVED_PASS = 64  # inputs per pass of the in-process "as served" ceiling: at most one per client at c=64
 
 
 @dataclass
@@ -360,21 +365,34 @@ def rss_run(server: Server, texts: list[str], args, tmp: Path) -> dict:
 
 
 def ceiling(model_dir: str, texts: list[str], predict: bool) -> dict:
-    """Sentences/s through the model in this process: batched (what a server can at best approach) and one sentence
-    per call (the sequential rate without HTTP)."""
+    """Sentences/s through the model in this process, on the work its server does: the same lengths (embeddings at
+    the model's length, predictions at `miniberts predict`'s, as `miniberts serve` cuts them), the same precision and
+    auto's engine for many rows and for one. Batched: all the texts length-sorted into batches of CEILING_BATCH (what
+    a server can at best approach); as served: passes of SERVED_PASS texts in arrival order, each length-sorted into
+    forwards of ROWS_PER_FORWARD, as a server under 64 one-sentence clients gets them (it sorts only what arrived
+    during the previous pass, so its forwards carry more padding than the batched ceiling's); one sentence per call
+    (the sequential rate without HTTP)."""
     model = miniberts.load(model_dir)
-    run = model.predict if predict else model.embed
-    run(texts[:64])  # warm-up (and any engine export), batched and single
+
+    def run(chunk: list[str], batch: int):
+        return model.predict(chunk, batch_size=batch) if predict else model.embed(chunk, batch_size=batch,
+                                                                                 normalize=True)
+
+    run(texts[:64], CEILING_BATCH)  # warm-up (and any engine export), batched and single
     for text in texts[:8]:
-        run([text])
+        run([text], 1)
     t = time.perf_counter()
-    run(texts)
+    run(texts, CEILING_BATCH)
     batched = len(texts) / (time.perf_counter() - t)
+    t = time.perf_counter()
+    for i in range(0, len(texts), SERVED_PASS):
+        run(texts[i:i + SERVED_PASS], ROWS_PER_FORWARD)
+    served = len(texts) / (time.perf_counter() - t)
     singles = texts[:128]
     t = time.perf_counter()
     for text in singles:
-        run([text])
-    return {"batched": batched, "one_at_a_time": len(singles) / (time.perf_counter() - t)}
+        run([text], 1)
+    return {"batched": batched, "as_served": served, "one_at_a_time": len(singles) / (time.perf_counter() - t)}
 
 
 PEER_APP = '''
@@ -507,14 +525,15 @@ def report(result: dict) -> str:
         by_c = {r["concurrency"]: r for r in rows if (r["model"], r["server"], r["size"]) == (model, server, size)}
         lines.append(f"| {model} | {server} | {size} | "
                      + " | ".join(cell(by_c[c]) if c in by_c else "–" for c in args["concurrency"]) + " |")
-    lines += ["", "| model | in-process batched (batch 32), sentences/s | in-process one per call | "
-              "peak resident memory per server, MiB |", "|---|---:|---:|---|"]
+    lines += ["", f"| model | in-process batched (batch {CEILING_BATCH}), sentences/s | in-process as served (passes of "
+              f"{SERVED_PASS}, forwards of {ROWS_PER_FORWARD}) | in-process one per call | peak resident memory per "
+              "server, MiB |", "|---|---:|---:|---:|---|"]
     for model, ceil in result["ceilings"].items():
         peaks = {}
         for r in rows:
             if r["model"] == model:
                 peaks[r["server"]] = max(peaks.get(r["server"], 0), r["rss_peak_mib"])
-        lines.append(f"| {model} | {ceil['batched']:,.0f} | {ceil['one_at_a_time']:,.0f} | "
+        lines.append(f"| {model} | {ceil['batched']:,.0f} | {ceil['as_served']:,.0f} | {ceil['one_at_a_time']:,.0f} | "
                      + "; ".join(f"{server} {v:,.0f}" for server, v in peaks.items()) + " |")
     rss = result.get("rss")
     if rss:
@@ -576,7 +595,8 @@ def main() -> None:
         for index, (name, model_dir, predict) in enumerate(model_dirs(args.models.split(","), args, tmp)):
             ceilings[name] = ceiling(model_dir, texts[:1024], predict)
             print(f"{name:>10} in process: {ceilings[name]['batched']:.1f} sentences/s batched, "
-                  f"{ceilings[name]['one_at_a_time']:.1f} one per call", flush=True)
+                  f"{ceilings[name]['as_served']:.1f} as served, {ceilings[name]['one_at_a_time']:.1f} one per call",
+                  flush=True)
             for server in servers(name, model_dir, predict, args, tmp):
                 rows += measure(server, name, texts, args, tmp, args.sizes, skipped, stderr)
             for variant in args.variants if index == 0 else []:

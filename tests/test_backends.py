@@ -142,6 +142,19 @@ def test_export_is_cached_by_weights_fingerprint(tmp_path, monkeypatch):
     assert cache.fingerprint(encoder) != folders[0].parent.name, "changed weights, another export"
 
 
+@needs_minilm
+def test_openvino_reads_its_compiled_model_from_the_cache():
+    """The second OpenVINO backend of the same weights imports the model compiled by the first (CACHE_DIR inside the
+    artifact folder) and runs the same numbers. The real MiniLM: its IR is already in the session's cache (above)."""
+    skip_unless_installed("openvino")
+    encoder = load_encoder(MINILM)[0]
+    ids = torch.tensor([[101, 7592, 2088, 102]])
+    first = backends.for_encoder(encoder, "openvino", "fp32")[0](ids)[0]
+    compiled = [p for p in (cache.root() / cache.fingerprint(encoder) / "openvino-ir-v1" / "compiled").iterdir()]
+    assert compiled, "the compiled model is kept"
+    assert torch.equal(backends.for_encoder(encoder, "openvino", "fp32")[0](ids)[0], first)
+
+
 def test_auto_table():
     everything = ["torch", "onnxruntime", "openvino", "ctranslate2"]
     assert choose(2, 128, 1, "fp32", everything) == "onnxruntime", "batch 1: the fused graph"

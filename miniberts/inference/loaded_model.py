@@ -25,7 +25,7 @@ from ..sbert import SentenceLayout, read_layout, write_layout
 from ..tokenizer import WordPieceTokenizer
 from . import backends
 from .backends.auto import BATCH_ONE
-from .backends.base import EngineClassifier
+from .backends.base import EngineClassifier, EngineEncoder
 from .batching import check_finite, embed_step, run_encoded
 from .config import EmbedConfig, PredictConfig, settings_of
 from .predict import checked_logits, classify_step, has_task_head, no_head, results
@@ -96,8 +96,12 @@ class Model:
         pooling, normalize, _ = self.embedding_settings(cfg)
         runner, run_dtype = self._runner(False, cfg.backend, resolve_dtype(cfg.dtype, self.device), cfg.int8,
                                          min(cfg.batch_size, len(ids)))
-        vectors = run_encoded(self.tokenizer, ids, type_ids, cfg.batch_size, embed_step(runner, pooling, normalize),
-                              self.device, run_dtype, "embed" if progress else "").numpy()
+        step = embed_step(runner, pooling, normalize)  # refuses an unknown pooling
+        if len(ids) == 1 and isinstance(runner, EngineEncoder):  # one text on an engine: numpy only, no torch
+            vectors = runner.embed_one(ids[0], type_ids[0], pooling, normalize)
+        else:
+            vectors = run_encoded(self.tokenizer, ids, type_ids, cfg.batch_size, step, self.device, run_dtype,
+                                  "embed" if progress else "").numpy()
         check_finite(vectors, self.source)
         return vectors
 

@@ -122,7 +122,7 @@ class Service:
     def _model_thread_threads(self) -> None:
         """On the model thread, before its first pass: where engines run every pass (their own threads, fixed when
         they were made at warm-up), torch only pools and normalizes a forward's output, too little work to split,
-        and each op it splits leaves an OpenMP worker spinning on a core the event loop and the engine need. So torch
+        and an op it splits can leave an OpenMP worker spinning on a core the event loop and the engine need. So torch
         runs on this thread alone (torch.set_num_threads sets the calling thread's OpenMP threads and those of
         threads started later, so it is set here either way; engines are all made at warm-up, with the server's)."""
         torch.set_num_threads(self.torch_threads if "torch" in (self.backend, self.backend_one) else 1)

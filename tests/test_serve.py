@@ -127,6 +127,20 @@ def test_predict_labels_equal_miniberts_predict(clf_client, classifier, tmp_path
     assert [p[0]["label"] for p in pairs] == [e["label"] for e in expected]
 
 
+def test_predict_cuts_inputs_as_miniberts_predict_does(clf_client, classifier):
+    """/predict runs inputs at `miniberts predict`'s length (its default --max-length), not the model's positions:
+    a long review gets the label and probabilities that command writes for it."""
+    length = PredictConfig().max_length
+    long = " ".join(TEXTS) * 8
+    assert len(WordPieceTokenizer(BUILTIN_VOCAB).encode([long], None, 512)[0][0]) > 2 * length
+    answer = clf_client.post("/predict", json={"inputs": long}).json()
+    expected = miniberts.load(classifier, "cpu").predict([long], dtype="fp32", backend="torch")[0]
+    assert all(abs(a["score"] - expected["probabilities"][a["label"]]) < 1e-5 for a in answer)
+    refused = clf_client.post("/predict", json={"inputs": long, "truncate": False})
+    assert refused.status_code == 422 and f"the model's {length} tokens" in refused.json()["error"]
+    assert clf_client.get("/info").json()["max_predict_length"] == length
+
+
 def test_regressor_answers_its_score(tmp_path):
     torch.manual_seed(1)
     cfg = BertConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, regression=True)
@@ -228,7 +242,7 @@ def test_flood_gets_429_at_once_and_admitted_requests_are_answered(tiny):
             return refused, await first, await single, (await client.get("/metrics")).text
 
     refused, first, single, metrics = asyncio.run(flood())
-    assert {r.status_code for r in refused} == {429}
+    assert {r.status_code for r in refused} == {429} and {r.headers["retry-after"] for r in refused} == {"1"}
     assert refused[0].json()["error_type"] == "overloaded" and "--max-concurrent-requests 3" in refused[0].json()["error"]
     assert first.status_code == 200 and len(first.json()) == 2 and single.status_code == 200
     assert 'miniberts_requests_total{route="/embed",status="429"} 5.0' in metrics
@@ -255,15 +269,17 @@ def test_a_pass_runs_in_short_length_sorted_forwards(tiny, monkeypatch):
     service.stop()
 
 
-def test_one_engine_runs_every_pass(tiny):
-    """--backend auto is resolved once, for forwards of ROWS_PER_FORWARD rows, and passes of one input run on that
-    engine too: one runtime in memory (per call, auto picks ONNX Runtime for one bf16 Tiny row, OpenVINO for more)."""
+def test_auto_is_resolved_once_for_rows_and_for_one_input(tiny):
+    """--backend auto is resolved at start-up, for forwards of ROWS_PER_FORWARD rows and for passes of one input; only
+    those engines load (one when the two picks agree), and /info names them."""
     model = miniberts.load(tiny, "cpu")
     service = Service(ServeConfig(), tiny, model)
     service.start()  # the warm-up runs passes of 1 and 32 inputs
     try:
-        assert {name for _, name, _ in model._runners} == {service.backend} == {service.info()["backend"]}
-        assert service.backend != "auto"
+        info = service.info()
+        assert {name for _, name, _ in model._runners} == {service.backend, service.backend_one}
+        assert (info["backend"], info["backend_one_input"]) == (service.backend, service.backend_one)
+        assert "auto" not in (service.backend, service.backend_one)
     finally:
         service.stop()
 
@@ -287,10 +303,12 @@ def test_a_failing_batch_fails_its_requests_not_the_server(tiny_client):
 def test_draining_answers_503(tiny):
     service = started(tiny)
     with TestClient(create_app(service)) as client:
+        assert "retry-after" not in client.post("/embed", json={"inputs": ""}).headers  # a 422: only 429 and 503 ask
         service.state = "draining"
         r = client.get("/health")
         assert r.status_code == 503 and r.json() == {"error": "the server is draining", "error_type": "unhealthy"}
-        assert client.post("/embed", json={"inputs": "x"}).status_code == 503
+        posted = client.post("/embed", json={"inputs": "x"})
+        assert posted.status_code == 503 and r.headers["retry-after"] == posted.headers["retry-after"] == "5"
 
 
 def test_a_stuck_model_thread_makes_health_503(tiny_client):

@@ -3,7 +3,7 @@ weights and the same padded batches, per workload, with each one's agreement to 
 
 Rows (ENGINES): our torch paths (fp32 = the reference, bf16 where native, int8), `transformers` BertModel fp32, and
 the backends of miniberts/inference/backends on their exported graphs: ONNX Runtime fp32 (fused) and int8, OpenVINO in its
-default precision and f32, CTranslate2 float32 and int8. An engine that is not installed is a row that says
+default precision, f32 and int8 (NNCF), CTranslate2 float32 and int8. An engine that is not installed is a row that says
 "skipped (not installed: ...)", never a missing row. `auto` is not a row of its own: it runs one of these rows, and
 the report names which one it picks per cell (inference/backends/auto.py), so the default path's numbers are that row's.
 
@@ -54,6 +54,7 @@ ENGINES = [
     ("onnxruntime int8", "onnxruntime", "int8"),
     ("openvino default", "openvino", "default"),
     ("openvino f32", "openvino", "fp32"),
+    ("openvino int8", "openvino", "int8"),
     ("ctranslate2 float32", "ctranslate2", "fp32"),
     ("ctranslate2 int8", "ctranslate2", "int8"),
 ]

@@ -89,8 +89,9 @@ def pool(hidden: torch.Tensor, pooled: torch.Tensor, attention_mask: torch.Tenso
         return hidden[:, 0]
     if pooling == "pooler":
         return pooled
-    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # [B, S, 1]
-    return (hidden * mask).sum(1) / mask.sum(1)
+    # [B, 1, S] @ [B, S, H]: the masked sum as one batched matmul, without a masked copy of the hidden states
+    mask = attention_mask.to(hidden.dtype).unsqueeze(1)
+    return torch.bmm(mask, hidden).squeeze(1) / mask.sum(-1)
 
 
 def embed(encoder, tokenizer: WordPieceTokenizer, texts: list[str], pooling: str = "mean", max_length: int = 512,

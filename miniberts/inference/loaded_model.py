@@ -25,6 +25,7 @@ from ..sbert import SentenceLayout, read_layout, write_layout
 from ..tokenizer import WordPieceTokenizer
 from . import backends
 from .backends.auto import BATCH_ONE
+from .backends.base import EngineClassifier, EngineEncoder
 from .batching import check_finite, embed_step, run_encoded
 from .config import EmbedConfig, PredictConfig, settings_of
 from .predict import checked_logits, classify_step, has_task_head, no_head, results
@@ -95,8 +96,12 @@ class Model:
         pooling, normalize, _ = self.embedding_settings(cfg)
         runner, run_dtype = self._runner(False, cfg.backend, resolve_dtype(cfg.dtype, self.device), cfg.int8,
                                          min(cfg.batch_size, len(ids)))
-        vectors = run_encoded(self.tokenizer, ids, type_ids, cfg.batch_size, embed_step(runner, pooling, normalize),
-                              self.device, run_dtype, "embed" if progress else "").numpy()
+        step = embed_step(runner, pooling, normalize)  # refuses an unknown pooling
+        if len(ids) == 1 and isinstance(runner, EngineEncoder):  # one text on an engine: numpy only, no torch
+            vectors = runner.embed_one(ids[0], type_ids[0], pooling, normalize)
+        else:
+            vectors = run_encoded(self.tokenizer, ids, type_ids, cfg.batch_size, step, self.device, run_dtype,
+                                  "embed" if progress else "").numpy()
         check_finite(vectors, self.source)
         return vectors
 
@@ -157,8 +162,12 @@ class Model:
             return module, dtype
         key = (head, name, precision)
         if key not in self._runners:
-            make = backends.for_classifier if head else backends.for_encoder
-            self._runners[key] = make(module, name, precision, batch_size, self.device, tokenizer=self.tokenizer)
+            if head and name != "torch":  # the head on the encoder's engine: one exported graph and runtime, not two
+                engine, run_dtype = self._runner(False, name, dtype, int8, batch_size)
+                self._runners[key] = EngineClassifier(engine, self.module), run_dtype
+            else:
+                make = backends.for_classifier if head else backends.for_encoder
+                self._runners[key] = make(module, name, precision, batch_size, self.device, tokenizer=self.tokenizer)
         return self._runners[key]
 
     def save(self, out_dir: str | Path) -> Path:

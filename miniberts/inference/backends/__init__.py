@@ -8,7 +8,7 @@ code (inference/batching.py, inference/predict.py) runs any of them unchanged; t
 |---|---|---|---|
 | torch | fp32 (batches without padding: a frozen trace, pytorch.py), bf16 (autocast, weights cast once), int8 (dynamic, fast_paths.quantize_int8) | none | (core) |
 | onnxruntime | fp32 (graph fused by onnxruntime.transformers.optimizer), int8 (smoothquant.py: calibrated on real text) | model.onnx (int8: per weights and calibration) | onnx |
-| openvino | fp32 (INFERENCE_PRECISION_HINT f32), bf16 (hint bf16; OpenVINO runs f32 where the CPU lacks it) | model.xml | engines |
+| openvino | fp32 (INFERENCE_PRECISION_HINT f32), bf16 (hint bf16; OpenVINO runs f32 where the CPU lacks it), int8 (ov_int8.py: NNCF static int8 calibrated on real text) | model.xml (int8: per weights and calibration) | engines |
 | ctranslate2 | fp32 (float32), int8 (int8 weights, VNNI GEMMs) | model.bin | engines |
 
 `auto` picks one from auto.py's table by model size, batch shape and precision, among the installed engines.
@@ -33,6 +33,7 @@ from ...tokenizer import WordPieceTokenizer
 from .auto import choose
 from .base import EngineClassifier, EngineEncoder
 from .pytorch import MaskFreeTrace
+from .ov_int8 import nncf_installed
 from .smoothquant import calibration_ids, calibration_installed
 
 log = logging.getLogger(__name__)
@@ -59,9 +60,16 @@ def installed() -> list[str]:
     return ["torch"] + [b for b in ENGINES if missing_module(b) is None]
 
 
+def calibrated_int8_ready(backend: str) -> bool:
+    """Whether `backend`'s calibrated int8 can be built here: its calibration text, and NNCF for OpenVINO."""
+    return calibration_installed() and (backend != "openvino" or nncf_installed())
+
+
 def available(precision: str) -> list[str]:
-    """The installed backends that can run `precision` here: ONNX Runtime's int8 also needs its calibration text."""
-    return [b for b in installed() if not (b == "onnxruntime" and precision == "int8" and not calibration_installed())]
+    """The installed backends that can run `precision` here: the calibrated int8 of ONNX Runtime and OpenVINO also
+    needs what builds it (calibrated_int8_ready)."""
+    return [b for b in installed()
+            if not (b in ("onnxruntime", "openvino") and precision == "int8" and not calibrated_int8_ready(b))]
 
 
 def require(backend: str, flag: str = "--backend") -> None:
@@ -93,18 +101,19 @@ def resolve(backend: str, cfg, precision: str, batch_size: int, device: torch.de
 
 def engine(name: str, encoder: BertModel, precision: str, threads: int | None = None,
            tokenizer: WordPieceTokenizer | None = None, calibration: list[str] | None = None) -> EngineEncoder:
-    """An engine backend for this encoder (its artifact exported now, or read from the cache). ONNX Runtime int8
-    calibrates on `calibration` (texts; default: the built-in text, smoothquant.py) tokenized by `tokenizer`."""
+    """An engine backend for this encoder (its artifact exported now, or read from the cache). ONNX Runtime and
+    OpenVINO int8 calibrate on `calibration` (texts; default: the built-in text, smoothquant.py) tokenized by
+    `tokenizer`."""
     if name == "onnxruntime":
-        from .ort import OrtEncoder
-
-        return OrtEncoder(encoder, precision, threads or torch.get_num_threads(), tokenizer, calibration)
-    if name == "openvino":
+        from .ort import OrtEncoder as cls
+    elif name == "openvino":
         from .ov import OpenVinoEncoder as cls
     elif name == "ctranslate2":
         from .ct2 import Ct2Encoder as cls
     else:
         raise MinibertsError(f"no engine named {name!r} (engines: {', '.join(ENGINES)})")
+    if name != "ctranslate2":  # the engines whose int8 is calibrated on text
+        return cls(encoder, precision, threads or torch.get_num_threads(), tokenizer, calibration)
     return cls(encoder, precision, threads or torch.get_num_threads())
 
 
@@ -133,14 +142,16 @@ def prepare(model: nn.Module, encoder: BertModel, backend: str, precision: str, 
 def export_engine(model_dir: str | Path, engine: str, out: str | Path, quantize: str | None = None,
                   force: bool = False) -> Path:
     """The artifact an engine backend runs, written to the new folder `out`: onnxruntime -> model.onnx (fused fp32,
-    or the calibrated int8 of smoothquant.py), openvino -> model.xml + model.bin, ctranslate2 -> model.bin (+ config; int8 is chosen when loading).
+    or the calibrated int8 of smoothquant.py), openvino -> model.xml + model.bin (fp32, or the NNCF int8 of
+    ov_int8.py), ctranslate2 -> model.bin (+ config; int8 is chosen when loading).
     The encoder only (with pooler): a classifier's head is one Linear that the backends run in torch. These are the
     files cache.py keeps per weights fingerprint; `--backend` finds its own, this is for other programs."""
     if quantize not in (None, "int8"):
         raise MinibertsError(f"--quantize must be int8, got {quantize!r}")
     require(engine, "--engine")
     if engine == "openvino" and quantize:
-        raise MinibertsError("--engine openvino has no int8 export here (it needs NNCF calibration); use onnxruntime or ctranslate2")
+        from .ov_int8 import require_nncf
+        require_nncf()
     out = Path(out)
     check_folder(out, (), force)  # the folder rule (fileio): never over a file miniberts did not write
     if not force and out.is_dir() and any(not p.name.startswith(".") for p in out.iterdir()):
@@ -151,6 +162,9 @@ def export_engine(model_dir: str | Path, engine: str, out: str | Path, quantize:
     if engine == "onnxruntime":
         from .ort import build
         writer = build(encoder, quantize or "fp32", calibration_ids(tokenizer) if quantize else None)
+    elif engine == "openvino" and quantize:
+        from .ov_int8 import build
+        writer = build(encoder, calibration_ids(tokenizer))
     elif engine == "openvino":
         from .ov import build
         writer = build(encoder)

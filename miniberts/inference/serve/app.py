@@ -16,7 +16,6 @@ import time
 
 import numpy as np
 import orjson
-import torch
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -24,7 +23,6 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ..predict import results
 from . import bodies
 from .bodies import ApiError
 from .service import ClientGone, Service
@@ -44,8 +42,16 @@ class JSONResponse(Response):
         return orjson.dumps(content)
 
 
+# Seconds a client is asked to wait before it retries (the Retry-After header): a 429 clears within a pass or two; a
+# 503 is a server loading or draining, which a load balancer sends elsewhere meanwhile. A client that retries at once
+# makes the server answer thousands of 429s a second on the event loop the admitted requests need.
+RETRY_AFTER = {429: "1", 503: "5"}
+
+
 def error(status: int, error_type: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": message, "error_type": error_type}, status_code=status)
+    retry = RETRY_AFTER.get(status)
+    return JSONResponse({"error": message, "error_type": error_type}, status_code=status,
+                        headers={"Retry-After": retry} if retry else None)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -62,14 +68,13 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def labelled(logits: torch.Tensor, id2label: list[str], regression: bool, raw: bool) -> list[list[dict]]:
-    """Per row [{"label", "score"}], highest score first: probabilities as `miniberts predict` computes them, or the
-    logits themselves (`raw_scores`); a regressor's one score under the label "score"."""
+def labelled(rows: list[list[float]], id2label: list[str], regression: bool) -> list[list[dict]]:
+    """Per row [{"label", "score"}], highest score first, from the scores the model thread computed per pass
+    (probabilities, or logits for `raw_scores`); a regressor's one score under the label "score"."""
     if regression:
-        return [[{"label": "score", "score": s}] for s in logits[:, 0].tolist()]
-    rows = ([dict(zip(id2label, row)) for row in logits.tolist()] if raw
-            else [r["probabilities"] for r in results(logits, id2label, regression)])
-    return [sorted(({"label": k, "score": v} for k, v in row.items()), key=lambda x: -x["score"]) for row in rows]
+        return [[{"label": "score", "score": row[0]}] for row in rows]
+    return [sorted(({"label": k, "score": v} for k, v in zip(id2label, row)), key=lambda x: -x["score"])
+            for row in rows]
 
 
 def create_app(service: Service) -> Starlette:
@@ -110,10 +115,10 @@ def create_app(service: Service) -> Starlette:
 
     async def predict(body, request):
         inputs = bodies.sequences(body, "inputs", cfg.max_client_batch_size)
-        raw = bodies.flag(body, "raw_scores", False)
-        rows, _ = await service.run(inputs, ("predict",), bodies.flag(body, "truncate", True), request)
+        kind = ("predict", bodies.flag(body, "raw_scores", False))
+        rows, _ = await service.run(inputs, kind, bodies.flag(body, "truncate", True), request)
         config = service.model.config
-        answers = labelled(torch.stack(rows), config.id2label, config.regression, raw)
+        answers = labelled(rows, config.id2label, config.regression)
         return answers[0] if inputs.one else answers
 
     async def tokenize(body, request):

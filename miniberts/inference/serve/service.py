@@ -93,7 +93,7 @@ class Service:
         # request: what a client at concurrency 1 waits for). Where they differ (bf16 Tiny: OpenVINO for rows, ONNX
         # Runtime for one) both engines load: with OpenVINO alone a one-sentence request waited five times as long
         # (idle EPYC, c=1: p50 12.4 ms against 2.3 ms with ONNX Runtime), behind sentence-transformers + FastAPI, for
-        # ~200 MiB saved. Where they agree (MiniLM-L6: OpenVINO, bf16 or fp32) one engine runs every pass.
+        # ~200 MiB saved. Where they agree (MiniLM-L6 with the defaults: OpenVINO bf16) one engine runs every pass.
         self.precision = precision_of(resolve_dtype(self.cfg.dtype, self.model.device), self.cfg.int8)
         config, device = self.model.config, self.model.device
         self.backend = resolve(self.cfg.backend, config, self.precision, ROWS_PER_FORWARD, device)

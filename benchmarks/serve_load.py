@@ -1,8 +1,9 @@
 """`miniberts serve` under load, beside its in-process ceiling and peer servers, on 127.0.0.1.
 
     python benchmarks/serve_load.py [--models tiny,classifier,minilm] [--concurrency 1,8,64,256] [--sizes 1,32]
-        [--seconds 4] [--requests 20000] [--servers miniberts,st,infinity] [--variants threads1,2x1]
-        [--infinity-python PATH] [--rss-requests 20000] [--json FILE] [--out FILE]
+        [--cells 1x1,1x64,32x64,32x256] [--no-sized-limit] [--seconds 4] [--requests 20000]
+        [--servers miniberts,st,infinity] [--variants threads1,2x1] [--infinity-python PATH] [--rss-requests 20000]
+        [--json FILE] [--out FILE]
 
 Per model, each server is started once (its defaults) and loaded cell by cell: for each request size (sentences per
 request) and concurrency, a bounded load of real Rotten Tomatoes sentences, at most --requests requests and at most
@@ -23,6 +24,10 @@ Servers:
   - infinity: infinity-emb 0.0.78 (`infinity_emb v2 --engine torch`) on the same export, run by --infinity-python: its
     wheel pins numpy<2 and needs transformers<5, so it lives in a virtual environment of its own
     (benchmarks/infinity_venv.sh makes one that borrows this environment's torch).
+A cell offering more inputs at once (clients x sentences per request) than miniberts' default
+--max-concurrent-requests is a flood of 429s at the default, by contract, while a peer queues without bound; those
+cells are also run on a miniberts server with the limit sized to the largest such load ("miniberts
+--max-concurrent-requests N" rows; --no-sized-limit skips it). --cells picks single cells (SIZExCONCURRENCY).
 The classifier (Tiny fine-tuned for one epoch on the built-in Rotten Tomatoes task, seed 0, or --classifier DIR) is
 served by miniberts on /predict; neither peer serves a miniberts classifier head.
 
@@ -63,6 +68,7 @@ import miniberts
 from miniberts.bench.harness import cpu_model, rt_rows
 from miniberts.data.builtin import minilm_dir
 from miniberts.fileio import atomic_write_text
+from miniberts.inference.serve.config import ServeConfig
 from miniberts.inference.serve.service import ROWS_PER_FORWARD
 from miniberts.inference.st_export import export_sentence_transformers
 
@@ -72,6 +78,10 @@ PROBE_SECONDS = 2.0  # a server that answers one sentence slower than this after
 STDERR_LINES = 20  # the end of each server's stderr kept in the results
 CEILING_BATCH = 32  # rows per batch of the in-process batched ceiling
 SERVED_PASS = 64  # inputs per pass of the in-process "as served" ceiling: at most one per client at c=64
+# miniberts' default --max-concurrent-requests (inputs). A cell offering more (clients x sentences per request) is a
+# flood of 429s at the default, by contract; it is also run with the limit sized to its load (--sized-limit).
+DEFAULT_LIMIT = ServeConfig().max_concurrent_requests
+SIZED_PREFIX = "miniberts --max-concurrent-requests"  # the server name of that run
 
 
 @dataclass
@@ -202,7 +212,18 @@ class Running:
 
 # wrk's Lua: POST the bodies of a file (one JSON document a line) in turn; stop after `limit` answers; print one JSON
 # line with the answered count, latency percentiles (of answered requests, in microseconds) and the status counts.
+# wrk's own duration is always -d (its main thread sleeps that long even when the thread stopped at the cap), so the
+# thread notes when it started and when it stopped (CLOCK_MONOTONIC through LuaJIT's ffi), and a cell that reached
+# its request cap is timed to its last answer.
 WRK_SCRIPT = """
+local ffi = require("ffi")
+ffi.cdef[[ typedef struct { long tv_sec; long tv_nsec; } mb_timespec; int clock_gettime(int clock, mb_timespec *t); ]]
+local function now()
+  local t = ffi.new("mb_timespec")
+  ffi.C.clock_gettime(1, t)
+  return tonumber(t.tv_sec) + tonumber(t.tv_nsec) / 1e9
+end
+function init(args) started_at = now() end
 bodies = {}
 for line in io.lines("%(bodies)s") do bodies[#bodies + 1] = line end
 next_body, answered, too_many, failed = 0, 0, 0, 0
@@ -215,16 +236,23 @@ end
 function response(status, headers, body)
   answered = answered + 1
   if status == 429 then too_many = too_many + 1 elseif status ~= 200 then failed = failed + 1 end
-  if answered >= %(limit)d then wrk.thread:stop() end
+  if answered >= %(limit)d and not stopped_at then
+    stopped_at = now()
+    wrk.thread:stop()
+  end
 end
 threads = {}
 function setup(thread) threads[#threads + 1] = thread end
 function done(summary, latency, requests)
-  local n429, bad = 0, 0
-  for _, t in ipairs(threads) do n429 = n429 + t:get("too_many"); bad = bad + t:get("failed") end
+  local n429, bad, seconds = 0, 0, summary.duration / 1e6
+  for _, t in ipairs(threads) do
+    n429 = n429 + t:get("too_many"); bad = bad + t:get("failed")
+    local stopped = t:get("stopped_at")
+    if stopped then seconds = stopped - t:get("started_at") end
+  end
   local e = summary.errors
   io.write(string.format('RESULT {"answered": %%d, "seconds": %%.6f, "p50_ms": %%.3f, "p99_ms": %%.3f, "429": %%d, ' ..
-    '"status_errors": %%d, "socket_errors": %%d}\\n', summary.requests, summary.duration / 1e6,
+    '"status_errors": %%d, "socket_errors": %%d}\\n', summary.requests, seconds,
     latency:percentile(50) / 1e3, latency:percentile(99) / 1e3, n429, bad,
     e.connect + e.read + e.write + e.timeout))
 end
@@ -297,19 +325,21 @@ def log_path(tmp: Path, model: str, server: Server) -> Path:
     return tmp / re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{model}-{server.name}.stderr")
 
 
-def measure(server: Server, model: str, texts: list[str], args, tmp: Path, sizes: list[int],
+def measure(server: Server, model: str, texts: list[str], args, tmp: Path, pairs: list[tuple[int, int]],
             skipped: list[str], stderr: list[dict]) -> list[dict]:
-    """Every (size, concurrency) cell against one server; a server that fails to start ends its cells, with the
-    reason in `skipped`. The end of its stderr goes to `stderr`."""
+    """The (size, concurrency) cells `pairs` against one server; a server that fails to start ends its cells, with
+    the reason in `skipped`. The end of its stderr goes to `stderr`."""
+    if not pairs:
+        return []
     log = log_path(tmp, model, server)
     try:
-        return cells(server, model, texts, args, tmp, sizes, skipped, log)
+        return cells(server, model, texts, args, tmp, pairs, skipped, log)
     finally:
         stderr.append({"model": model, "server": server.name, "tail": tail(log)})
 
 
-def cells(server: Server, model: str, texts: list[str], args, tmp: Path, sizes: list[int], skipped: list[str],
-          log: Path) -> list[dict]:
+def cells(server: Server, model: str, texts: list[str], args, tmp: Path, pairs: list[tuple[int, int]],
+          skipped: list[str], log: Path) -> list[dict]:
     rows = []
     try:
         running = Running(server, json.dumps(server.body(texts[:1])).encode(), log)
@@ -318,9 +348,9 @@ def cells(server: Server, model: str, texts: list[str], args, tmp: Path, sizes: 
         print(f"skipped: {e}", flush=True)
         return rows
     try:
-        for size in sizes:
+        for size in dict.fromkeys(size for size, _ in pairs):
             bodies = request_bodies(server, texts, size)
-            for concurrency in args.concurrency:
+            for concurrency in [c for s, c in pairs if s == size]:
                 with RssSampler(running.proc.pid) as rss:
                     r = load(running.url, bodies, concurrency, args.seconds, args.requests, tmp)
                 try:
@@ -493,22 +523,35 @@ def cell(r: dict) -> str:
 
 
 def goals(rows: list[dict], ceilings: dict) -> list[dict]:
-    """Per model and miniberts setting, the goals of docs/serving.md at concurrency 64 with one-sentence requests."""
+    """Per model and miniberts setting, the goals of docs/serving.md at concurrency 64 with one-sentence requests.
+    "behind_peers" compares each cell as run with the defaults; "behind_peers_sized" the same with the cells of the
+    server run with --max-concurrent-requests sized to the load in their place (where the default limit floods).
+    "ceiling_over_sequential": the batched ceiling over the c=1 rate, the most "of_sequential" a server reaching
+    the ceiling would show."""
     out = []
     for model, ceil in ceilings.items():
-        peers = [r for r in rows if r["model"] == model and not r["server"].startswith("miniberts")]
-        ours = [s for s in dict.fromkeys(r["server"] for r in rows if r["model"] == model) if s.startswith("miniberts")]
+        mine = [r for r in rows if r["model"] == model]
+        peers = [r for r in mine if not r["server"].startswith("miniberts")]
+        sized = {(r["size"], r["concurrency"]): r for r in mine if r["server"].startswith(SIZED_PREFIX)}
+        ours = [s for s in dict.fromkeys(r["server"] for r in mine)
+                if s.startswith("miniberts") and not s.startswith(SIZED_PREFIX)]
         for server in ours:
-            cells = {(r["size"], r["concurrency"]): r for r in rows if r["model"] == model and r["server"] == server}
+            cells = {(r["size"], r["concurrency"]): r for r in mine if r["server"] == server}
             c64, c1 = cells.get((1, 64)), cells.get((1, 1))
-            if c64 is None or c1 is None:
+            if c64 is None:
                 continue
-            behind = [f"{p['server']} at {p['size']} x c={p['concurrency']}" for p in peers
-                      if (p["size"], p["concurrency"]) in cells
-                      and p["sentences_s"] >= cells[(p["size"], p["concurrency"])]["sentences_s"]]
+
+            def behind(ours: dict) -> list[str]:
+                return [f"{p['server']} at {p['size']} x c={p['concurrency']}" for p in peers
+                        if (p["size"], p["concurrency"]) in ours
+                        and p["sentences_s"] >= ours[(p["size"], p["concurrency"])]["sentences_s"]]
+
             out.append({"model": model, "server": server, "of_ceiling": c64["sentences_s"] / ceil["batched"],
-                        "of_sequential": c64["sentences_s"] / c1["sentences_s"],
-                        "p99_over_p50": c64["p99_ms"] / c64["p50_ms"], "peers": len(peers), "behind_peers": behind})
+                        "of_sequential": c64["sentences_s"] / c1["sentences_s"] if c1 else None,
+                        "ceiling_over_sequential": ceil["batched"] / c1["sentences_s"] if c1 else None,
+                        "p99_over_p50": c64["p99_ms"] / c64["p50_ms"], "peers": len(peers),
+                        "behind_peers": behind(cells),
+                        "behind_peers_sized": behind({**cells, **sized}) if server == "miniberts" else None})
     return out
 
 
@@ -543,11 +586,19 @@ def report(result: dict) -> str:
                   f"over the second half {rss['second_half_growth_mib']:+,.1f} MiB "
                   f"({rss['second_half_slope_mib_per_min']:+,.2f} MiB/min)."]
     lines += ["", "| model | server | c=64, 1 sentence: of the in-process batched (goal >= 80%) | of the sequential "
-              "c=1 (goal >= 3x) | p99 / p50 (goal <= 3) | behind a peer (goal: none) |", "|---|---|---:|---:|---:|---|"]
+              "c=1 (goal >= 3x) | the most any server could reach (batched ceiling / c=1) | p99 / p50 (goal <= 3) | "
+              "behind a peer (goal: none), default limits | behind a peer, limit sized to the load |",
+              "|---|---|---:|---:|---:|---:|---|---|"]
+
+    def ratio(x):
+        return "–" if x is None else f"{x:.1f}x"
+
     for g in result["goals"]:
         behind = ", ".join(g["behind_peers"]) or ("none" if g["peers"] else "no peer")
-        lines.append(f"| {g['model']} | {g['server']} | {g['of_ceiling']:.0%} | {g['of_sequential']:.1f}x | "
-                     f"{g['p99_over_p50']:.1f} | {behind} |")
+        sized = "–" if g["behind_peers_sized"] is None else (", ".join(g["behind_peers_sized"])
+                                                             or ("none" if g["peers"] else "no peer"))
+        lines.append(f"| {g['model']} | {g['server']} | {g['of_ceiling']:.0%} | {ratio(g['of_sequential'])} | "
+                     f"{ratio(g['ceiling_over_sequential'])} | {g['p99_over_p50']:.1f} | {behind} | {sized} |")
     lines += [""] + [f"Skipped: {reason}." for reason in result["skipped"]]
     lines += [""] + [f"Last stderr line of {s['model']} {s['server']}: `{s['tail'].splitlines()[-1].strip()}`"
                      for s in result["stderr"] if s["tail"].strip()]
@@ -567,6 +618,11 @@ def main() -> None:
                                                   "(benchmarks/infinity_venv.sh); without it infinity is skipped")
     parser.add_argument("--concurrency", default="1,8,64,256")
     parser.add_argument("--sizes", default="1,32", help="sentences per request")
+    parser.add_argument("--cells", help="only these cells, as SIZExCONCURRENCY (e.g. 1x1,1x64,32x64,32x256); "
+                                        "default: every --sizes x --concurrency")
+    parser.add_argument("--sized-limit", action=argparse.BooleanOptionalAction, default=True,
+                        help="also run miniberts with --max-concurrent-requests sized to the offered load on the "
+                             "cells whose load (clients x sentences) exceeds the default limit")
     parser.add_argument("--seconds", type=float, default=4, help="seconds per cell at most")
     parser.add_argument("--requests", type=int, default=20000, help="requests per cell at most")
     parser.add_argument("--rss-model", default="tiny", help="the model of the memory run ('' skips it)")
@@ -577,6 +633,15 @@ def main() -> None:
     args = parser.parse_args()
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
     args.sizes = [int(s) for s in args.sizes.split(",")]
+    if args.cells:
+        try:
+            args.pairs = [tuple(int(n) for n in cell.split("x")) for cell in args.cells.split(",")]
+        except ValueError:
+            parser.error(f"--cells: expected SIZExCONCURRENCY,... (e.g. 1x64,32x256), got {args.cells!r}")
+        args.sizes = list(dict.fromkeys(size for size, _ in args.pairs))
+        args.concurrency = sorted({c for _, c in args.pairs})
+    else:
+        args.pairs = [(size, c) for size in args.sizes for c in args.concurrency]
     args.servers = args.servers.split(",")
     args.variants = [v for v in args.variants.split(",") if v]
     unknown = [v for v in args.variants if v not in VARIANTS]
@@ -598,10 +663,15 @@ def main() -> None:
                   f"{ceilings[name]['as_served']:.1f} as served, {ceilings[name]['one_at_a_time']:.1f} one per call",
                   flush=True)
             for server in servers(name, model_dir, predict, args, tmp):
-                rows += measure(server, name, texts, args, tmp, args.sizes, skipped, stderr)
-            for variant in args.variants if index == 0 else []:
-                rows += measure(miniberts_server(model_dir, predict, VARIANTS[variant]), name, texts, args, tmp, [1],
+                rows += measure(server, name, texts, args, tmp, args.pairs, skipped, stderr)
+            flooded = [(size, c) for size, c in args.pairs if size * c > DEFAULT_LIMIT]
+            if args.sized_limit and flooded:
+                sized = ("--max-concurrent-requests", str(max(size * c for size, c in flooded)))
+                rows += measure(miniberts_server(model_dir, predict, sized), name, texts, args, tmp, flooded,
                                 skipped, stderr)
+            for variant in args.variants if index == 0 else []:
+                rows += measure(miniberts_server(model_dir, predict, VARIANTS[variant]), name, texts, args, tmp,
+                                [(size, c) for size, c in args.pairs if size == 1], skipped, stderr)
             if name == args.rss_model:
                 try:
                     rss = rss_run(miniberts_server(model_dir, predict), texts, args, tmp)

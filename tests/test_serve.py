@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gc
 import json
 import os
 import signal
@@ -320,6 +321,22 @@ def test_a_stuck_model_thread_makes_health_503(tiny_client):
         service.batcher.busy_since = None
     assert r.status_code == 503 and "the model thread is stuck or dead" in r.json()["error"]
     assert client.get("/health").status_code == 200
+
+
+def test_start_freezes_what_it_loaded_and_stop_releases_it(tiny):
+    """What a server holds to the end is out of the cyclic collector's sight while it serves (a full collection walked
+    it all, pausing every request); what requests leave behind is still collected; stop hands it all back."""
+    gc.unfreeze()
+    service = started(tiny)
+    try:
+        assert gc.get_freeze_count() > 10_000  # torch, the model, the tokenizer, the web stack
+        cycle = []
+        cycle.append(cycle)  # garbage of a request: a reference cycle made after start-up
+        del cycle
+        assert gc.collect() >= 1
+    finally:
+        service.stop()
+    assert gc.get_freeze_count() == 0
 
 
 def test_batches_fit_the_token_budget_oldest_first_and_skip_gone_clients():

@@ -16,8 +16,8 @@ that cannot drop the work of clients that have gone would otherwise carry it int
 
 Servers:
   - miniberts: `miniberts serve MODEL` (defaults: --backend auto, --dtype auto, dynamic batching); on the first
-    model's one-sentence cells also with `--threads 1` and with `--workers 2 --threads 1` (--variants): on a small
-    machine the engine's intra-op threads and the event loop share the cores;
+    model's one-sentence cells also with `--threads 1` and with `--workers 2 --threads 1` (--variants; `ort` adds
+    `--backend onnxruntime`): on a small machine the engine's intra-op threads and the event loop share the cores;
   - st: sentence-transformers behind a plain FastAPI endpoint (`SentenceTransformer.encode` per request, the baseline
     text-embeddings-inference's issue #31 measured), on the model exported by `miniberts export --format
     sentence-transformers`;
@@ -460,8 +460,10 @@ def miniberts_server(model_dir: str, predict: bool, flags: tuple[str, ...] = ())
 
 
 # Settings of `miniberts serve` tried beside its defaults (--variants), on the first model's one-sentence cells: is
-# the engine's second intra-op thread worth more than the core it takes from the event loop?
-VARIANTS = {"threads1": ("--threads", "1"), "2x1": ("--workers", "2", "--threads", "1")}
+# the engine's second intra-op thread worth more than the core it takes from the event loop? And does ONNX Runtime,
+# which pays nothing for a batch shape it has not seen (OpenVINO does: docs/inference.md), shorten the tail?
+VARIANTS = {"threads1": ("--threads", "1"), "2x1": ("--workers", "2", "--threads", "1"),
+            "ort": ("--backend", "onnxruntime")}
 
 
 def servers(name: str, model_dir: str, predict: bool, args, tmp: Path) -> list[Server]:

@@ -25,7 +25,7 @@ cell and "single" rows its batch-1 cell. Sources, per precision:
   bench's 256) with a linear probe within 0.5 points, though not on some very short texts (0.9898 on "Thanks",
   benchmarks/int8_accuracy.py). OpenVINO's NNCF static int8 (ov_int8.py: full activation ranges, FFN and attention
   outputs in fp32) is the one that keeps 0.99 on the short texts too (min 0.9905) and ran 1.2-1.6x ONNX Runtime's
-  int8 in three interleaved runs under load, but only 1.0-1.4x fp32 there, short of the 1.4x goal: it comes second,
+  int8 in four interleaved runs under load, but only 1.0-1.4x fp32 there, short of the 1.4x goal: it comes second,
   before CTranslate2 int8 (0.987, -0.2 points), until an idle bench shows >= 1.4x; `--backend openvino --int8` asks
   for it by name (docs/inference.md "Accurate int8").
 

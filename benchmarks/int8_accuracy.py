@@ -8,8 +8,10 @@ the f32 hint, as `--backend openvino --int8` runs it); the reference is the unqu
 5e-6 of our torch fp32). Metrics, on mean-pooled embeddings (the model's own pooling) of padded, length-sorted
 batches of 32:
 
-- cosine to fp32 over `--sentences` Rotten Tomatoes texts (reviews and plot summaries, shuffled with seed 1):
-  min, 1st percentile, mean;
+- cosine to fp32 over `--sentences` Rotten Tomatoes texts (reviews and plot summaries, shuffled with seed 1) and
+  the short texts (SHORT, a fixed list of one- to four-word texts, and every distinct text of the corpus of two words
+  or fewer; the shortest texts are where static int8 loses most): min over all, min over the short texts, 1st
+  percentile, mean;
 - accuracy of the bench's linear probe (bench.engines.rt_task: a logistic-regression head fitted on fp32 features of
   800 fresh/rotten reviews, applied to each method's features of 400 held-out ones), and its delta to fp32.
 
@@ -22,8 +24,10 @@ projection, out = attention output, fc = FFN input, proj = FFN output), static Q
 calibrated by MinMax; weights int8 per channel; the weight MatMuls only), and SmoothQuant's scale migration before
 dynamic int8 with per-role alphas; NNCF's static int8 (OpenVINO: activations uint8 per tensor with calibrated
 ranges, weights int8 per channel, the attention's matmuls too) with its own SmoothQuant at one alpha for every
-MatMul, optionally with `proj` in fp32 in every layer or in the layers whose calibrated input has an outlier channel
-(inference/backends/ov_int8.py). ONNX Runtime's histogram calibrators (Percentile, Entropy) are not rows: in
+MatMul, optionally with `proj` (and `out`) in fp32 in every layer or `proj` in the layers whose calibrated input has
+an outlier channel (what `--int8` on OpenVINO ran before), and with NNCF's default activation ranges (the mean over
+calibration texts of each text's min and max) or the min and max over all of them (inference/backends/ov_int8.py).
+ONNX Runtime's histogram calibrators (Percentile, Entropy) are not rows: in
 onnxruntime 1.32 they fail on calibration inputs of different lengths ("inhomogeneous shape", calibrate.py
 collect_absolute_value), and padding every text to one length would put the padding rows in the ranges.
 Accuracy only: no timing here (see `miniberts bench`).
@@ -46,6 +50,7 @@ from miniberts.checkpoint import load_encoder
 from miniberts.data.builtin import minilm_dir
 from miniberts.fileio import atomic_write_text
 from miniberts.inference.backends import ov_int8
+from miniberts.inference.backends.ov_int8 import FP32 as OV_FP32
 from miniberts.inference.backends.smoothquant import (SMOOTHED, calibration_ids, input_maxima, layer_matmuls,
                                                       quantize_smooth, smooth)
 from miniberts.inference.batching import length_batches
@@ -53,6 +58,12 @@ from miniberts.inference.export import export_onnx, quantize_onnx, session
 
 ROLES = ("qkv", "out", "fc", "proj")
 MAX_LEN = 128
+OUTLIER_RATIO = 3.0
+SHORT = ["Eh.", "Ok!", "Ok.", "Yes.", "No.", "Wow.", "Meh.", "Great!", "Boring.", "Fine.", "Bad.", "Good", "Awful",
+         "Loved it.", "Hmm.", "Yawn.", "Superb.", "Why?", "Huh?", "Bravo!", "Nope.", "Sure.", "Terrible", "Brilliant",
+         "Dull.", "Fun!", "Oh well.", "So-so.", "Ugh.", "A must.", "Skip it.", "Not bad.", "Pass.", "Yes!", "Hi",
+         "Thanks", "OK", "Cool", "Whatever.", "Amazing", "movie", "film", "the", "a", "love", "hate", "!", "?", ".",
+         "Merci pour le movie.", "Wonderful!", "Masterpiece.", "Garbage.", "Ehh", "lol", "wtf", "Ha!", "Zzz.", ""]
 
 
 class Reader:
@@ -89,14 +100,24 @@ def smoothed(alphas: dict[str, float], fp32: tuple[str, ...] = ()):
     return make
 
 
-def nncf_static(alpha: float, fp32: str = ""):
+def outlier_matmuls(encoder, ids: list[list[int]]) -> list[str]:
+    """The FFN output MatMuls whose input, over the calibration texts, has an outlier channel: max over channels of
+    max |x_j| > OUTLIER_RATIO x the 99th percentile of the per-channel maxima (MiniLM-L6: layers 0-3)."""
+    maxima = input_maxima(encoder, ids, ("proj",))
+    return [name for name, m in maxima.items() if m.max() > OUTLIER_RATIO * np.percentile(m, 99)]
+
+
+def nncf_static(alpha: float, fp32: str = "", ranges: str = "mean_minmax"):
     """NNCF's int8 of the export, saved as OpenVINO IR (`out` with the suffix .xml); `fp32`: "" (every MatMul
-    int8), "proj" (every FFN output in fp32) or "outliers" (the FFN outputs of ov_int8.outlier_matmuls)."""
+    int8), roles kept in fp32 in every layer ("proj", "proj out"), with "outliers": the FFN outputs of
+    outlier_matmuls; `ranges`: the activation ranges (ov_int8.quantize)."""
     def make(raw: Path, out: Path, encoder, ids) -> None:
         import openvino as ov
 
-        keep = ov_int8.outlier_matmuls(encoder, ids) if fp32 == "outliers" else layer_matmuls(raw, tuple(fp32.split()))
-        ov.save_model(ov_int8.quantize(ov.convert_model(str(raw)), ids, keep, alpha), str(out.with_suffix(".xml")))
+        roles = fp32.split()
+        keep = (outlier_matmuls(encoder, ids) if "outliers" in roles else []) + layer_matmuls(raw, tuple(roles))
+        ov.save_model(ov_int8.quantize(ov.convert_model(str(raw)), ids, keep, alpha, ranges),
+                      str(out.with_suffix(".xml")))
     return make
 
 
@@ -123,9 +144,20 @@ METHODS = {
     "nncf static, smoothquant 0.95": nncf_static(0.95),
     "nncf static, smoothquant 0.95, proj fp32": nncf_static(0.95, "proj"),
     "nncf static, smoothquant 0.5, proj fp32": nncf_static(0.5, "proj"),
-    "nncf static, smoothquant 0.5, proj fp32 where outliers (openvino `--int8`)":
-        nncf_static(ov_int8.ALPHA, "outliers"),
+    "nncf static, smoothquant 0.5, proj fp32 where outliers": nncf_static(0.5, "outliers"),
+    "nncf static, smoothquant 0.5, proj fp32 where outliers, minmax ranges": nncf_static(0.5, "outliers", "minmax"),
+    "nncf static, smoothquant 0.5, proj fp32, minmax ranges": nncf_static(0.5, "proj", "minmax"),
+    "nncf static, smoothquant 0.5, out fp32, proj fp32 where outliers, minmax ranges":
+        nncf_static(0.5, "outliers out", "minmax"),
+    "nncf static, smoothquant 0.5, proj+out fp32, minmax ranges (openvino `--int8`)":
+        nncf_static(ov_int8.ALPHA, " ".join(OV_FP32), ov_int8.RANGES),
 }
+
+
+def sorted_order(tokenizer, texts: list[str]) -> list[int]:
+    """The indices of `texts` in the order `padded` batches them."""
+    lengths = [len(x) for x in tokenizer.encode(texts, None, MAX_LEN)[0]]
+    return [i for o in length_batches(lengths, 32) for i in o]
 
 
 def padded(tokenizer, texts: list[str]) -> list[dict]:
@@ -168,8 +200,11 @@ def main() -> None:
     encoder, tokenizer = load_encoder(minilm_dir())
     encoder = encoder.float().eval()
     texts = [r["text"] for r in rt_rows()]
+    short = SHORT + sorted({t for t in texts if len(t.split()) <= 2})
     random.Random(1).shuffle(texts)
-    evaluation = padded(tokenizer, texts[: args.sentences])
+    every = texts[: args.sentences] + short
+    evaluation, order = padded(tokenizer, every), np.array(sorted_order(tokenizer, every))  # rows in batch order
+    is_short = order >= args.sentences
     train, train_y, test, test_y = rt_task(tokenizer)
     train, test = [{k: v.numpy() for k, v in b.items()} for b in train], [{k: v.numpy() for k, v in b.items()} for b in test]
     ids = calibration_ids(tokenizer)
@@ -180,7 +215,7 @@ def main() -> None:
     ref = pooled(ref_session, evaluation)
     head = LogisticRegression(max_iter=3000).fit(pooled(ref_session, train), train_y)
     fp32_acc = float((head.predict(pooled(ref_session, test)) == test_y).mean())
-    rows = [f"| fp32 (reference) | 1.00000 | 1.00000 | 1.00000 | {100 * fp32_acc:.2f}% | – |"]
+    rows = [f"| fp32 (reference) | 1.00000 | 1.00000 | 1.00000 | 1.00000 | {100 * fp32_acc:.2f}% | – | – |"]
     for name in args.methods.split(";"):
         out = work / (re.sub(r"\W+", "_", name) + ".onnx")
         METHODS[name](raw, out, encoder, ids)
@@ -188,16 +223,17 @@ def main() -> None:
         got = pooled(got_session, evaluation)
         cos = (got * ref).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(ref, axis=1)
         acc = float((head.predict(pooled(got_session, test)) == test_y).mean())
-        rows.append(f"| {name} | {cos.min():.5f} | {np.percentile(cos, 1):.5f} | {cos.mean():.5f} | "
-                    f"{100 * acc:.2f}% | {100 * (acc - fp32_acc):+.2f} |")
+        rows.append(f"| {name} | {cos.min():.5f} | {cos[is_short].min():.5f} | {np.percentile(cos, 1):.5f} | "
+                    f"{cos.mean():.5f} | {100 * acc:.2f}% | {100 * (acc - fp32_acc):+.2f} | "
+                    f"{every[order[cos.argmin()]]!r} |")
         print(rows[-1], flush=True)
     table = "\n".join([
         f"all-MiniLM-L6-v2, ONNX Runtime and OpenVINO, {cpu_model()}: cosine of mean-pooled embeddings to fp32 over "
-        f"{len(ref)} "
-        f"Rotten Tomatoes texts; linear probe on {len(test_y)} held-out reviews; calibration: {len(ids)} BBC News "
-        "sentences", "",
-        "| method | min cosine | p1 cosine | mean cosine | probe accuracy | delta (points) |",
-        "|---|---:|---:|---:|---:|---:|", *rows]) + "\n"
+        f"{len(ref)} texts ({args.sentences} Rotten Tomatoes texts and {len(short)} short texts); linear probe on "
+        f"{len(test_y)} held-out reviews; calibration: {len(ids)} BBC News sentences", "",
+        "| method | min cosine | min cosine, short texts | p1 cosine | mean cosine | probe accuracy | delta (points) "
+        "| worst text |",
+        "|---|---:|---:|---:|---:|---:|---:|---|", *rows]) + "\n"
     if args.out:
         atomic_write_text(args.out, table)
     print(table)

@@ -162,9 +162,9 @@ def test_auto_table():
     assert choose(6, 384, 32, "fp32", everything) == "ctranslate2"
     assert choose(12, 768, 32, "fp32", everything) == "torch", "large batched: our unpadded path"
     assert choose(6, 384, 32, "fp32", ["torch", "openvino"]) == "torch", "fp32 never runs OpenVINO (2e-3, not exact)"
-    assert choose(6, 384, 32, "int8", everything) == "onnxruntime", "batched: the int8 that meets cosine 0.99"
-    assert choose(6, 384, 32, "int8", ["torch", "openvino", "ctranslate2"]) == "openvino", "the next one"
-    assert choose(6, 384, 1, "int8", everything) == "onnxruntime"
+    assert choose(6, 384, 32, "int8", everything) == "openvino", "batched: the int8 that meets cosine 0.99"
+    assert choose(6, 384, 32, "int8", ["torch", "onnxruntime", "ctranslate2"]) == "onnxruntime", "the next one"
+    assert choose(6, 384, 1, "int8", everything) == "openvino"
     assert choose(6, 384, 1, "bf16", everything) == "openvino"
     assert choose(2, 128, 1, "bf16", everything) == "onnxruntime"
     assert choose(6, 384, 32, "int8", ["torch", "ctranslate2"]) == "ctranslate2", "next installed one"
@@ -301,7 +301,7 @@ def test_export_engine_artifacts_run_outside_miniberts(tiny, tmp_path):
 
 @needs_minilm
 def test_int8_keeps_task_accuracy():
-    """--int8 through auto (ONNX Runtime's calibrated int8 where installed) on a real task: MiniLM mean-pooled features
+    """--int8 through auto (OpenVINO's NNCF int8 where installed) on a real task: MiniLM mean-pooled features
     of fresh/rotten reviews, a logistic-regression head fitted on 320 fp32 features, applied to 160 held-out reviews'
     fp32 and int8 features. Asserted: >= 95% agreement, <= 3 points (one review is 0.6 points here; the 0.5-point
     bound is measured by benchmarks/int8_accuracy.py's 400-review probe, and tests/test_int8.py checks cosine)."""

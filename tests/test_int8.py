@@ -1,7 +1,7 @@
 """The calibrated int8 of ONNX Runtime (inference/backends/smoothquant.py) and of OpenVINO (ov_int8.py, NNCF): the
 scale migration is exact in fp32, the artifact is cached per weights and per calibration data, `auto --int8` picks
 them only where what builds them is installed, and on the real MiniLM each keeps cosine >= 0.99 to fp32 on every one
-of 300 real sentences and a linear probe's accuracy. No timing assertions."""
+of 300 real sentences (OpenVINO's on very short texts too) and a linear probe's accuracy. No timing assertions."""
 
 from __future__ import annotations
 
@@ -86,6 +86,12 @@ def test_int8_artifact_is_cached_by_weights_and_calibration(tmp_path, monkeypatc
     backends.engine(engine, encoder, "int8", 1, tok, a)
     assert built == [8, 5, 8], "other weights: another artifact"
     assert len(list((tmp_path / "cache").glob(f"*/{variant}*"))) == 3
+    if engine == "openvino":
+        monkeypatch.setattr(ov_int8, "RANGES", "mean_minmax")
+        backends.engine(engine, encoder, "int8", 1, tok, a)
+        monkeypatch.setattr(ov_int8, "FP32", ("proj",))
+        backends.engine(engine, encoder, "int8", 1, tok, a)
+        assert built == [8, 5, 8, 8, 8], "other quantization settings: another artifact"
 
 
 def test_int8_needs_the_tokenizer_and_texts_and_auto_needs_the_calibration_text(monkeypatch):
@@ -112,28 +118,37 @@ def test_openvino_int8_needs_nncf_and_the_tokenizer(monkeypatch):
         backends.engine("openvino", encoder, "int8", 1, tok)
 
 
+# The shortest texts are where int8 loses most ([CLS] and [SEP] are half of a three-token mean): the worst of
+# benchmarks/int8_accuracy.py's short texts for each method, and a few more.
+SHORT = ["Sure.", "Thanks", "Cool", "Eh.", "Ok!", "Wow.", "Meh.", "Ugh.", "Yes.", "No.", "Good", "movie", "?", ""]
+
+
 @needs_minilm
-@pytest.mark.parametrize("engine", [pytest.param("onnxruntime", marks=needs("onnxruntime")),
-                                    pytest.param("openvino", marks=[needs("openvino"), pytest.mark.slow])])
-def test_int8_agrees_and_keeps_task_accuracy_on_real_minilm(engine):
-    """300 Rotten Tomatoes reviews, mean pooling in padded batches of 32, the default calibration (built-in news
-    text, not reviews). Cosine >= 0.99 on every sentence (benchmarks/int8_accuracy.py measured on 1,200: min 0.992
-    for ONNX Runtime, 0.994 for OpenVINO; the uncalibrated dynamic int8 0.972). OpenVINO's is slow: NNCF
-    calibrates the real MiniLM on the 256 sentences when the artifact is not cached. Probe: a logistic-regression
-    head fitted on 200 reviews' fp32 features, applied to the other 100 reviews' fp32 and int8 features: >= 95% of
-    its predictions agree and int8 loses at most 2 points (two reviews; measured here for ONNX Runtime: 61% fp32,
-    63% int8; the study's 400-review probe measured the 0.5-point bound: +0.0 for ONNX Runtime, +0.5 for
-    OpenVINO)."""
+@pytest.mark.parametrize("engine, short", [
+    pytest.param("onnxruntime", [], marks=needs("onnxruntime")),
+    pytest.param("openvino", SHORT, marks=needs("openvino"))])
+def test_int8_agrees_and_keeps_task_accuracy_on_real_minilm(engine, short):
+    """300 Rotten Tomatoes reviews (and, for OpenVINO, very short texts), mean pooling in padded batches of 32, the
+    default calibration (built-in news text, not reviews). Cosine >= 0.99 on every text (benchmarks/int8_accuracy.py
+    measured on 3,000 reviews and 153 short texts: min 0.9905 for OpenVINO's; ONNX Runtime's 0.992 on the reviews,
+    but 0.9898 on "Thanks" (0.984 as backends.engine builds it), so short texts are not asserted for it; the
+    uncalibrated dynamic int8 0.972). OpenVINO's (what `auto --int8` runs) costs NNCF's calibration of the real
+    MiniLM on the 256 sentences (tens of seconds) when the artifact is not cached; the session's cache shares it with
+    tests/test_backends.py's auto int8 test. Probe: a logistic-regression head fitted on 200 reviews' fp32
+    features, applied to the other 100 reviews' fp32 and int8 features: >= 95% of its predictions agree and int8
+    loses at most 2 points (two reviews; measured here for ONNX Runtime: 61% fp32, 63% int8; the study's 400-review
+    probe measured the 0.5-point bound)."""
     from sklearn.linear_model import LogisticRegression
 
     encoder, tok = load_encoder(MINILM)
     texts, labels = rotten_tomatoes(300)
     labels = np.array(labels)
-    fp32 = embed(encoder, tok, texts, "mean", max_length=128)
+    fp32 = embed(encoder, tok, texts + short, "mean", max_length=128)
     int8_module, dtype = backends.for_encoder(load_encoder(MINILM)[0], engine, "int8", tokenizer=tok)
-    int8 = embed(int8_module, tok, texts, "mean", max_length=128, dtype=dtype)
+    int8 = embed(int8_module, tok, texts + short, "mean", max_length=128, dtype=dtype)
     cos = (fp32 * int8).sum(1) / np.linalg.norm(fp32, axis=1) / np.linalg.norm(int8, axis=1)
-    assert cos.min() >= 0.99, cos.min()
+    assert cos.min() >= 0.99, ((texts + short)[cos.argmin()], cos.min())
+    fp32, int8 = fp32[:300], int8[:300]
     head = LogisticRegression(max_iter=3000).fit(fp32[:200], labels[:200])
     want, got = head.predict(fp32[200:]), head.predict(int8[200:])
     accuracy = [(p == labels[200:]).mean() for p in (want, got)]

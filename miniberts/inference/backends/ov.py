@@ -1,7 +1,8 @@
 """OpenVINO backend: the fp32 ONNX graph of inference/export.py converted to OpenVINO IR (model.xml/.bin), compiled for the
 CPU with INFERENCE_PRECISION_HINT f32 (fp32) or bf16 (bf16: OpenVINO's bf16 kernels where the CPU reports BF16 in
 OPTIMIZATION_CAPABILITIES, else it runs f32). int8: ov_int8.py's static int8 by NNCF, calibrated on real text and
-cached per weights and per calibration token ids, compiled with the f32 hint (what is not int8 runs in fp32).
+cached per weights, per quantization settings and per calibration token ids, compiled with the f32 hint (what is not
+int8 runs in fp32).
 
 Honest tolerance: OpenVINO's CPU plugin is not bit-close to PyTorch even in f32: on the real MiniLM its hidden
 states differ by ~2.2e-3 max abs (|h| up to ~6, so ~4e-4 relative; the same with EXECUTION_MODE_HINT ACCURACY and
@@ -48,7 +49,7 @@ class OpenVinoEncoder(EngineEncoder):
             if tokenizer is None:
                 raise MinibertsError("openvino int8 is calibrated on text: it needs the model's tokenizer")
             ids = calibration_ids(tokenizer, calibration)
-            folder = artifact(encoder, self.name, f"int8-nncf-{calibration_key(ids)}",
+            folder = artifact(encoder, self.name, f"int8-nncf-{ov_int8.settings()}-{calibration_key(ids)}",
                               ov_int8.build(encoder.float().eval(), ids))
         else:
             folder = artifact(encoder, self.name, "ir", build(encoder.float().eval()))

@@ -154,16 +154,12 @@ METHODS = {
 }
 
 
-def sorted_order(tokenizer, texts: list[str]) -> list[int]:
-    """The indices of `texts` in the order `padded` batches them."""
-    lengths = [len(x) for x in tokenizer.encode(texts, None, MAX_LEN)[0]]
-    return [i for o in length_batches(lengths, 32) for i in o]
-
-
-def padded(tokenizer, texts: list[str]) -> list[dict]:
+def padded(tokenizer, texts: list[str]) -> tuple[list[dict], list[int]]:
+    """Length-sorted, padded batches of 32 of `texts`, and the indices of `texts` in the order of the batches' rows."""
     ids, types = tokenizer.encode(texts, None, MAX_LEN)
-    return [{k: v.numpy() for k, v in tokenizer.pad_batch([ids[i] for i in o], [types[i] for i in o]).items()}
-            for o in length_batches([len(x) for x in ids], 32)]
+    orders = length_batches([len(x) for x in ids], 32)
+    return ([{k: v.numpy() for k, v in tokenizer.pad_batch([ids[i] for i in o], [types[i] for i in o]).items()}
+             for o in orders], [i for o in orders for i in o])
 
 
 def runner(path: Path):
@@ -203,7 +199,8 @@ def main() -> None:
     short = SHORT + sorted({t for t in texts if len(t.split()) <= 2})
     random.Random(1).shuffle(texts)
     every = texts[: args.sentences] + short
-    evaluation, order = padded(tokenizer, every), np.array(sorted_order(tokenizer, every))  # rows in batch order
+    evaluation, order = padded(tokenizer, every)
+    order = np.array(order)  # the text of each row, in batch order
     is_short = order >= args.sentences
     train, train_y, test, test_y = rt_task(tokenizer)
     train, test = [{k: v.numpy() for k, v in b.items()} for b in train], [{k: v.numpy() for k, v in b.items()} for b in test]

@@ -225,10 +225,10 @@ def one_sentence(model, texts: list[str], iters: int) -> dict[str, float]:
         out[f"{k}: p50"] = p50
         if k.startswith("Model.embed"):
             out[f"{k}: p99"] = p99
-    for suffix, label in (("", ""), (f",{stream}", f",{stream}")):
+    for suffix in ("", f",{stream}"):
         fastest = min((k + suffix for k in own), key=lambda k: ms[k][0]) if own else None
         if fastest:
-            out[f"Model.embed (auto) p50 minus the fastest engine's own call p50{label}"] = (
+            out[f"Model.embed (auto) p50 minus the fastest engine's own call p50{suffix}"] = (
                 ms["Model.embed, dtype auto" + suffix][0] - ms[fastest][0])
     return out
 

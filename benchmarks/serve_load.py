@@ -3,11 +3,15 @@
     python benchmarks/serve_load.py [--models tiny,classifier,minilm] [--concurrency 1,8,64,256] [--sizes 1,32]
         [--cells 1x1,1x64,32x64,32x256] [--no-sized-limit] [--seconds 4] [--requests 20000]
         [--servers miniberts,st,infinity] [--variants threads1,2x1] [--infinity-python PATH] [--rss-requests 20000]
-        [--json FILE] [--out FILE]
+        [--no-first-round] [--json FILE] [--out FILE]
 
 Per model, each server is started once (its defaults) and loaded cell by cell: for each request size (sentences per
 request) and concurrency, a bounded load of real Rotten Tomatoes sentences, at most --requests requests and at most
---seconds seconds, after which it stops by itself. The load generator is `wrk` (C, one thread, a Lua script that cycles
+--seconds seconds (or, for a slow model, as long as 1,024 sentences take at its in-process batched rate: a cell
+that ends on its time limit does not count the requests then in flight), after which it stops by itself. Each cell
+runs twice on the same server, the first round untimed (--no-first-round skips it): the in-process ceiling is timed on
+its second round too, every input shape met before, as in a server that has run a while; the first round's rate is
+kept in the JSON. The load generator is `wrk` (C, one thread, a Lua script that cycles
 through the request bodies and counts 429s) when it is installed, else an asyncio/httpx client, which needs a few ms of
 CPU per request itself and so caps one-sentence cells on a small machine. Reported per cell: sentences/s, requests/s,
 p50/p99 latency of the answered requests, 429s, other errors (statuses, timeouts, broken connections), and the
@@ -44,7 +48,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
+import math
 import os
 import re
 import shlex
@@ -69,7 +75,7 @@ from miniberts.bench.harness import cpu_model, rt_rows
 from miniberts.data.builtin import minilm_dir
 from miniberts.fileio import atomic_write_text
 from miniberts.inference.serve.config import ServeConfig
-from miniberts.inference.serve.service import ROWS_PER_FORWARD
+from miniberts.inference.serve.service import Service
 from miniberts.inference.st_export import export_sentence_transformers
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,6 +84,7 @@ PROBE_SECONDS = 2.0  # a server that answers one sentence slower than this after
 STDERR_LINES = 20  # the end of each server's stderr kept in the results
 CEILING_BATCH = 32  # rows per batch of the in-process batched ceiling
 SERVED_PASS = 64  # inputs per pass of the in-process "as served" ceiling: at most one per client at c=64
+CELL_SENTENCES = 1024  # a cell lasts at least as long as this many sentences take at the batched ceiling (its own count)
 # miniberts' default --max-concurrent-requests (inputs). A cell offering more (clients x sentences per request) is a
 # flood of 429s at the default, by contract; it is also run with the limit sized to its load (--sized-limit).
 DEFAULT_LIMIT = ServeConfig().max_concurrent_requests
@@ -326,20 +333,20 @@ def log_path(tmp: Path, model: str, server: Server) -> Path:
 
 
 def measure(server: Server, model: str, texts: list[str], args, tmp: Path, pairs: list[tuple[int, int]],
-            skipped: list[str], stderr: list[dict]) -> list[dict]:
-    """The (size, concurrency) cells `pairs` against one server; a server that fails to start ends its cells, with
-    the reason in `skipped`. The end of its stderr goes to `stderr`."""
+            skipped: list[str], stderr: list[dict], seconds: float) -> list[dict]:
+    """The (size, concurrency) cells `pairs` against one server, each `seconds` long at most; a server that fails to
+    start ends its cells, with the reason in `skipped`. The end of its stderr goes to `stderr`."""
     if not pairs:
         return []
     log = log_path(tmp, model, server)
     try:
-        return cells(server, model, texts, args, tmp, pairs, skipped, log)
+        return cells(server, model, texts, args, tmp, pairs, skipped, log, seconds)
     finally:
         stderr.append({"model": model, "server": server.name, "tail": tail(log)})
 
 
 def cells(server: Server, model: str, texts: list[str], args, tmp: Path, pairs: list[tuple[int, int]],
-          skipped: list[str], log: Path) -> list[dict]:
+          skipped: list[str], log: Path, seconds: float) -> list[dict]:
     rows = []
     try:
         running = Running(server, json.dumps(server.body(texts[:1])).encode(), log)
@@ -351,9 +358,13 @@ def cells(server: Server, model: str, texts: list[str], args, tmp: Path, pairs: 
         for size in dict.fromkeys(size for size, _ in pairs):
             bodies = request_bodies(server, texts, size)
             for concurrency in [c for s, c in pairs if s == size]:
-                with RssSampler(running.proc.pid) as rss:
-                    r = load(running.url, bodies, concurrency, args.seconds, args.requests, tmp)
                 try:
+                    first = None
+                    if args.first_round:  # the same load once, untimed: the server meets the cell's shapes
+                        first = load(running.url, bodies, concurrency, seconds, args.requests, tmp)
+                        running.settle()
+                    with RssSampler(running.proc.pid) as rss:
+                        r = load(running.url, bodies, concurrency, seconds, args.requests, tmp)
                     restarted = not running.settle()
                 except ServerFailed as e:
                     skipped.append(f"{model}: {e} (after {size} x c={concurrency})")
@@ -361,7 +372,8 @@ def cells(server: Server, model: str, texts: list[str], args, tmp: Path, pairs: 
                     return rows
                 row = {"model": model, "server": server.name, "size": size, "concurrency": concurrency,
                        "sentences_s": r["req_s"] * size, **r, "rss_peak_mib": max(m for _, m in rss.samples),
-                       "restarted_after": restarted}
+                       "restarted_after": restarted,
+                       "first_round_sentences_s": first["req_s"] * size if first else None}
                 rows.append(row)
                 print(f"{model:>10} {server.name:>32} size {size:>2} c {concurrency:>3}: {row['sentences_s']:8.1f} "
                       f"sentences/s, p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, 429 {r['429']}, "
@@ -398,31 +410,42 @@ def ceiling(model_dir: str, texts: list[str], predict: bool) -> dict:
     """Sentences/s through the model in this process, on the work its server does: the same lengths (embeddings at
     the model's length, predictions at `miniberts predict`'s, as `miniberts serve` cuts them), the same precision and
     auto's engine for many rows and for one. Batched: all the texts length-sorted into batches of CEILING_BATCH (what
-    a server can at best approach); as served: passes of SERVED_PASS texts in arrival order, each length-sorted into
-    forwards of ROWS_PER_FORWARD, as a server under 64 one-sentence clients gets them (it sorts only what arrived
-    during the previous pass, so its forwards carry more padding than the batched ceiling's); one sentence per call
-    (the sequential rate without HTTP)."""
+    a server can at best approach); as served: passes of SERVED_PASS texts in arrival order through the server's own
+    pass (`Service._compute`: its forwards, planned with the cost it measured at start-up), as a server under 64
+    one-sentence clients gets them (it sorts only what arrived during the previous pass, so its forwards carry more
+    padding than the batched ceiling's); one sentence per call (the sequential rate without HTTP). Batched and as
+    served are timed on their second round, every shape met before (OpenVINO prepares each new one on its first run),
+    as in a server that has run a while."""
     model = miniberts.load(model_dir)
 
     def run(chunk: list[str], batch: int):
         return model.predict(chunk, batch_size=batch) if predict else model.embed(chunk, batch_size=batch,
                                                                                  normalize=True)
 
-    run(texts[:64], CEILING_BATCH)  # warm-up (and any engine export), batched and single
+    run(texts, CEILING_BATCH)  # warm-up (any engine export, and every batch shape), batched and single
     for text in texts[:8]:
         run([text], 1)
     t = time.perf_counter()
     run(texts, CEILING_BATCH)
     batched = len(texts) / (time.perf_counter() - t)
-    t = time.perf_counter()
-    for i in range(0, len(texts), SERVED_PASS):
-        run(texts[i:i + SERVED_PASS], ROWS_PER_FORWARD)
+    service = Service(ServeConfig(), model_dir, model)
+    service.start()
+    kind, length = (("predict", False), service.predict_length) if predict else (("embed", True), service.embed_length)
+    passes = [model.tokenizer.encode(texts[i:i + SERVED_PASS], None, length) if predict else
+              model.embedding_tokens(texts[i:i + SERVED_PASS], length) for i in range(0, len(texts), SERVED_PASS)]
+    for _ in range(2):  # the first round meets the passes' shapes, the second is timed
+        t = time.perf_counter()
+        for ids, types in passes:
+            service._compute(kind, ids, types)
     served = len(texts) / (time.perf_counter() - t)
+    cost = dataclasses.asdict(service.forward_cost)
+    service.stop()
     singles = texts[:128]
     t = time.perf_counter()
     for text in singles:
         run([text], 1)
-    return {"batched": batched, "as_served": served, "one_at_a_time": len(singles) / (time.perf_counter() - t)}
+    return {"batched": batched, "as_served": served, "one_at_a_time": len(singles) / (time.perf_counter() - t),
+            "forward_cost": cost}
 
 
 PEER_APP = '''
@@ -571,7 +594,7 @@ def report(result: dict) -> str:
         lines.append(f"| {model} | {server} | {size} | "
                      + " | ".join(cell(by_c[c]) if c in by_c else "–" for c in args["concurrency"]) + " |")
     lines += ["", f"| model | in-process batched (batch {CEILING_BATCH}), sentences/s | in-process as served "
-              f"(passes of {SERVED_PASS}, forwards of {ROWS_PER_FORWARD}) | in-process one per call | peak resident "
+              f"(passes of {SERVED_PASS} in the server's forwards) | in-process one per call | peak resident "
               "memory per server, MiB |", "|---|---:|---:|---:|---|"]
     for model, ceil in result["ceilings"].items():
         peaks = {}
@@ -625,8 +648,13 @@ def main() -> None:
     parser.add_argument("--sized-limit", action=argparse.BooleanOptionalAction, default=True,
                         help="also run miniberts with --max-concurrent-requests sized to the offered load on the "
                              "cells whose load (clients x sentences) exceeds the default limit")
-    parser.add_argument("--seconds", type=float, default=4, help="seconds per cell at most")
+    parser.add_argument("--seconds", type=float, default=4, help="seconds per cell at most (longer for a model "
+                        "slower than 1,024 sentences in this time at its in-process batched rate)")
     parser.add_argument("--requests", type=int, default=20000, help="requests per cell at most")
+    parser.add_argument("--first-round", action=argparse.BooleanOptionalAction, default=True,
+                        help="run each cell's load once untimed before the timed round, as the in-process ceiling "
+                             "is timed on its second round (OpenVINO prepares each new input shape on its first "
+                             "run); its rate is kept as first_round_sentences_s")
     parser.add_argument("--rss-model", default="tiny", help="the model of the memory run ('' skips it)")
     parser.add_argument("--rss-requests", type=int, default=20000)
     parser.add_argument("--rss-seconds", type=float, default=180, help="time limit of the memory run")
@@ -664,16 +692,20 @@ def main() -> None:
             print(f"{name:>10} in process: {ceilings[name]['batched']:.1f} sentences/s batched, "
                   f"{ceilings[name]['as_served']:.1f} as served, {ceilings[name]['one_at_a_time']:.1f} one per call",
                   flush=True)
+            # A cell lasts long enough for CELL_SENTENCES at the batched ceiling's rate: a time-limited cell does not
+            # count the requests in flight when it ends, a whole pass of up to a second on MiniLM-L6 at c=64.
+            seconds = max(args.seconds, math.ceil(CELL_SENTENCES / ceilings[name]["batched"]))  # wrk: whole seconds
+            ceilings[name]["cell_seconds"] = seconds
             for server in servers(name, model_dir, predict, args, tmp):
-                rows += measure(server, name, texts, args, tmp, args.pairs, skipped, stderr)
+                rows += measure(server, name, texts, args, tmp, args.pairs, skipped, stderr, seconds)
             flooded = [(size, c) for size, c in args.pairs if size * c > DEFAULT_LIMIT]
             if args.sized_limit and flooded:
                 sized = ("--max-concurrent-requests", str(max(size * c for size, c in flooded)))
                 rows += measure(miniberts_server(model_dir, predict, sized), name, texts, args, tmp, flooded,
-                                skipped, stderr)
+                                skipped, stderr, seconds)
             for variant in args.variants if index == 0 else []:
                 rows += measure(miniberts_server(model_dir, predict, VARIANTS[variant]), name, texts, args, tmp,
-                                [(size, c) for size, c in args.pairs if size == 1], skipped, stderr)
+                                [(size, c) for size, c in args.pairs if size == 1], skipped, stderr, seconds)
             if name == args.rss_model:
                 try:
                     rss = rss_run(miniberts_server(model_dir, predict), texts, args, tmp)

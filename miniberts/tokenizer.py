@@ -102,9 +102,11 @@ class WordPieceTokenizer:
                  for i, token, special, (start, stop) in zip(e.ids, e.tokens, e.special_tokens_mask, e.offsets)]
                 for e in self._tok.encode_batch(list(texts))]
 
-    def pad_batch(self, ids: list[list[int]], type_ids: list[list[int]]) -> dict[str, torch.Tensor]:
-        """Right-pad to the longest sequence of the batch: input_ids, attention_mask, token_type_ids [B, S]."""
-        width = max(len(x) for x in ids)
+    def pad_batch(self, ids: list[list[int]], type_ids: list[list[int]], width: int = 0
+                  ) -> dict[str, torch.Tensor]:
+        """Right-pad to the longest sequence of the batch, or to `width` when that is more: input_ids, attention_mask,
+        token_type_ids [B, S]."""
+        width = max(width, *(len(x) for x in ids))
         # One conversion per array from padded lists: a tensor per row and a copy into it cost more than the rows.
         input_ids = torch.tensor([seq + [self.pad_id] * (width - len(seq)) for seq in ids], dtype=torch.long)
         types = torch.tensor([seq + [0] * (width - len(seq)) for seq in type_ids], dtype=torch.long)

@@ -43,7 +43,8 @@ from miniberts.inference.serve.app import create_app  # noqa: E402
 from miniberts.inference.serve.batcher import STALL_SECONDS, Batcher, Job  # noqa: E402
 from miniberts.inference.serve.config import ServeConfig  # noqa: E402
 from miniberts.inference.serve.metrics import Metrics  # noqa: E402
-from miniberts.inference.serve.service import INLINE_CHARACTERS, ROWS_PER_FORWARD, Service  # noqa: E402
+from miniberts.inference.serve.forwards import WIDTH_STEP, ForwardCost, plan  # noqa: E402
+from miniberts.inference.serve.service import INLINE_CHARACTERS, Service  # noqa: E402
 
 TEXTS = ["A three-hour cinema master class.", "Dull.",
          "It's always fascinating to watch Marker the essayist at work, even when the film around him falls apart.",
@@ -251,27 +252,38 @@ def test_flood_gets_429_at_once_and_admitted_requests_are_answered(tiny):
     service.stop()
 
 
-def test_a_pass_runs_in_short_length_sorted_forwards(tiny, monkeypatch):
-    """One long text must not pad a whole pass: the pass's rows run in forwards of at most ROWS_PER_FORWARD rows,
-    each of similar lengths, and the vectors equal Model.embed's."""
+def test_a_pass_runs_in_the_planned_forwards(tiny, monkeypatch):
+    """One long text must not pad a whole pass: the pass's rows run in the forwards `forwards.plan` finds cheapest
+    under the server's cost model, of similar lengths and widths rounded to WIDTH_STEP, and the vectors equal
+    Model.embed's."""
     texts = [("word " * n).strip() for n in (3, 60, 5, 2, 40, 7, 1, 9, 30, 4, 6, 8, 50, 2, 3, 11, 5, 70, 2, 6)]
-    widths = []
+    shapes = []
     pad_batch = WordPieceTokenizer.pad_batch
-    monkeypatch.setattr(WordPieceTokenizer, "pad_batch",
-                        lambda self, ids, types: widths.append(len(ids)) or pad_batch(self, ids, types))
+
+    def recorded(self, ids, types, width=0):
+        out = pad_batch(self, ids, types, width)
+        shapes.append(tuple(out["input_ids"].shape))
+        return out
+
+    monkeypatch.setattr(WordPieceTokenizer, "pad_batch", recorded)
     service = started(tiny)
+    service.forward_cost = cost = ForwardCost(64.0, 1.0, 0.0)  # as if measured: a forward costs 64 padded tokens
+    ids, types = service.model.embedding_tokens(texts, 512)
     with TestClient(create_app(service)) as client:
-        widths.clear()  # after start-up's warm-up pass
-        out = service.batcher.compute(("embed", False), *service.model.embedding_tokens(texts, 512))
+        shapes.clear()  # after start-up's warm-up and measurement
+        out = service.batcher.compute(("embed", False), ids, types)
         vectors = np.array(client.post("/embed", json={"inputs": texts, "normalize": False}).json())
-    assert widths[:3] == [ROWS_PER_FORWARD, ROWS_PER_FORWARD, 20 - 2 * ROWS_PER_FORWARD]  # not one padded forward of 20 rows
+    planned = [(len(rows), width) for rows, width in plan([len(x) for x in ids], cost, 512)]
+    assert shapes == planned + planned  # the pass, then the request's
+    assert 1 < len(planned) < len(texts) and all(width % WIDTH_STEP == 0 for _, width in planned)
+    assert planned[0][1] == 80 and planned[-1][1] == 16  # the 72-token text pads its neighbours, not the 3-token ones
     expected = miniberts.load(tiny, "cpu").embed(texts, dtype="fp32", backend="torch")
     assert np.abs(np.asarray(out) - expected).max() < 1e-5 and np.abs(vectors - expected).max() < 1e-5
     service.stop()
 
 
 def test_auto_is_resolved_once_for_rows_and_for_one_input(tiny):
-    """--backend auto is resolved at start-up, for forwards of ROWS_PER_FORWARD rows and for passes of one input; only
+    """--backend auto is resolved at start-up, for forwards of PICK_ROWS rows and for passes of one input; only
     those engines load (one when the two picks agree), and /info names them."""
     model = miniberts.load(tiny, "cpu")
     service = Service(ServeConfig(), tiny, model)
@@ -490,7 +502,9 @@ def test_ray_serve_deployment_answers_as_miniberts_serve(tiny):
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(build({"model": tiny, "replicas": "2", "backend": "torch", "dtype": "fp32", "threads": "1"}))
         base = f"http://127.0.0.1:{port}"
-        wait_for(lambda: httpx.get(f"{base}/health").status_code == 200, "a replica to load", timeout=300)
+        # Ray's proxy picks a replica per request: ten answers of 200 in a row, or one replica may still be loading
+        wait_for(lambda: all(httpx.get(f"{base}/health").status_code == 200 for _ in range(10)), "both replicas to load",
+                 timeout=300)
         vectors = np.array([httpx.post(f"{base}/embed", json={"inputs": TEXTS}, timeout=60).json() for _ in range(4)])
         r = httpx.post(f"{base}/embed", json={"inputs": []})
     finally:

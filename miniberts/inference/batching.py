@@ -60,19 +60,23 @@ def run_batches(tokenizer: WordPieceTokenizer, texts: list[str], pairs: list[str
 
 def run_encoded(tokenizer: WordPieceTokenizer, ids: list[list[int]], type_ids: list[list[int]], batch_size: int,
                 step: Callable[[dict[str, torch.Tensor]], torch.Tensor], device: torch.device, dtype: torch.dtype,
-                desc: str = "") -> torch.Tensor:
-    """`run_batches` on texts already tokenized (`tokenizer.encode`): a server tokenizes off its model thread."""
+                desc: str = "", forwards: list[tuple[list[int], int]] | None = None) -> torch.Tensor:
+    """`run_batches` on texts already tokenized (`tokenizer.encode`): a server tokenizes off its model thread.
+    `forwards`: the batches to run instead of `length_batches` of `batch_size`, as (row indices, padded width) each
+    (a server plans its own, serve/forwards.py)."""
     # no_grad rather than inference_mode: autocast caches its bf16 weight casts only outside inference mode.
     if len(ids) == 1:  # one text (a request, a one-sentence call): no sorting, padding, progress or reordering
         inputs = tokenizer.pad_batch(ids, type_ids)  # one row: nothing to pad
         with torch.no_grad(), autocast(device, dtype):
             return step({k: v.to(device) for k, v in inputs.items()}).float().cpu()
-    batches = length_batches([len(x) for x in ids], batch_size)
+    if forwards is None:
+        forwards = [(batch, 0) for batch in length_batches([len(x) for x in ids], batch_size)]
+    batches = [batch for batch, _ in forwards]
     outputs = []
     # A progress bar only when asked for: even a disabled tqdm costs a one-text call a noticeable share of its time.
     with torch.no_grad(), autocast(device, dtype):
-        for batch in tqdm(batches, desc=desc, unit="batch", leave=False) if desc else batches:
-            inputs = tokenizer.pad_batch([ids[i] for i in batch], [type_ids[i] for i in batch])
+        for batch, width in tqdm(forwards, desc=desc, unit="batch", leave=False) if desc else forwards:
+            inputs = tokenizer.pad_batch([ids[i] for i in batch], [type_ids[i] for i in batch], width)
             outputs.append(step({k: v.to(device) for k, v in inputs.items()}).float().cpu())
     results = torch.empty((len(ids), *outputs[0].shape[1:]), dtype=outputs[0].dtype)
     results[torch.tensor([i for batch in batches for i in batch])] = torch.cat(outputs)  # back to input order

@@ -24,8 +24,9 @@ BACKEND_HELP = ("what runs the encoder: auto (the default: the fastest installed
                 "size and batch shape, measured, miniberts/inference/backends/auto.py; fp32 stays within 1e-5 of torch), torch "
                 "(the reference), or an engine on its exported graph (exported once per weights, cached in "
                 "$MINIBERTS_CACHE or ~/.cache/miniberts)")
-INT8_HELP = ("int8 weights: with --backend auto the most accurate int8 engine (ONNX Runtime calibrated on built-in "
-             "text: cosine >= 0.99 to fp32 on every sentence of the real MiniLM), else the named backend's int8 path")
+INT8_HELP = ("int8 weights: with --backend auto the most accurate int8 engine (OpenVINO's NNCF int8 calibrated on "
+             "built-in text, the attention and feed-forward outputs kept in fp32: cosine >= 0.99 to fp32 on every "
+             "sentence of the real MiniLM, very short ones included), else the named backend's int8 path")
 
 
 @dataclass

@@ -90,9 +90,10 @@ class Model:
         return self.tokenizer.encode(texts, None, max_length)
 
     def embed_tokens(self, ids: list[list[int]], type_ids: list[list[int]], cfg: EmbedConfig,
-                     progress: bool = False) -> np.ndarray:
+                     progress: bool = False, forwards: list[tuple[list[int], int]] | None = None) -> np.ndarray:
         """`embed` on texts already tokenized by `embedding_tokens`, with the settings of `cfg`: the entry point of a
-        server that tokenizes off its model thread and batches requests itself."""
+        server that tokenizes off its model thread and batches requests itself. `forwards`: its own split of the
+        rows into batches, (row indices, padded width) each, instead of length-sorted batches of cfg.batch_size."""
         pooling, normalize, _ = self.embedding_settings(cfg)
         runner, run_dtype = self._runner(False, cfg.backend, resolve_dtype(cfg.dtype, self.device), cfg.int8,
                                          min(cfg.batch_size, len(ids)))
@@ -101,7 +102,7 @@ class Model:
             vectors = runner.embed_one(ids[0], type_ids[0], pooling, normalize)
         else:
             vectors = run_encoded(self.tokenizer, ids, type_ids, cfg.batch_size, step, self.device, run_dtype,
-                                  "embed" if progress else "").numpy()
+                                  "embed" if progress else "", forwards).numpy()
         check_finite(vectors, self.source)
         return vectors
 
@@ -135,15 +136,17 @@ class Model:
                                 "predict" if progress else "", runner)
         return results(logits, self.config.id2label, self.config.regression)
 
-    def predict_tokens(self, ids: list[list[int]], type_ids: list[list[int]], cfg: PredictConfig) -> torch.Tensor:
+    def predict_tokens(self, ids: list[list[int]], type_ids: list[list[int]], cfg: PredictConfig,
+                       forwards: list[tuple[list[int], int]] | None = None) -> torch.Tensor:
         """The classifier's float32 logits [N, labels] for texts (or pairs) already tokenized (`tokenizer.encode`):
-        `predict` for a server that batches requests itself; `predict.results` turns them into labels."""
+        `predict` for a server that batches requests itself; `predict.results` turns them into labels. `forwards`:
+        as in `embed_tokens`."""
         if not isinstance(self.module, BertForSequenceClassification):
             raise no_head(self.source)
         runner, run_dtype = self._runner(True, cfg.backend, resolve_dtype(cfg.dtype, self.device), cfg.int8,
                                          min(cfg.batch_size, len(ids)))
         logits = run_encoded(self.tokenizer, ids, type_ids, cfg.batch_size, classify_step(runner), self.device,
-                             run_dtype)
+                             run_dtype, forwards=forwards)
         check_finite(logits, self.source)
         return logits
 

@@ -9,6 +9,7 @@ one `Model.embed` gives and a served label the one `miniberts predict` gives.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import importlib.metadata
 import logging
@@ -28,6 +29,7 @@ from ..loaded_model import Model, load
 from .batcher import Batcher, Job
 from .bodies import ApiError, Inputs
 from .config import ServeConfig
+from .forwards import TOKENS_ONLY, measure, plan
 from .metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -56,10 +58,9 @@ def check_budget(model: Model, cfg: ServeConfig) -> None:
                              f"(tokens with [CLS]/[SEP]), got {cfg.max_batch_tokens}")
 
 
-# Rows per forward within one batcher pass. Measured on passes of 31 random real review texts (the size of a pass under
-# 64 one-text clients), AVX-512 BF16 EPYC, defaults: one padded forward per pass 48 ms (Tiny) / 538 ms (MiniLM-L6),
-# length-sorted forwards of 8 rows 35 / 255 ms (of 4: slower again, per-call costs; of 16: in between).
-ROWS_PER_FORWARD = 8
+# auto picks the engine of the passes for forwards of this many rows, a typical forward of a loaded server (the rows
+# of a pass are split by serve/forwards.py's plan; a pass of one input runs on auto's batch-1 pick).
+PICK_ROWS = 8
 # A request of at most this many characters is tokenized on the event loop itself (~0.1 ms) rather than handed to the
 # tokenizer thread and back: two thread switches per request, which one-sentence requests at full load pay on the same
 # cores as the model. Longer ones go to the thread, so a large body never stalls the loop.
@@ -74,6 +75,7 @@ class Service:
         self.state = "loading"  # -> "ready" -> "draining"; "failed" when loading failed
         self.metrics = Metrics()
         self.batcher: Batcher | None = None
+        self.forward_cost = TOKENS_ONLY  # what a forward costs: measured at start-up, after the warm-up
         # One tokenizer thread: the tokenizer's truncation setting is shared state, so calls must not overlap (the
         # lock also covers small requests tokenized on the event loop).
         self._tokenizer_thread = ThreadPoolExecutor(1, thread_name_prefix="miniberts-tokenizer")
@@ -89,14 +91,14 @@ class Service:
             self.model = load(self.source)
         check_budget(self.model, self.cfg)
         self.embed_length, self.predict_length = longest_inputs(self.model)
-        # Two picks of auto, made once: for forwards of ROWS_PER_FORWARD rows, and for passes of one input (a lone
+        # Two picks of auto, made once: for forwards of PICK_ROWS rows, and for passes of one input (a lone
         # request: what a client at concurrency 1 waits for). Where they differ (bf16 Tiny: OpenVINO for rows, ONNX
         # Runtime for one) both engines load: with OpenVINO alone a one-sentence request waited five times as long
         # (idle EPYC, c=1: p50 12.4 ms against 2.3 ms with ONNX Runtime), behind sentence-transformers + FastAPI, for
         # ~200 MiB saved. Where they agree (MiniLM-L6 with the defaults: OpenVINO bf16) one engine runs every pass.
         self.precision = precision_of(resolve_dtype(self.cfg.dtype, self.model.device), self.cfg.int8)
         config, device = self.model.config, self.model.device
-        self.backend = resolve(self.cfg.backend, config, self.precision, ROWS_PER_FORWARD, device)
+        self.backend = resolve(self.cfg.backend, config, self.precision, PICK_ROWS, device)
         self.backend_one = resolve(self.cfg.backend, config, self.precision, 1, device)
         self.batcher = Batcher(self._compute, self.cfg.max_batch_tokens, self.cfg.max_concurrent_requests,
                                self.metrics, self._model_thread_threads)
@@ -107,6 +109,8 @@ class Service:
             self._compute(("embed", True), ids, types)
             if self.predict_length:
                 self._compute(("predict", False), ids, types)
+        self.forward_cost = measure(self._time_forward, self.embed_length)
+        log.info("a forward costs %s", self.forward_cost)
         freeze_loaded_objects()
         self.batcher.start()
         self.state = "ready"
@@ -131,20 +135,30 @@ class Service:
         torch.set_num_threads(self.torch_threads if "torch" in (self.backend, self.backend_one) else 1)
 
     def _compute(self, kind: tuple, ids: list[list[int]], type_ids: list[list[int]]):
-        """One pass of the batcher: its rows run length-sorted in forwards of at most ROWS_PER_FORWARD rows, so a
-        long text pads only its few neighbours in length, not the whole pass."""
-        cfg = self.cfg
-        rows = min(len(ids), ROWS_PER_FORWARD)
-        backend = self.backend_one if rows == 1 else self.backend
+        """One pass of the batcher: one input on auto's batch-1 pick; more in the forwards `forwards.plan` finds
+        cheapest for this model (so a long text pads only its few neighbours in length, not the whole pass)."""
+        cfg, one = self.cfg, len(ids) == 1
+        backend = self.backend_one if one else self.backend
+        longest = self.embed_length if kind[0] == "embed" else self.predict_length
+        forwards = None if one else plan([len(x) for x in ids], self.forward_cost, longest)
         if kind[0] == "embed":
-            settings = EmbedConfig(normalize=kind[1], batch_size=rows, dtype=cfg.dtype, backend=backend, int8=cfg.int8)
-            return self.model.embed_tokens(ids, type_ids, settings)
-        settings = PredictConfig(batch_size=rows, dtype=cfg.dtype, backend=backend, int8=cfg.int8)
-        logits = self.model.predict_tokens(ids, type_ids, settings)
+            settings = EmbedConfig(normalize=kind[1], batch_size=PICK_ROWS, dtype=cfg.dtype, backend=backend,
+                                   int8=cfg.int8)
+            return self.model.embed_tokens(ids, type_ids, settings, forwards=forwards)
+        settings = PredictConfig(batch_size=PICK_ROWS, dtype=cfg.dtype, backend=backend, int8=cfg.int8)
+        logits = self.model.predict_tokens(ids, type_ids, settings, forwards)
         # Scores as `predict.results` computes them (a float32 softmax; the logits themselves for raw_scores and a
         # regressor), once for the pass and as plain lists: the event loop only names and sorts them per request.
         raw = kind[1] or self.model.config.regression
         return (logits if raw else torch.softmax(logits.float(), -1)).tolist()
+
+    def _time_forward(self, rows: int, width: int) -> None:
+        """One forward of `rows` inputs of `width` tokens on the passes' engine (start-up's measurement)."""
+        ids = [[self.model.tokenizer.cls_id] + [self.model.tokenizer.unk_id] * (width - 2)
+               + [self.model.tokenizer.sep_id]] * rows
+        settings = EmbedConfig(normalize=False, batch_size=PICK_ROWS, dtype=self.cfg.dtype, backend=self.backend,
+                               int8=self.cfg.int8)
+        self.model.embed_tokens(ids, [[0] * width] * rows, settings, forwards=[(list(range(rows)), width)])
 
     # --- requests -------------------------------------------------------------------------------------------
     def tokens(self, inputs: Inputs, predict: bool, truncate: bool) -> tuple[list[list[int]], list[list[int]]]:
@@ -225,6 +239,7 @@ class Service:
             "backend": self.backend,  # what "auto" resolved to for forwards of many rows, as the precision
             "backend_one_input": self.backend_one,  # and for passes of one input
             "precision": self.precision,
+            "forward_cost": dataclasses.asdict(self.forward_cost),  # seconds, measured at start-up (serve/forwards.py)
             "max_batch_tokens": cfg.max_batch_tokens,
             "max_client_batch_size": cfg.max_client_batch_size,
             "max_concurrent_requests": cfg.max_concurrent_requests,

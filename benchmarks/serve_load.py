@@ -583,9 +583,13 @@ def goals(rows: list[dict], ceilings: dict) -> list[dict]:
 def report(result: dict) -> str:
     args, rows = result["settings"], result["cells"]
     tool = "wrk (one thread, Lua)" if result["load_generator"] == "wrk" else "an asyncio/httpx client"
+    longer = "; ".join(f"{model} {ceil['cell_seconds']:g} s" for model, ceil in result["ceilings"].items()
+                       if ceil.get("cell_seconds", args["seconds"]) > args["seconds"])
+    rounds = ", each run twice on the same server and timed on its second round" if args.get("first_round") else ""
     lines = [f"Load on 127.0.0.1 from {tool}, {result['cpu']}, {result['cpus']} CPUs, torch {result['torch']}; "
-             f"each cell at most {args['requests']:,} requests and {args['seconds']:g} s. Sentences/s (p50 / p99 ms of "
-             "the answered requests):", "",
+             f"each cell at most {args['requests']:,} requests and {args['seconds']:g} s"
+             + (f" ({longer}: 1,024 sentences at the batched ceiling)" if longer else "") + f"{rounds}. Sentences/s "
+             "(p50 / p99 ms of the answered requests):", "",
              "| model | server | sentences/request | " + " | ".join(f"c={c}" for c in args["concurrency"]) + " |",
              "|---|---|---:|" + "---|" * len(args["concurrency"])]
     keys = list(dict.fromkeys((r["model"], r["server"], r["size"]) for r in rows))

@@ -1,7 +1,7 @@
 """Where the time of a whole call goes: `miniberts embed` on 4,000 news sentences and one sentence through
 `Model.embed`, beside a plain `transformers` loop, the FLOPs of the real tokens and the GEMM peak of the same run.
 
-    python benchmarks/profile_call.py [--models minilm,tiny] [--sentences 4000] [--iters 200] [--out docs/profile_call.md]
+    python benchmarks/profile_call.py [--models minilm,tiny] [--sentences 4000] [--iters 400] [--out docs/profile_call.md]
 
 Writes the markdown table to --out and every number to the .json beside it. Per model (the real MiniLM-L6, and the
 Tiny preset with random weights saved as a model directory: its speed does not depend on them), with the defaults
@@ -24,10 +24,11 @@ Tiny preset with random weights saved as a model directory: its speed does not d
    and the engine's own call (the `tokenizers` encode plus the engine's numpy `run_views`: OpenVINO on shared
    input and output buffers, no copies; no miniberts code around it)
    for the engine auto runs and for the other engines it could run at batch 1 (ONNX Runtime fp32, OpenVINO at the
-   default precision): the "within 0.3 ms of the fastest engine" gap, on the same sentence and on a stream. All of them run
-   interleaved round-robin (each round: every call on the same sentence, the order rotated per round; 64
-   sentences cycled) with the same runners and thread settings, so drift cannot decide the gap; each timed call
-   right after an untimed one of its own, so that every call finds its weights in the caches (timed_round_robin).
+   default precision): the "within 0.3 ms of the fastest engine" gap, on the same sentence and on a stream. They run
+   in blocks of 20 calls of one kind, the blocks' order rotated from round to round (64 sentences cycled), with the
+   same runners and thread settings, so drift cannot decide the gap, and one engine at a time, as a user runs them
+   (interleaved call by call, ONNX Runtime's spinning threads slowed OpenVINO's calls by half); each timed call
+   right after an untimed one of its own, so that every call finds its weights in the caches (timed_blocks).
    The rows "a new sentence each call" run `Model.embed` and the engines' own calls on a stream of sentences instead
    (streamed): OpenVINO pays for every change of input shape, ONNX Runtime does not (docs/inference.md).
 
@@ -65,6 +66,7 @@ from miniberts.inference.config import EmbedConfig
 CPU = torch.device("cpu")
 BATCH = EmbedConfig().batch_size
 ROWS = (BATCH, 2 * BATCH, 4 * BATCH)  # rows per engine batch compared (engine_by_rows)
+BLOCK, WARM = 20, 3  # one-sentence calls timed per block of one kind, and untimed before them (timed_blocks)
 
 
 def model_dir(name: str, work: Path) -> Path:
@@ -151,22 +153,28 @@ def engine_by_rows(tokenizer, runner, run_dtype: torch.dtype, ids: list, types: 
     return best
 
 
-def timed_round_robin(calls: dict[str, callable], texts: list[str], iters: int) -> dict[str, tuple[float, float]]:
-    """(p50, p99) ms of each call over `iters` rounds: in every round each call runs on the same sentence (sentence
-    i of `texts` in round i, cycling), in an order rotated from round to round, so drift cannot favour any of them;
-    10 rounds of warm-up first. Each timed call comes right after an untimed run of the same call: a rotation keeps
-    every call's predecessor, and on the real MiniLM a call that follows another engine's (other weights, other
-    precision) finds its weights out of the caches and pays ~1 ms that a user's repeated calls do not."""
+def timed_blocks(calls: dict[str, callable], texts: list[str], iters: int) -> dict[str, list[list[float]]]:
+    """ms of each call, per round: `iters` timed calls of each, run in blocks of BLOCK calls of one kind at a time,
+    the blocks' order rotated from round to round so that drift cannot favour any of them; each block starts with
+    WARM untimed calls. One kind at a time because engines in one process disturb each other: with ONNX Runtime's
+    calls interleaved, OpenVINO's own call on one MiniLM sentence took 3.2-3.4 ms against 2.0 in a loop of its own
+    (ONNX Runtime's threads keep spinning after its call), which a user, who runs one engine, never pays. Within a
+    block, call i runs on sentence i of `texts` (cycling), each timed call right after an untimed run of the same
+    call, so it finds its weights in the caches and repeats its input shape (the streamed rows change it anyway)."""
     names = list(calls)
-    ms = {k: [] for k in names}
-    for r in range(-10, iters):
-        text = texts[r % len(texts)]
+    ms: dict[str, list[list[float]]] = {k: [] for k in names}
+    for r in range(-1, -(-iters // BLOCK)):  # one untimed round of blocks first
         for k in names[r % len(names):] + names[:r % len(names)]:
-            calls[k](text)  # warm: this call's weights in the caches, as in a loop of its own
-            seconds, _ = timed(lambda: calls[k](text))
+            block = []
+            for i in range(-WARM, BLOCK):
+                text = texts[(r * BLOCK + i) % len(texts)]
+                calls[k](text)
+                seconds, _ = timed(lambda: calls[k](text))
+                if i >= 0:
+                    block.append(1e3 * seconds)
             if r >= 0:
-                ms[k].append(1e3 * seconds)
-    return {k: (statistics.median(v), sorted(v)[int(0.99 * (len(v) - 1))]) for k, v in ms.items()}
+                ms[k].append(block)
+    return ms
 
 
 def own_call(model, runner) -> callable:
@@ -191,7 +199,7 @@ def streamed(call, texts: list[str]) -> callable:
 
 
 def one_sentence(model, texts: list[str], iters: int) -> dict[str, float]:
-    """ms p50 (and p99) of Model.embed on one sentence and its parts, all interleaved round-robin (section 4)."""
+    """ms p50 (and p99) of Model.embed on one sentence and its parts, in rotated blocks of one kind (section 4)."""
     _, _, length = model.embedding_settings(EmbedConfig())
     runner, _ = model._runner(False, "auto", resolve_dtype("auto", CPU), False, 1)
 
@@ -219,17 +227,21 @@ def one_sentence(model, texts: list[str], iters: int) -> dict[str, float]:
     stream = " a new sentence each call"
     for k in ["Model.embed, dtype auto", *own]:
         calls[f"{k},{stream}"] = streamed(calls[k], texts)
-    ms = timed_round_robin(calls, texts, iters)
+    blocks = timed_blocks(calls, texts, iters)
+    ms = {k: sorted(x for block in v for x in block) for k, v in blocks.items()}
     out = {}
-    for k, (p50, p99) in ms.items():
-        out[f"{k}: p50"] = p50
+    for k, v in ms.items():
+        out[f"{k}: p50"] = statistics.median(v)
         if k.startswith("Model.embed"):
-            out[f"{k}: p99"] = p99
+            out[f"{k}: p99"] = v[int(0.99 * (len(v) - 1))]
     for suffix in ("", f",{stream}"):
-        fastest = min((k + suffix for k in own), key=lambda k: ms[k][0]) if own else None
+        fastest = min((k + suffix for k in own), key=lambda k: statistics.median(ms[k])) if own else None
         if fastest:
-            out[f"Model.embed (auto) p50 minus the fastest engine's own call p50{suffix}"] = (
-                ms["Model.embed, dtype auto" + suffix][0] - ms[fastest][0])
+            # paired by round: the two calls' blocks of one round ran next to each other, so a slow minute of the
+            # host moves both; the median of the rounds' differences, not the difference of two medians
+            out[f"Model.embed (auto) minus the fastest engine's own call, median of the rounds' p50 differences"
+                f"{suffix}"] = statistics.median(statistics.median(a) - statistics.median(b) for a, b in
+                                                 zip(blocks["Model.embed, dtype auto" + suffix], blocks[fastest]))
     return out
 
 
@@ -272,7 +284,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", default="minilm,tiny", help="comma-separated: minilm, tiny")
     p.add_argument("--sentences", type=int, default=4000)
-    p.add_argument("--iters", type=int, default=200, help="one-sentence calls timed per measurement")
+    p.add_argument("--iters", type=int, default=400, help="one-sentence calls timed per measurement")
     p.add_argument("--out", type=Path, default=Path("docs/profile_call.md"), help="markdown; the .json beside it")
     args = p.parse_args()
     texts = news_sentences(args.sentences, seed=1)

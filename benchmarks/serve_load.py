@@ -76,6 +76,7 @@ import miniberts
 from miniberts.bench.harness import cpu_model, rt_rows
 from miniberts.data.builtin import minilm_dir
 from miniberts.fileio import atomic_write_text
+from miniberts.inference.serve.bodies import Inputs
 from miniberts.inference.serve.config import ServeConfig
 from miniberts.inference.serve.service import Service
 from miniberts.inference.st_export import export_sentence_transformers
@@ -443,9 +444,9 @@ def ceiling(model_dir: str, texts: list[str], predict: bool) -> dict:
     batched = batched_rate(model, texts, predict)
     service = Service(ServeConfig(), model_dir, model)
     service.start()
-    kind, length = (("predict", False), service.predict_length) if predict else (("embed", True), service.embed_length)
-    passes = [model.tokenizer.encode(texts[i:i + SERVED_PASS], None, length) if predict else
-              model.embedding_tokens(texts[i:i + SERVED_PASS], length) for i in range(0, len(texts), SERVED_PASS)]
+    kind = ("predict", False) if predict else ("embed", True)
+    passes = [service.tokens(Inputs(texts[i:i + SERVED_PASS], None, False), predict, truncate=True)
+              for i in range(0, len(texts), SERVED_PASS)]  # as the server tokenizes them
     for _ in range(2):  # the first round meets the passes' shapes, the second is timed
         t = time.perf_counter()
         for ids, types in passes:

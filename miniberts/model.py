@@ -143,9 +143,11 @@ class Embeddings(nn.Module):
         self.norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.dropout = nn.Dropout(cfg.hidden_dropout)
 
-    def forward(self, input_ids: Tensor, token_type_ids: Tensor, packing: Packing) -> Tensor:
+    def forward(self, input_ids: Tensor, token_type_ids: Tensor, packing: Packing,
+                positions: Tensor | None = None) -> Tensor:
         b, s = input_ids.shape
-        positions = torch.arange(s, device=input_ids.device).expand(b, s)
+        if positions is None:
+            positions = torch.arange(s, device=input_ids.device).expand(b, s)
         if packing.indices is not None:  # embed the real tokens only: [T]
             input_ids, token_type_ids, positions = (unpad(t, packing.indices) for t in (input_ids, token_type_ids, positions))
         x = self.word(input_ids) + self.position(positions) + self.token_type(token_type_ids)
@@ -233,6 +235,21 @@ class BertModel(nn.Module):
         if packing.indices is not None:
             kept = [pad(h, packing.indices, b, s) for h in kept]
         return kept
+
+
+    def packed_hidden(self, input_ids: Tensor, token_type_ids: Tensor, position_ids: Tensor, segment_ids: Tensor
+                      ) -> Tensor:
+        """The last hidden states [B, S, H] of rows that each hold several sequences one after another (sequence
+        packing: a server's short sentences fill a few rows instead of padding many). `segment_ids` [B, S] numbers the
+        sequences of a row from 1 (0: padding) and a token attends only to its own sequence's tokens; `position_ids`
+        restart at 0 with each sequence. Every sequence gets the hidden states it gets alone, up to rounding. A
+        sequence's [CLS] is its first token: pool outside (inference/packing.py)."""
+        mask = (segment_ids[:, :, None] == segment_ids[:, None, :])[:, None]  # [B, 1, S, S]; padding sees padding
+        packing = Packing(None, *input_ids.shape, mask)
+        x = self.embeddings(input_ids, token_type_ids, packing, position_ids)
+        for layer in self.layers:
+            x = layer(x, packing)
+        return x
 
 
 class MaskedLMHead(nn.Module):

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 INSTALL_HINT = "pip install 'miniberts[onnx]'"
 DEFAULT_OPSET = 17  # the first opset with a LayerNormalization op; onnxruntime >= 1.14 runs it
 INPUTS = ["input_ids", "attention_mask", "token_type_ids"]
+PACKED_INPUTS = ["input_ids", "token_type_ids", "position_ids", "segment_ids"]  # export_packed_onnx's graph
 
 
 def require_onnx():
@@ -77,18 +78,44 @@ def export_onnx(model: nn.Module, out: str | Path, opset: int = DEFAULT_OPSET) -
     axes.update({"pooler_output": {0: "batch"}, "logits": {0: "batch"}})
     was_unpadded = encoder.unpad
     encoder.unpad = False
-    out = Path(out)
     try:
-        with warnings.catch_warnings(), torch.no_grad(), atomic_path(out) as tmp:
-            warnings.simplefilter("ignore", DeprecationWarning)  # the legacy exporter; see the module docstring
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks frozen by the trace: harmless
-            torch.onnx.export(
-                model.float().eval(), (example, mask, torch.zeros_like(example)), str(tmp), dynamo=False,
-                input_names=INPUTS, output_names=names, dynamic_axes={k: v for k, v in axes.items() if k in INPUTS + names},
-                opset_version=opset,
-            )
+        return _trace(model, (example, mask, torch.zeros_like(example)), INPUTS, names,
+                      {k: v for k, v in axes.items() if k in INPUTS + names}, out, opset)
     finally:
         encoder.unpad = was_unpadded
+
+
+class PackedGraph(nn.Module):
+    """`BertModel.packed_hidden` as a module to trace: rows of several sentences each -> last hidden states."""
+
+    def __init__(self, encoder: BertModel):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, input_ids, token_type_ids, position_ids, segment_ids):
+        return self.encoder.packed_hidden(input_ids, token_type_ids, position_ids, segment_ids)
+
+
+def export_packed_onnx(encoder: BertModel, out: str | Path, opset: int = DEFAULT_OPSET) -> Path:
+    """Trace the encoder's packed form (several sentences per row, inference/packing.py) into an ONNX file at `out`:
+    inputs PACKED_INPUTS [rows, width], output last_hidden_state [rows, width, hidden]."""
+    require_onnx()
+    example = torch.tensor([[2, 7, 3, 2, 8, 9, 3], [2, 9, 3, 0, 0, 0, 0]])
+    positions = torch.tensor([[0, 1, 2, 0, 1, 2, 3], [0, 1, 2, 0, 0, 0, 0]])
+    segments = torch.tensor([[1, 1, 1, 2, 2, 2, 2], [1, 1, 1, 0, 0, 0, 0]])
+    axes = {name: {0: "rows", 1: "width"} for name in PACKED_INPUTS + ["last_hidden_state"]}
+    return _trace(PackedGraph(encoder), (example, torch.zeros_like(example), positions, segments), PACKED_INPUTS,
+                  ["last_hidden_state"], axes, out, opset)
+
+
+def _trace(model: nn.Module, example: tuple, inputs: list[str], outputs: list[str], axes: dict, out: str | Path,
+           opset: int) -> Path:
+    out = Path(out)
+    with warnings.catch_warnings(), torch.no_grad(), atomic_path(out) as tmp:
+        warnings.simplefilter("ignore", DeprecationWarning)  # the legacy exporter; see the module docstring
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks frozen by the trace: harmless
+        torch.onnx.export(model.float().eval(), example, str(tmp), dynamo=False, input_names=inputs,
+                          output_names=outputs, dynamic_axes=axes, opset_version=opset)
     return out
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..checkpoint import load_classifier, load_encoder, resolve, save_hf
@@ -28,6 +29,8 @@ from .backends.auto import BATCH_ONE
 from .backends.base import EngineClassifier, EngineEncoder
 from .batching import check_finite, embed_step, run_encoded
 from .config import EmbedConfig, PredictConfig, settings_of
+from .packing import packed_arrays, pool_packed
+
 from .predict import checked_logits, classify_step, has_task_head, no_head, results
 
 
@@ -105,6 +108,49 @@ class Model:
                                   "embed" if progress else "", forwards).numpy()
         check_finite(vectors, self.source)
         return vectors
+
+    def embed_packed(self, ids: list[list[int]], type_ids: list[list[int]], cfg: EmbedConfig,
+                     rows: list[list[int]], width: int) -> np.ndarray:
+        """`embed_tokens` in one forward of packed rows: `rows` (packing.pack_rows of these inputs' lengths) of at
+        most `width` tokens, on cfg's backend, an engine whose `packs()` is true (a server's pass of short inputs)."""
+        pooling, normalize, _ = self.embedding_settings(cfg)
+        packed, hidden = self._run_packed(ids, type_ids, cfg, rows, width)
+        with torch.no_grad():
+            if pooling == "pooler":
+                vectors = self._pooler(pool_packed(hidden, packed, "cls"))
+            else:
+                vectors = torch.from_numpy(pool_packed(hidden, packed, pooling))
+            vectors = (F.normalize(vectors, dim=-1) if normalize else vectors).numpy()
+        check_finite(vectors, self.source)
+        return vectors
+
+    def predict_packed(self, ids: list[list[int]], type_ids: list[list[int]], cfg: PredictConfig,
+                       rows: list[list[int]], width: int) -> torch.Tensor:
+        """`predict_tokens` in one forward of packed rows, as `embed_packed`; the pooler and the head run in torch."""
+        if not isinstance(self.module, BertForSequenceClassification):
+            raise no_head(self.source)
+        packed, hidden = self._run_packed(ids, type_ids, cfg, rows, width)
+        with torch.no_grad():
+            logits = self.module.classifier(self._pooler(pool_packed(hidden, packed, "cls"))).float()
+        check_finite(logits, self.source)
+        return logits
+
+    def packs(self, cfg: EmbedConfig | PredictConfig) -> bool:
+        """Whether `embed_packed` / `predict_packed` run with these settings: their engine has a packed graph."""
+        runner, _ = self._runner(False, cfg.backend, resolve_dtype(cfg.dtype, self.device), cfg.int8, cfg.batch_size)
+        return isinstance(runner, EngineEncoder) and runner.packs()
+
+    def _run_packed(self, ids, type_ids, cfg, rows, width):
+        if not self.packs(cfg):
+            raise MinibertsError(f"packed rows need an engine that runs them (openvino), not {cfg.backend}")
+        runner, _ = self._runner(False, cfg.backend, resolve_dtype(cfg.dtype, self.device), cfg.int8, cfg.batch_size)
+        packed = packed_arrays(ids, type_ids, rows, width)
+        return packed, runner.run_packed(packed.input_ids, packed.token_type_ids, packed.position_ids,
+                                         packed.segment_ids)
+
+    def _pooler(self, cls: np.ndarray) -> torch.Tensor:
+        """BERT's pooled output (tanh of the pooler on [CLS]) of float32 [N, H] [CLS] states, in fp32."""
+        return torch.tanh(self.encoder.pooler(torch.from_numpy(cls)))
 
     def embedding_settings(self, cfg: EmbedConfig) -> tuple[str, bool, int]:
         """(pooling, normalize, max_length) that `cfg` means for this model: "auto" and the None defaults come from

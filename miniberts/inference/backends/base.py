@@ -40,6 +40,16 @@ class EngineEncoder(nn.Module):
         return torch.from_numpy(np.ascontiguousarray(hidden, dtype=np.float32)), torch.from_numpy(
             np.ascontiguousarray(pooled, dtype=np.float32))
 
+    def packs(self) -> bool:
+        """Whether `run_packed` runs here (an engine with a packed graph: inference/packing.py)."""
+        return False
+
+    def run_packed(self, input_ids: np.ndarray, token_type_ids: np.ndarray, position_ids: np.ndarray,
+                   segment_ids: np.ndarray) -> np.ndarray:
+        """The last hidden states [rows, width, H] (float32, possibly the engine's own buffer, which its next run
+        overwrites) of rows of several inputs each (`BertModel.packed_hidden`'s arguments, int64 numpy)."""
+        raise MinibertsError(f"the {self.name} backend does not run packed rows")
+
     def run_views(self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray
                   ) -> tuple[np.ndarray, np.ndarray]:
         """`run` for a caller that reads the outputs at once: they may be the engine's own buffers, which its next

@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ...errors import MinibertsError
-from ..export import export_onnx
+from ..export import export_onnx, export_packed_onnx
 from ...model import BertModel
 from ...tokenizer import WordPieceTokenizer
 from . import ov_int8
@@ -24,11 +24,13 @@ from .cache import artifact
 from .smoothquant import calibration_ids, calibration_key
 
 
-def build(encoder: BertModel):
+def build(encoder: BertModel, export=export_onnx):
+    """The writer of the IR folder: `export` (export_onnx, or export_packed_onnx for the packed graph) to ONNX, then
+    OpenVINO's conversion."""
     def write(folder: Path) -> None:
         import openvino as ov
 
-        export_onnx(encoder, folder / "raw.onnx")
+        export(encoder, folder / "raw.onnx")
         ov.save_model(ov.convert_model(str(folder / "raw.onnx")), str(folder / "model.xml"))
         (folder / "raw.onnx").unlink()
 
@@ -53,13 +55,11 @@ class OpenVinoEncoder(EngineEncoder):
                               ov_int8.build(encoder.float().eval(), ids))
         else:
             folder = artifact(encoder, self.name, "ir", build(encoder.float().eval()))
-        core = ov.Core()
-        # CACHE_DIR: OpenVINO keeps the compiled model there (keyed by graph, precision and threads) and a later
-        # process imports it instead of compiling the IR again, a fraction of the time
-        config = {"INFERENCE_NUM_THREADS": threads, "CACHE_DIR": str(folder / "compiled")}
+        self._core = ov.Core()
+        self._config = {"INFERENCE_NUM_THREADS": threads}
         if precision != "default":  # "default" (the bench's row): what OpenVINO picks for this CPU by itself
-            config["INFERENCE_PRECISION_HINT"] = "bf16" if precision == "bf16" else "f32"
-        self.compiled = core.compile_model(str(folder / "model.xml"), "CPU", config)
+            self._config["INFERENCE_PRECISION_HINT"] = "bf16" if precision == "bf16" else "f32"
+        self.compiled = self._compile(folder)
         if precision != "int8":
             # "<Type: 'bfloat16'>" (or 'float16', 'float32'). No BF16 in the CPU's OPTIMIZATION_CAPABILITIES:
             # OpenVINO runs f32 whatever the hint.
@@ -67,6 +67,30 @@ class OpenVinoEncoder(EngineEncoder):
             self.precision = "bf16" if "bfloat16" in ran or "bf16" in ran else "f16" if "float16" in ran else "fp32"
         self.request = self.compiled.create_infer_request()
         self.outputs = self.compiled.outputs
+        # The packed graph (inference/packing.py), exported and compiled on its first use: a server's passes use it,
+        # a one-off `embed` never does. Not for int8: its calibrated graph is the padded one.
+        self._packed_folder = None if precision == "int8" else (
+            lambda: artifact(encoder, self.name, "ir-packed", build(encoder.float().eval(), export_packed_onnx)))
+        self._packed_request = None
+
+    def _compile(self, folder: Path):
+        # CACHE_DIR: OpenVINO keeps the compiled model there (keyed by graph, precision and threads) and a later
+        # process imports it instead of compiling the IR again, a fraction of the time
+        config = {**self._config, "CACHE_DIR": str(folder / "compiled")}
+        return self._core.compile_model(str(folder / "model.xml"), "CPU", config)
+
+    def packs(self) -> bool:
+        return self._packed_folder is not None
+
+    def run_packed(self, input_ids, token_type_ids, position_ids, segment_ids):
+        if not self.packs():
+            return super().run_packed(input_ids, token_type_ids, position_ids, segment_ids)
+        if self._packed_request is None:
+            self._packed_request = self._compile(self._packed_folder()).create_infer_request()
+        out = self._packed_request.infer({"input_ids": input_ids, "token_type_ids": token_type_ids,
+                                          "position_ids": position_ids, "segment_ids": segment_ids},
+                                         share_inputs=True, share_outputs=True)
+        return out[0]
 
     def run(self, input_ids, attention_mask, token_type_ids):
         hidden, pooled = self.run_views(input_ids, attention_mask, token_type_ids)

@@ -29,6 +29,9 @@ class ServeConfig:
     backend: str = field(default="auto", metadata={"help": BACKEND_HELP, "choices": BACKENDS})
     int8: bool = field(default=False, metadata={"help": INT8_HELP})
     dtype: str = field(default="auto", metadata={"help": DTYPE_HELP, "choices": DTYPES})
+    pack: bool = field(default=True, metadata={
+        "help": "run a pass of short inputs as rows of several inputs each, in one forward, where the engine can "
+                "(openvino) and the measured cost says it is cheaper than padded forwards (--no-pack: never)"})
     workers: int = field(default=1, metadata={"help": "server processes on the one port, each with its own model",
                                               "min": 1})
     threads: int | None = field(default=None, metadata={

@@ -29,7 +29,7 @@ from ..loaded_model import Model, load
 from .batcher import Batcher, Job
 from .bodies import ApiError, Inputs
 from .config import ServeConfig
-from .forwards import TOKENS_ONLY, measure, plan
+from .forwards import TOKENS_ONLY, PackedForward, measure, plan
 from .metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,7 @@ class Service:
         self.metrics = Metrics()
         self.batcher: Batcher | None = None
         self.forward_cost = TOKENS_ONLY  # what a forward costs: measured at start-up, after the warm-up
+        self.packs = False  # whether passes may run as packed rows: decided at start-up (--pack and the engine)
         # One tokenizer thread: the tokenizer's truncation setting is shared state, so calls must not overlap (the
         # lock also covers small requests tokenized on the event loop).
         self._tokenizer_thread = ThreadPoolExecutor(1, thread_name_prefix="miniberts-tokenizer")
@@ -102,6 +103,10 @@ class Service:
         self.backend_one = resolve(self.cfg.backend, config, self.precision, 1, device)
         self.batcher = Batcher(self._compute, self.cfg.max_batch_tokens, self.cfg.max_concurrent_requests,
                                self.metrics, self._model_thread_threads)
+        # Packed passes where the passes' engine runs them (and --pack): decided before the warm-up, whose passes of
+        # short inputs then export and compile its packed graph too.
+        self.packs = self.cfg.pack and self.model.packs(EmbedConfig(batch_size=PICK_ROWS, dtype=self.cfg.dtype,
+                                                                    backend=self.backend, int8=self.cfg.int8))
         # Warm up on one row and on many, so the engine's one-time export and first shapes happen before /health
         # answers 200, not in the first requests' passes.
         for rows in (1, max(2, self.cfg.max_client_batch_size)):
@@ -140,13 +145,17 @@ class Service:
         cfg, one = self.cfg, len(ids) == 1
         backend = self.backend_one if one else self.backend
         longest = self.embed_length if kind[0] == "embed" else self.predict_length
-        forwards = None if one else plan([len(x) for x in ids], self.forward_cost, longest)
+        forwards = None if one else plan([len(x) for x in ids], self.forward_cost, longest, self.packs)
+        packed = isinstance(forwards, PackedForward)
         if kind[0] == "embed":
             settings = EmbedConfig(normalize=kind[1], batch_size=PICK_ROWS, dtype=cfg.dtype, backend=backend,
                                    int8=cfg.int8)
+            if packed:
+                return self.model.embed_packed(ids, type_ids, settings, forwards.rows, forwards.width)
             return self.model.embed_tokens(ids, type_ids, settings, forwards=forwards)
         settings = PredictConfig(batch_size=PICK_ROWS, dtype=cfg.dtype, backend=backend, int8=cfg.int8)
-        logits = self.model.predict_tokens(ids, type_ids, settings, forwards)
+        logits = (self.model.predict_packed(ids, type_ids, settings, forwards.rows, forwards.width) if packed
+                  else self.model.predict_tokens(ids, type_ids, settings, forwards))
         # Scores as `predict.results` computes them (a float32 softmax; the logits themselves for raw_scores and a
         # regressor), once for the pass and as plain lists: the event loop only names and sorts them per request.
         raw = kind[1] or self.model.config.regression
@@ -239,6 +248,7 @@ class Service:
             "backend": self.backend,  # what "auto" resolved to for forwards of many rows, as the precision
             "backend_one_input": self.backend_one,  # and for passes of one input
             "precision": self.precision,
+            "packed_passes": self.packs,  # passes of short inputs may run as packed rows (serve/forwards.py)
             "forward_cost": dataclasses.asdict(self.forward_cost),  # seconds, measured at start-up (serve/forwards.py)
             "max_batch_tokens": cfg.max_batch_tokens,
             "max_client_batch_size": cfg.max_client_batch_size,

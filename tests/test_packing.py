@@ -138,6 +138,7 @@ def test_the_plan_packs_short_inputs_when_that_is_cheaper_and_splits_otherwise()
     assert sorted(i for row in packed.rows for i in row) == list(range(64))
     assert all(sum(short[i] for i in row) <= packed.width for row in packed.rows)
     assert not isinstance(plan(short, costly_forwards, 512, packs=False), PackedForward)
+    assert plan([], costly_forwards, 512, packs=True) == []
     # one 500-token text among short ones: packed rows of 512 would pay attention over 512 for every token
     long_and_short = [500] + [10] * 31
     assert not isinstance(plan(long_and_short, ForwardCost(5.0, 1.0, 0.05), 512, packs=True), PackedForward)

@@ -73,7 +73,7 @@ def plan(lengths: list[int], cost: ForwardCost, longest: int, packs: bool = Fals
     """The cheapest way under `cost` to run a pass of inputs of `lengths`: padded forwards (`split`) or, where the
     engine `packs`, one forward of packed rows of the cheapest width (at least the longest input's padded width)."""
     forwards, split_cost = split(lengths, cost, longest)
-    if not packs:
+    if not packs or not lengths:
         return forwards
     narrowest = padded_width(max(lengths), longest)
     widths = [narrowest] + [w for w in PACKED_WIDTHS if narrowest < w <= longest]

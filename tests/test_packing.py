@@ -134,7 +134,7 @@ def test_the_plan_packs_short_inputs_when_that_is_cheaper_and_splits_otherwise()
     short = [12, 30, 25, 8, 40, 22, 17, 35] * 8  # 64 sentences
     costly_forwards = ForwardCost(500.0, 1.0, 0.001)
     packed = plan(short, costly_forwards, 512, packs=True)
-    assert isinstance(packed, PackedForward) and packed.width in (48, 64, 128, 256)
+    assert isinstance(packed, PackedForward) and packed.width in (64, 128, 256, 512)
     assert sorted(i for row in packed.rows for i in row) == list(range(64))
     assert all(sum(short[i] for i in row) <= packed.width for row in packed.rows)
     assert not isinstance(plan(short, costly_forwards, 512, packs=False), PackedForward)
@@ -164,3 +164,10 @@ def test_a_server_on_openvino_runs_its_passes_packed_and_answers_as_model_embed(
             assert [max(zip(s, LABELS))[1] for s in scores] == [d["label"] for d in direct]
         finally:
             service.stop()
+
+
+def test_packed_shapes_come_in_few_row_counts():
+    from miniberts.inference.serve.forwards import packed_row_count
+    assert [packed_row_count(n) for n in (1, 5, 8, 9, 11, 16, 17, 33, 64, 65)] == [1, 5, 8, 10, 12, 16, 20, 40, 64, 80]
+    assert all(n <= packed_row_count(n) < n * 1.25 + 1 for n in range(1, 600))
+    assert len({packed_row_count(n) for n in range(1, 65)}) == 20

@@ -51,7 +51,8 @@ class Packed:
 
 
 def packed_arrays(ids: list[list[int]], type_ids: list[list[int]], rows: list[list[int]], width: int) -> Packed:
-    """The arrays of a forward of `rows` (pack_rows' result on these inputs) of `width` tokens."""
+    """The arrays of a forward of `rows` (pack_rows' result on these inputs; an empty row is all padding) of `width`
+    tokens."""
     arrays = np.zeros((4, len(rows), width), np.int64)
     starts = np.empty(len(ids), np.int64)
     positions = np.arange(width)

@@ -25,11 +25,10 @@ from .smoothquant import calibration_ids, calibration_key
 
 
 # Input shapes whose prepared kernels OpenVINO keeps for the packed graph (its CPU_RUNTIME_CACHE_CAPACITY, 5,000 by
-# default). Packed forwards come in any row count, so a server met hundreds of shapes, ~1 MiB each on Tiny: its
-# resident memory rose by ~400 MiB over three rounds of mixed loads and was still rising, where padded forwards (rows
-# in powers of two) stayed flat. Preparing a shape again measured no slower than a kept one (Tiny and MiniLM-L6,
-# OpenVINO 2026.4, the 2-vCPU EPYC), so few are kept.
-PACKED_SHAPES_KEPT = 64
+# default), ~1 MiB each on Tiny: enough for every shape a server's packed passes come in (serve/forwards.py rounds
+# them to a few widths and row counts), so the memory levels off. Packed forwards in any row count and 16-token widths
+# met hundreds of shapes: a server's resident memory rose by ~400 MiB over three rounds of mixed loads.
+PACKED_SHAPES_KEPT = 256
 
 
 def build(encoder: BertModel, export=export_onnx):

@@ -663,13 +663,13 @@ def report(result: dict) -> str:
               "|---|---|---:|---:|---:|---:|---:|---|---|"]
 
     def ratio(x):
-        return "–" if x is None else f"{x:.1f}x"
+        return "–" if x is None else f"{x:.2f}x"  # 2.96 is not 3
 
     for g in result["goals"]:
         behind = ", ".join(g["behind_peers"]) or ("none" if g["peers"] else "no peer")
         sized = "–" if g["behind_peers_sized"] is None else (", ".join(g["behind_peers_sized"])
                                                              or ("none" if g["peers"] else "no peer"))
-        lines.append(f"| {g['model']} | {g['server']} | {g['of_ceiling']:.0%} | {g.get('of_as_served', 0):.0%} | "
+        lines.append(f"| {g['model']} | {g['server']} | {g['of_ceiling']:.0%} | {format(g['of_as_served'], '.0%') if 'of_as_served' in g else '–'} | "
                      f"{ratio(g['of_sequential'])} | "
                      f"{ratio(g['ceiling_over_sequential'])} | {g['p99_over_p50']:.1f} | {behind} | {sized} |")
     lines += [""] + [f"Skipped: {reason}." for reason in result["skipped"]]

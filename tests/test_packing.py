@@ -16,7 +16,6 @@ import torch
 
 import miniberts
 from miniberts.config import BertConfig
-from miniberts.checkpoint import save_hf
 from miniberts.errors import MinibertsError
 from miniberts.inference import backends
 from miniberts.inference.config import EmbedConfig, PredictConfig
@@ -24,13 +23,11 @@ from miniberts.inference.packing import pack_rows, packed_arrays, pool_packed
 from miniberts.inference.serve.config import ServeConfig
 from miniberts.inference.serve.forwards import ForwardCost, PackedForward, plan
 from miniberts.inference.serve.service import Service
-from miniberts.model import BertForSequenceClassification, BertModel
-from miniberts.tokenizer import BUILTIN_VOCAB, WordPieceTokenizer
+from miniberts.model import BertModel
 
 from conftest import MINILM, needs_minilm
 from test_fast_paths import rotten_tomatoes
-
-LABELS = ["negative", "positive"]
+from test_serve import LABELS, classifier  # noqa: F401 (classifier: the small fine-tuned head's fixture)
 
 
 def needs_openvino():
@@ -82,14 +79,6 @@ def test_a_packed_row_gives_each_input_its_own_hidden_states():
             assert (flat[start:start + len(x)] - alone[0]).abs().max() < 1e-5
 
 
-@pytest.fixture(scope="module")
-def classifier(tmp_path_factory) -> str:
-    torch.manual_seed(0)
-    cfg = BertConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, id2label=LABELS)
-    return str(save_hf(BertForSequenceClassification(cfg), WordPieceTokenizer(BUILTIN_VOCAB),
-                       tmp_path_factory.mktemp("clf")))
-
-
 @needs_minilm
 def test_openvino_packed_embeddings_equal_its_padded_ones_on_the_real_minilm():
     needs_openvino()
@@ -119,7 +108,7 @@ def test_openvino_packed_predictions_equal_its_padded_ones(classifier):
     rows = pack_rows([len(x) for x in ids], 128)
     packed = model.predict_packed(ids, types, cfg, rows, 128)
     padded = model.predict_tokens(ids, types, cfg)
-    assert packed.shape == (24, 2) and (packed - padded).abs().max() < 1e-3
+    assert packed.shape == (24, len(LABELS)) and (packed - padded).abs().max() < 1e-3
 
 
 def test_engines_without_a_packed_graph_refuse_it_in_one_line(classifier):

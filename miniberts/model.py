@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .config import BertConfig
 from .errors import MinibertsError
@@ -130,6 +131,13 @@ def make_packing(attention_mask: Tensor | None, batch: int, seq: int, unpadded: 
     return Packing(indices, batch, seq, None, groups)
 
 
+# Attention kernels on CUDA: not cuDNN's, which builds an execution plan for every new input shape. Sentences come in
+# every length, so a server met new shapes all the time: on an H200, a MiniLM-L6-sized model ran 53 one-sentence calls
+# a second and 165 sentences/s in passes of 64 over shapes it had not met, against 282 and 2,494 without cuDNN's
+# kernel (1,024 real sentences; once every shape was met, 148-351 and 2,612-3,319 either way).
+CUDA_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+
 def activation(name: str) -> nn.Module:
     return nn.GELU(approximate="tanh" if name == "gelu_tanh" else "none")
 
@@ -178,7 +186,12 @@ class SelfAttention(nn.Module):
         b, s, three_h = qkv.shape
         head_dim = three_h // 3 // self.num_heads
         q, k, v = qkv.view(b, s, 3, self.num_heads, head_dim).permute(2, 0, 3, 1, 4)  # 3 x [B, heads, S, head_dim]
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, dropout_p=self.dropout_p if self.training else 0.0)
+        dropout = self.dropout_p if self.training else 0.0
+        if q.is_cuda:
+            with sdpa_kernel(CUDA_ATTENTION):
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, dropout_p=dropout)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, dropout_p=dropout)
         return y.transpose(1, 2).reshape(b, s, three_h // 3)
 
 

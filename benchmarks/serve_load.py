@@ -609,8 +609,8 @@ INPUTS = {"sentences": "sentences (the corpus's texts split into sentences)",
 
 
 def corpus_inputs(rows: list[dict], inputs: str, n: int = 4096) -> list[str]:
-    """The first `n` request inputs of the corpus, in its order: its texts, or the sentences of its texts (the issue
-    asks for single-sentence requests; a quarter of the texts are plot summaries, paragraphs of up to a thousand
+    """The first `n` request inputs of the corpus, in its order: its texts, or the sentences of its texts (the goals
+    are about single-sentence requests; a quarter of the texts are plot summaries, paragraphs of up to a thousand
     words). Empty ones are left out (an empty input is a 422)."""
     texts = [r["text"] for r in rows if r["text"].strip()]
     if inputs == "sentences":
@@ -669,7 +669,8 @@ def report(result: dict) -> str:
         behind = ", ".join(g["behind_peers"]) or ("none" if g["peers"] else "no peer")
         sized = "–" if g["behind_peers_sized"] is None else (", ".join(g["behind_peers_sized"])
                                                              or ("none" if g["peers"] else "no peer"))
-        lines.append(f"| {g['model']} | {g['server']} | {g['of_ceiling']:.0%} | {format(g['of_as_served'], '.0%') if 'of_as_served' in g else '–'} | "
+        as_served = f"{g['of_as_served']:.0%}" if "of_as_served" in g else "–"  # runs before it was measured
+        lines.append(f"| {g['model']} | {g['server']} | {g['of_ceiling']:.0%} | {as_served} | "
                      f"{ratio(g['of_sequential'])} | "
                      f"{ratio(g['ceiling_over_sequential'])} | {g['p99_over_p50']:.1f} | {behind} | {sized} |")
     lines += [""] + [f"Skipped: {reason}." for reason in result["skipped"]]

@@ -18,6 +18,7 @@ Two things differ from the reference in *how* it computes, never in *what*:
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -186,12 +187,9 @@ class SelfAttention(nn.Module):
         b, s, three_h = qkv.shape
         head_dim = three_h // 3 // self.num_heads
         q, k, v = qkv.view(b, s, 3, self.num_heads, head_dim).permute(2, 0, 3, 1, 4)  # 3 x [B, heads, S, head_dim]
-        dropout = self.dropout_p if self.training else 0.0
-        if q.is_cuda:
-            with sdpa_kernel(CUDA_ATTENTION):
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, dropout_p=dropout)
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, dropout_p=dropout)
+        with sdpa_kernel(CUDA_ATTENTION) if q.is_cuda else contextlib.nullcontext():
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask,
+                                               dropout_p=self.dropout_p if self.training else 0.0)
         return y.transpose(1, 2).reshape(b, s, three_h // 3)
 
 
@@ -248,7 +246,6 @@ class BertModel(nn.Module):
         if packing.indices is not None:
             kept = [pad(h, packing.indices, b, s) for h in kept]
         return kept
-
 
     def packed_hidden(self, input_ids: Tensor, token_type_ids: Tensor, position_ids: Tensor, segment_ids: Tensor
                       ) -> Tensor:

@@ -30,7 +30,6 @@ from .backends.base import EngineClassifier, EngineEncoder
 from .batching import check_finite, embed_step, run_encoded
 from .config import EmbedConfig, PredictConfig, settings_of
 from .packing import packed_arrays, pool_packed
-
 from .predict import checked_logits, classify_step, has_task_head, no_head, results
 
 
@@ -137,13 +136,16 @@ class Model:
 
     def packs(self, cfg: EmbedConfig | PredictConfig) -> bool:
         """Whether `embed_packed` / `predict_packed` run with these settings: their engine has a packed graph."""
+        return self._packing_engine(cfg) is not None
+
+    def _packing_engine(self, cfg: EmbedConfig | PredictConfig) -> EngineEncoder | None:
         runner, _ = self._runner(False, cfg.backend, resolve_dtype(cfg.dtype, self.device), cfg.int8, cfg.batch_size)
-        return isinstance(runner, EngineEncoder) and runner.packs()
+        return runner if isinstance(runner, EngineEncoder) and runner.packs() else None
 
     def _run_packed(self, ids, type_ids, cfg, rows, width):
-        if not self.packs(cfg):
+        runner = self._packing_engine(cfg)
+        if runner is None:
             raise MinibertsError(f"packed rows need an engine that runs them (openvino), not {cfg.backend}")
-        runner, _ = self._runner(False, cfg.backend, resolve_dtype(cfg.dtype, self.device), cfg.int8, cfg.batch_size)
         packed = packed_arrays(ids, type_ids, rows, width)
         return packed, runner.run_packed(packed.input_ids, packed.token_type_ids, packed.position_ids,
                                          packed.segment_ids)

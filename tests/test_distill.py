@@ -104,6 +104,9 @@ def test_teacher_logits_are_cached_and_invalidated(tmp_path, monkeypatch):
     save_teacher(teacher, seed=7)  # the same directory, new weights
     (changed,) = label([(texts, None)])
     assert len(calls) == 4 and not np.allclose(changed, first)
+    WordPieceTokenizer(BUILTIN_VOCAB, lowercase=False).save(teacher)  # the same weights, another tokenization
+    label([(texts, None)])
+    assert len(calls) == 5
 
 
 def test_vocab_mismatch_is_a_clear_error(task, student, tmp_path):
@@ -115,6 +118,16 @@ def test_vocab_mismatch_is_a_clear_error(task, student, tmp_path):
     other = save_hf(model, WordPieceTokenizer(tmp_path / "vocab.txt"), tmp_path / "teacher")
     with pytest.raises(MinibertsError, match="differs from student vocab.*same WordPiece vocabulary"):
         distill.run(cfg(task, other, student, tmp_path / "run"))
+
+
+def test_a_cased_teacher_for_an_uncased_student_is_a_clear_error(task, student, tmp_path):
+    """The same vocab.txt, but the teacher keeps capitals: "Great" is other token ids for it than for the student."""
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(BertConfig(**SMALL).with_task(["negative", "positive"], False))
+    cased = save_hf(model, WordPieceTokenizer(BUILTIN_VOCAB, lowercase=False), tmp_path / "teacher")
+    with pytest.raises(MinibertsError, match=r"teacher .*teacher is cased but student .* is uncased \(lowercases"):
+        distill.run(cfg(task, cased, student, tmp_path / "run"))
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
 
 
 def test_missing_transfer_data_is_a_clear_error(task, teacher, student, tmp_path):

@@ -48,11 +48,14 @@ def test_rows_hold_every_input_once_within_the_width():
 
 def test_packed_arrays_restart_positions_and_number_segments():
     ids = [[2, 5, 3], [2, 6, 7, 8, 3], [2, 3]]
-    packed = packed_arrays(ids, [[0] * len(x) for x in ids], [[1], [0, 2]], 6)
+    types = [[0, 0, 1], [0, 0, 0, 1, 1], [0, 1]]
+    packed = packed_arrays(ids, types, [[1], [0, 2]], 6)
     assert packed.input_ids.tolist() == [[2, 6, 7, 8, 3, 0], [2, 5, 3, 2, 3, 0]]
+    assert packed.token_type_ids.tolist() == [[0, 0, 0, 1, 1, 0], [0, 0, 1, 0, 1, 0]]
     assert packed.position_ids.tolist() == [[0, 1, 2, 3, 4, 0], [0, 1, 2, 0, 1, 0]]
     assert packed.segment_ids.tolist() == [[1, 1, 1, 1, 1, 0], [1, 1, 1, 2, 2, 0]]
     assert packed.starts.tolist() == [6, 0, 9] and packed.lengths.tolist() == [3, 5, 2]
+    assert packed_arrays(ids, types, [[1], [0, 2], []], 6).input_ids[2].tolist() == [0] * 6  # an empty row: padding
     hidden = np.arange(2 * 6 * 2, dtype=np.float32).reshape(2, 6, 2)
     flat = hidden.reshape(-1, 2)
     assert pool_packed(hidden, packed, "cls").tolist() == flat[[6, 0, 9]].tolist()

@@ -10,7 +10,8 @@ import random
 import pytest
 
 from miniberts.inference.serve import forwards
-from miniberts.inference.serve.forwards import ROW_COUNTS, ForwardCost, measure, padded_width, plan, timed_shapes
+from miniberts.inference.serve.forwards import (ROW_COUNTS, ForwardCost, PackedForward, measure, padded_width, plan,
+                                                timed_shapes)
 
 
 def total(split, cost):
@@ -54,6 +55,29 @@ def test_a_costly_forward_makes_few_large_ones_a_cheap_one_groups_lengths():
     long_rows = [250] * 2 + [200] * 2
     assert len(plan(long_rows, ForwardCost(300.0, 1.0, 0.0), 256)) == 1
     assert len(plan(long_rows, ForwardCost(300.0, 1.0, 0.05), 256)) == 2
+
+
+def test_no_forward_holds_more_than_the_batch_budget():
+    """The batcher bounds a pass by rows x its longest unrounded length; the forwards pad to rounded widths (and packed
+    rows to powers of two, with empty rows), yet none may hold more tokens than --max-batch-tokens."""
+    rng = random.Random(0)
+    costly_forwards = ForwardCost(1e6, 1.0, 0.0)  # one forward wherever it may: the budget is all that cuts
+    for _ in range(200):
+        budget = rng.choice([512, 1000, 2048, 4096])
+        lengths = []
+        while len(lengths) < 64 and max(lengths + [n := rng.randint(3, 512)]) * (len(lengths) + 1) <= budget:
+            lengths.append(n)  # what the batcher takes: rows x the longest within the budget
+        for packs in (False, True):
+            planned = plan(lengths, costly_forwards, 512, packs, budget)
+            shapes = [(len(p.rows), p.width)] if isinstance(p := planned, PackedForward) else [
+                (len(rows), width) for rows, width in planned]
+            assert all(rows * width <= budget for rows, width in shapes), (lengths, budget, shapes)
+    # 40 inputs of 400 tokens fit a budget of 16,384 as taken (16,000) but not as packed rows of 512 (20,480), and 16
+    # of 500 fit it as taken (8,000) but not padded to 512 in one forward of 16 (8,192 over a budget of 8,000)
+    assert not isinstance(plan([400] * 40, costly_forwards, 512, True, 16384), PackedForward)
+    assert isinstance(plan([400] * 40, costly_forwards, 512, True), PackedForward)  # without the budget it would be
+    assert [len(rows) for rows, _ in plan([500] * 16, costly_forwards, 512, False, 8000)] == [8, 8]
+    assert [len(rows) for rows, _ in plan([500] * 16, costly_forwards, 512)] == [16]
 
 
 def test_the_cost_model_is_fitted_to_timed_forwards(monkeypatch):

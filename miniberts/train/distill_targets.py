@@ -1,7 +1,7 @@
 """Teacher soft targets for Pre-trained Distillation (Turc et al., 2019, section 3), and the distillation losses.
 
 The teacher labels the unlabeled transfer text once; its logits are cached on disk under a key made of the
-teacher's weights and config, the texts and the max length, so a sweep of students never recomputes them and any
+teacher's weights, config and tokenizer files, the texts and the max length, so a sweep of students never recomputes them and any
 change to teacher or data invalidates the cache. Losses are computed in float32 (as torchtune does) whatever the
 autocast precision of the forward pass.
 """
@@ -23,17 +23,20 @@ from ..device import pick_device, resolve_dtype
 from ..errors import MinibertsError
 from ..fileio import atomic_path, atomic_write_text
 from ..inference.predict import predict_logits
+from ..tokenizer import FILES as TOKENIZER_FILES
 from ..tokenizer import WordPieceTokenizer
 
 log = logging.getLogger("miniberts")
 
-WEIGHT_FILES = ("config.json", "bert_config.json", "model.safetensors", "pytorch_model.bin")
+# What a teacher's logits depend on: its weights and config, and how it tokenizes (an edited vocabulary or another
+# casing gives other token ids for the same texts, so other logits).
+TEACHER_FILES = ("config.json", "bert_config.json", "model.safetensors", "pytorch_model.bin") + TOKENIZER_FILES
 
 
 def teacher_fingerprint(teacher_dir: Path) -> str:
-    """sha256 over the teacher's config and weight files (TF shards included). Kept per (file, size, mtime): a sweep
+    """sha256 over the teacher's config, weight and tokenizer files (TF shards included). Kept per (file, size, mtime): a sweep
     of students over one teacher reads its weights once while they stay unchanged."""
-    files = [p for p in sorted(Path(teacher_dir).iterdir()) if p.name in WEIGHT_FILES or ".ckpt" in p.name]
+    files = [p for p in sorted(Path(teacher_dir).iterdir()) if p.name in TEACHER_FILES or ".ckpt" in p.name]
     return _hash_files(tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files))
 
 
@@ -64,6 +67,15 @@ def check_same_vocab(teacher: WordPieceTokenizer, student: WordPieceTokenizer) -
             f"teacher vocab {teacher.vocab_path} ({len(teacher)} tokens) differs from student vocab "
             f"{student.vocab_path} ({len(student)} tokens): distillation needs the same WordPiece vocabulary"
         )
+    if teacher.lowercase != student.lowercase:  # the same vocabulary, other token ids for any capitalised word
+        raise MinibertsError(
+            f"teacher {teacher.vocab_path.parent} is {casing(teacher)} but student {student.vocab_path.parent} is "
+            f"{casing(student)}: distillation needs the same tokenization (both cased or both uncased)"
+        )
+
+
+def casing(tokenizer: WordPieceTokenizer) -> str:
+    return "uncased (lowercases its input)" if tokenizer.lowercase else "cased"
 
 
 Split = tuple[list[str], "list[str] | None"]  # (texts, second segments of pairs or None)

@@ -80,33 +80,40 @@ def packed_row_count(rows: int) -> int:
     return -(-rows // step) * step
 
 
-def plan(lengths: list[int], cost: ForwardCost, longest: int, packs: bool = False) -> list[Forward] | PackedForward:
+def plan(lengths: list[int], cost: ForwardCost, longest: int, packs: bool = False,
+         max_tokens: int | None = None) -> list[Forward] | PackedForward:
     """The cheapest way under `cost` to run a pass of inputs of `lengths`: padded forwards (`split`) or, where the
     engine `packs`, one forward of packed rows of the cheapest width that holds the longest input (empty rows added
-    up to `packed_row_count`)."""
-    forwards, split_cost = split(lengths, cost, longest)
+    up to `packed_row_count`). No forward holds more than `max_tokens` tokens, padding and empty rows included (the
+    server's --max-batch-tokens: the batcher bounds a pass by its unrounded lengths, and rounded widths or a packed
+    row's power-of-two width could exceed that)."""
+    forwards, split_cost = split(lengths, cost, longest, max_tokens)
     if not packs or not lengths:
         return forwards
     widths = [w for w in PACKED_WIDTHS if max(lengths) <= w <= longest] or [longest]
     packed = []
     for width in widths:
         rows = pack_rows(lengths, width)
-        packed.append(PackedForward(rows + [[] for _ in range(packed_row_count(len(rows)) - len(rows))], width))
-    best = min(packed, key=lambda p: cost.of(len(p.rows), p.width))
-    return best if cost.of(len(best.rows), best.width) < split_cost else forwards
+        rows += [[] for _ in range(packed_row_count(len(rows)) - len(rows))]
+        if max_tokens is None or len(rows) * width <= max_tokens:
+            packed.append(PackedForward(rows, width))
+    best = min(packed, key=lambda p: cost.of(len(p.rows), p.width), default=None)
+    return best if best is not None and cost.of(len(best.rows), best.width) < split_cost else forwards
 
 
-def split(lengths: list[int], cost: ForwardCost, longest: int) -> tuple[list[Forward], float]:
+def split(lengths: list[int], cost: ForwardCost, longest: int,
+          max_tokens: int | None = None) -> tuple[list[Forward], float]:
     """The cheapest split of rows of `lengths` into padded forwards under `cost`, and its cost, longest rows first:
     each forward holds consecutive rows of the length-sorted order, ROW_COUNTS of them, padded to its first (longest)
-    row's `padded_width`. Dynamic programming over the sorted rows: len(lengths) x len(ROW_COUNTS) steps."""
+    row's `padded_width`, and at most `max_tokens` padded tokens (a forward of one row always fits: the server's
+    budget holds its longest input). Dynamic programming over the sorted rows: len(lengths) x len(ROW_COUNTS) steps."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     widths = [padded_width(lengths[i], longest) for i in order]
     best = [0.0] + [float("inf")] * len(order)  # best[end]: the cheapest split of order[:end]
     last = [0] * (len(order) + 1)  # rows of the last forward in that split
     for end in range(1, len(order) + 1):
         for rows in reversed(ROW_COUNTS):  # on a tie, fewer forwards
-            if rows > end:
+            if rows > end or (rows > 1 and max_tokens is not None and rows * widths[end - rows] > max_tokens):
                 continue
             total = best[end - rows] + cost.of(rows, widths[end - rows])
             if total < best[end]:

@@ -145,7 +145,8 @@ class Service:
         cfg, one = self.cfg, len(ids) == 1
         backend = self.backend_one if one else self.backend
         longest = self.embed_length if kind[0] == "embed" else self.predict_length
-        forwards = None if one else plan([len(x) for x in ids], self.forward_cost, longest, self.packs)
+        forwards = None if one else plan([len(x) for x in ids], self.forward_cost, longest, self.packs,
+                                         cfg.max_batch_tokens)
         packed = isinstance(forwards, PackedForward)
         if kind[0] == "embed":
             settings = EmbedConfig(normalize=kind[1], batch_size=PICK_ROWS, dtype=cfg.dtype, backend=backend,

@@ -3,7 +3,8 @@
 sentence-transformers saves a model as `modules.json`, the list of its modules in order, each in its own folder:
 a Transformer (the BERT directory, often the root itself, with `sentence_bert_config.json` giving max_seq_length),
 a Pooling module (`1_Pooling/config.json`: the mode, as one `pooling_mode` or as the older `pooling_mode_*` flags) and
-optionally a Normalize module (no files needed). Reading them lets `embed(pooling="auto")` give what
+optionally a Normalize module (no files needed); `config_sentence_transformers.json` may name prompts (texts put before
+an input: `encode(prompt_name=...)`, a server's `prompt_name`). Reading them lets `embed(pooling="auto")` give what
 `SentenceTransformer(dir).encode()` gives. Reference: sentence_transformers/sentence_transformer/modules/pooling.py
 and base/modules/normalize.py.
 """
@@ -11,7 +12,7 @@ and base/modules/normalize.py.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import CheckpointError
@@ -39,6 +40,7 @@ class SentenceLayout:
     normalize: bool
     max_length: int | None  # max_seq_length, when the directory states one
     lowercase: bool = False  # do_lower_case: sentence-transformers lower-cases the texts before its tokenizer
+    prompts: dict[str, str] = field(default_factory=dict)  # name -> the text put before an input given that name
 
 
 def read_layout(directory: str | Path) -> SentenceLayout | None:
@@ -61,7 +63,8 @@ def read_layout(directory: str | Path) -> SentenceLayout | None:
     model_dir = directory / modules[0].get("path", "")
     max_length, lowercase = _transformer_settings(model_dir / "sentence_bert_config.json")
     return SentenceLayout(model_dir, _pooling_mode(directory / modules[1].get("path", "") / "config.json"),
-                          normalize=len(kinds) > 2, max_length=max_length, lowercase=lowercase)
+                          normalize=len(kinds) > 2, max_length=max_length, lowercase=lowercase,
+                          prompts=_prompts(directory / "config_sentence_transformers.json"))
 
 
 def write_layout(layout: SentenceLayout, out_dir: str | Path, hidden_size: int) -> None:
@@ -112,6 +115,19 @@ def _transformer_settings(path: Path) -> tuple[int | None, bool]:
     if not isinstance(lowercase, bool):
         raise CheckpointError(f"{path}: do_lower_case must be true or false, got {lowercase!r}")
     return value, lowercase
+
+
+def _prompts(path: Path) -> dict[str, str]:
+    """The named prompts of config_sentence_transformers.json (optional file and key)."""
+    if not path.is_file():
+        return {}
+    raw = _read_json(path)
+    prompts = raw.get("prompts") if isinstance(raw, dict) else None
+    if prompts is None:
+        return {}
+    if not isinstance(prompts, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in prompts.items()):
+        raise CheckpointError(f"{path}: \"prompts\" must be an object of names to texts, got {prompts!r}")
+    return prompts
 
 
 def _read_json(path: Path):

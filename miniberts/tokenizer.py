@@ -83,9 +83,10 @@ class WordPieceTokenizer:
         return self._tok.encode(text, add_special_tokens=False).tokens
 
     def encode(self, texts: list[str], pairs: list[str] | None = None, max_length: int = 512,
-               add_special_tokens: bool = True) -> tuple[list[list[int]], list[list[int]]]:
-        """Token ids and token type ids per text (or pair), truncated `longest_first` to max_length."""
-        self._tok.enable_truncation(max_length, strategy="longest_first")
+               add_special_tokens: bool = True, direction: str = "right") -> tuple[list[list[int]], list[list[int]]]:
+        """Token ids and token type ids per text (or pair), truncated `longest_first` to max_length, cutting the end
+        of a text that is too long (`direction` "right") or its beginning ("left"; [CLS] and [SEP] stay)."""
+        self._tok.enable_truncation(max_length, strategy="longest_first", direction=direction)
         if len(texts) == 1:  # one text (a request): encode_batch would hand it to its thread pool and back
             encodings = [self._tok.encode(texts[0], pairs[0] if pairs is not None else None,
                                           add_special_tokens=add_special_tokens)]

@@ -185,6 +185,10 @@ ERRORS = [  # (route, body, status, error_type, words of the message)
     ("/predict", b'{"inputs": "a"}', 422, "validation", "no classification/regression head"),
     ("/predict", b'{"inputs": [["a", "b"], ["c"]]}', 422, "validation", "mixes single texts and pairs"),
     ("/v1/embeddings", b'{"input": "a", "encoding_format": "hex"}', 422, "validation", "float, base64"),
+    ("/embed", b'{"inputs": "a", "truncation_direction": "Middle"}', 422, "validation", "must be Right or Left"),
+    ("/embed", b'{"inputs": "a", "prompt_name": "query"}', 422, "validation",
+     "'prompt_name' 'query' is not one of the model's prompts: none"),
+    ("/tokenize", b'{"inputs": "a", "prompt_name": 3}', 422, "validation", "'prompt_name' must be a string or null"),
     ("/nowhere", b"{}", 404, "not_found", "Not Found"),
 ]
 
@@ -202,6 +206,39 @@ def test_truncate_true_cuts_long_inputs(tiny_client):
     client, _ = tiny_client
     vectors = client.post("/embed", json={"inputs": ["a " * 600], "truncate": True}).json()
     assert np.array(vectors).shape == (1, 32)
+
+
+def test_truncation_direction_left_cuts_the_beginning(tiny_client):
+    """text-embeddings-inference's truncation_direction: two texts that differ only in their first 50 words, beyond
+    the model's 512 tokens from the end, embed alike when cut on the left ("Left", as huggingface_hub sends it) and
+    apart when cut on the right (the default)."""
+    client, _ = tiny_client
+    texts = ["alpha " * 50 + "a " * 600, "beta " * 50 + "a " * 600]  # within the fixture's 2,000-byte bodies
+    left = np.array([client.post("/embed", json={"inputs": t, "truncation_direction": "Left"}).json()[0]
+                     for t in texts])
+    right = np.array([client.post("/embed", json={"inputs": t}).json()[0] for t in texts])
+    assert np.abs(left[0] - left[1]).max() < 1e-6 and np.abs(right[0] - right[1]).max() > 1e-3
+
+
+def test_a_named_prompt_goes_before_each_input(tiny, tmp_path):
+    """prompt_name: a sentence-transformers directory's prompt (config_sentence_transformers.json), put before each
+    input as SentenceTransformer.encode(prompt_name=...) does; kept by a new export."""
+    from miniberts.inference.st_export import export_sentence_transformers
+    from miniberts.sbert import read_layout
+    st_dir = export_sentence_transformers(tiny, tmp_path / "st")
+    config = st_dir / "config_sentence_transformers.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "prompts": {"query": "query: "}}))
+    with TestClient(create_app(started(str(st_dir)))) as client:
+        prompted = client.post("/embed", json={"inputs": ["a cat", "dogs"], "prompt_name": "query"}).json()
+        written = client.post("/embed", json={"inputs": ["query: a cat", "query: dogs"]}).json()
+        plain = client.post("/embed", json={"inputs": ["a cat", "dogs"], "prompt_name": None}).json()
+        tokens = client.post("/tokenize", json={"inputs": "a cat", "prompt_name": "query"}).json()
+        other = client.post("/embed", json={"inputs": "a cat", "prompt_name": "passage"})
+    assert np.abs(np.array(prompted) - np.array(written)).max() < 1e-6
+    assert np.abs(np.array(prompted) - np.array(plain)).max() > 1e-3
+    assert [t["text"] for t in tokens[0]][1:3] == ["query", ":"]
+    assert other.status_code == 422 and "not one of the model's prompts: 'query'" in other.json()["error"]
+    assert read_layout(export_sentence_transformers(st_dir, tmp_path / "again")).prompts == {"query": "query: "}
 
 
 def test_api_key(tiny):

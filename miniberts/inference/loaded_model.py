@@ -85,11 +85,13 @@ class Model:
         vectors = self.embed_tokens(*self.embedding_tokens(texts, length), cfg, progress)
         return vectors[0] if one else vectors
 
-    def embedding_tokens(self, texts: list[str], max_length: int) -> tuple[list[list[int]], list[list[int]]]:
-        """(token ids, token type ids) per text as `embed` runs them, truncated to `max_length`."""
+    def embedding_tokens(self, texts: list[str], max_length: int, direction: str = "right"
+                         ) -> tuple[list[list[int]], list[list[int]]]:
+        """(token ids, token type ids) per text as `embed` runs them, truncated to `max_length` (at the end, or at
+        the beginning with `direction` "left")."""
         if self.layout and self.layout.lowercase:  # as sentence-transformers does before tokenizing
             texts = [t.lower() for t in texts]
-        return self.tokenizer.encode(texts, None, max_length)
+        return self.tokenizer.encode(texts, None, max_length, direction=direction)
 
     def embed_tokens(self, ids: list[list[int]], type_ids: list[list[int]], cfg: EmbedConfig,
                      progress: bool = False, forwards: list[tuple[list[int], int]] | None = None) -> np.ndarray:

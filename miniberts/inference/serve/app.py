@@ -108,21 +108,25 @@ def create_app(service: Service) -> Starlette:
         return Route(path, endpoint, methods=[method])
 
     async def embed(body, request):
-        inputs = bodies.texts(body, "inputs", cfg.max_client_batch_size)
+        inputs = service.prompted(bodies.texts(body, "inputs", cfg.max_client_batch_size),
+                                  bodies.optional_name(body, "prompt_name"))
         kind = ("embed", bodies.flag(body, "normalize", True))
-        rows, _ = await service.run(inputs, kind, bodies.flag(body, "truncate", True), request)
+        rows, _ = await service.run(inputs, kind, bodies.flag(body, "truncate", True), request,
+                                    bodies.truncation_direction(body))
         return [row.tolist() for row in rows]
 
     async def predict(body, request):
         inputs = bodies.sequences(body, "inputs", cfg.max_client_batch_size)
         kind = ("predict", bodies.flag(body, "raw_scores", False))
-        rows, _ = await service.run(inputs, kind, bodies.flag(body, "truncate", True), request)
+        rows, _ = await service.run(inputs, kind, bodies.flag(body, "truncate", True), request,
+                                    bodies.truncation_direction(body))
         config = service.model.config
         answers = labelled(rows, config.id2label, config.regression)
         return answers[0] if inputs.one else answers
 
     async def tokenize(body, request):
-        inputs = bodies.texts(body, "inputs", cfg.max_client_batch_size)
+        inputs = service.prompted(bodies.texts(body, "inputs", cfg.max_client_batch_size),
+                                  bodies.optional_name(body, "prompt_name"))
         special = bodies.flag(body, "add_special_tokens", True)
         return [[{"id": i, "text": token, "special": is_special, "start": start if not is_special else None,
                   "stop": stop if not is_special else None}

@@ -56,6 +56,22 @@ def choice(body: dict, key: str, default: str, allowed: tuple[str, ...]) -> str:
     return value
 
 
+def truncation_direction(body: dict) -> str:
+    """text-embeddings-inference's "truncation_direction": which end of a too-long input is cut, "Right" (the
+    default: the end) or "Left" (the beginning); the lower-case spellings too. As tokenizers names it."""
+    value = body.get("truncation_direction", "Right")
+    if value not in ("Right", "Left", "right", "left"):
+        raise ApiError(422, "validation", f"'truncation_direction' must be Right or Left, got {value!r}")
+    return value.lower()
+
+
+def optional_name(body: dict, key: str) -> str | None:
+    value = body.get(key)
+    if value is not None and not isinstance(value, str):
+        raise ApiError(422, "validation", f"{key!r} must be a string or null, got {value!r}")
+    return value
+
+
 def texts(body: dict, key: str, limit: int) -> Inputs:
     """`key` as a string or a list of strings (embed, tokenize, the OpenAI route)."""
     value = _present(body, key)

@@ -171,24 +171,27 @@ class Service:
         self.model.embed_tokens(ids, [[0] * width] * rows, settings, forwards=[(list(range(rows)), width)])
 
     # --- requests -------------------------------------------------------------------------------------------
-    def tokens(self, inputs: Inputs, predict: bool, truncate: bool) -> tuple[list[list[int]], list[list[int]]]:
-        """Token ids as the model runs them; 422 naming the first input over the length when not `truncate`."""
+    def tokens(self, inputs: Inputs, predict: bool, truncate: bool, direction: str = "right"
+               ) -> tuple[list[list[int]], list[list[int]]]:
+        """Token ids as the model runs them, a too-long input cut at its end (`direction` "right") or its beginning
+        ("left"); 422 naming the first input over the length when not `truncate`."""
         length = self.predict_length if predict else self.embed_length
         width = length if truncate else length + 1  # one token more shows which inputs are too long
         with self._tokenizer_lock:
             if predict:
-                ids, types = self.model.tokenizer.encode(inputs.texts, inputs.pairs, width)
+                ids, types = self.model.tokenizer.encode(inputs.texts, inputs.pairs, width, direction=direction)
             else:
-                ids, types = self.model.embedding_tokens(inputs.texts, width)
+                ids, types = self.model.embedding_tokens(inputs.texts, width, direction)
         long = next((i for i, x in enumerate(ids) if len(x) > length), None)
         if long is not None:
             raise ApiError(422, "validation", f"input {long} is longer than the model's {length} tokens; "
                                               "send \"truncate\": true to cut it")
         return ids, types
 
-    async def run(self, inputs: Inputs, kind: tuple, truncate: bool, request: Request) -> tuple[list, int]:
-        """Admit, tokenize, queue and await `inputs` as `kind` (a `Job`'s): (one result per input in order, the
-        number of tokens they ran as)."""
+    async def run(self, inputs: Inputs, kind: tuple, truncate: bool, request: Request, direction: str = "right"
+                  ) -> tuple[list, int]:
+        """Admit, tokenize (a too-long input cut at the `direction` end), queue and await `inputs` as `kind` (a
+        `Job`'s): (one result per input in order, the number of tokens they ran as)."""
         self.check_ready()
         predict = kind[0] == "predict"
         if predict and not self.predict_length:
@@ -201,9 +204,10 @@ class Service:
         loop = asyncio.get_running_loop()
         try:
             if inputs.characters <= INLINE_CHARACTERS:
-                ids, types = self.tokens(inputs, predict, truncate)
+                ids, types = self.tokens(inputs, predict, truncate, direction)
             else:
-                ids, types = await loop.run_in_executor(self._tokenizer_thread, self.tokens, inputs, predict, truncate)
+                ids, types = await loop.run_in_executor(self._tokenizer_thread, self.tokens, inputs, predict, truncate,
+                                                        direction)
         except BaseException:
             self.batcher.release(count)
             raise
@@ -229,6 +233,17 @@ class Service:
     def _pieces(self, texts: list[str]) -> list[list[tuple[int, str, bool, int, int]]]:
         with self._tokenizer_lock:
             return self.model.tokenizer.pieces(texts, self.embed_length)
+
+    def prompted(self, inputs: Inputs, name: str | None) -> Inputs:
+        """`inputs` with the prompt `name` of the sentence-transformers directory put before each text, as
+        `SentenceTransformer.encode(prompt_name=name)` does; unchanged for None; 422 for a name it does not have."""
+        if name is None:
+            return inputs
+        prompts = self.model.layout.prompts if self.model.layout else {}
+        if name not in prompts:
+            known = ", ".join(map(repr, prompts)) or "none (config_sentence_transformers.json names none)"
+            raise ApiError(422, "validation", f"'prompt_name' {name!r} is not one of the model's prompts: {known}")
+        return dataclasses.replace(inputs, texts=[prompts[name] + text for text in inputs.texts])
 
     def check_ready(self) -> None:
         if self.state != "ready":

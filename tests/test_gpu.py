@@ -3,7 +3,7 @@
 These run on CUDA when a GPU is present, or on the device named by $MINIBERTS_TEST_DEVICE (benchmarks/gpu_check.sh
 sets it; `--cpu-smoke` sets "cpu" to dry-run the script); otherwise they skip. Tolerances, stated per test:
 - fp32 on the device vs the CPU reference: 1e-4 max abs on real tokens (GPU GEMMs sum in another order; TF32 off);
-- unpadded vs padded on the device: 1e-4 (fp32);
+- unpadded vs padded on the device: 1e-4 (fp32); packed rows (a server's pass) vs padded on the device: 1e-4 (fp32);
 - bf16 autocast vs fp32: cosine of mean-pooled embeddings >= 0.999 on the real MiniLM (>= 0.99 on random Tiny);
 - SDPA under the flash / memory-efficient kernels only: the same outputs as the default choice within 2e-2 (bf16);
 - a pre-training step with fused AdamW: finite, and the loss falls over 8 steps on one batch.
@@ -98,6 +98,27 @@ def test_unpadded_equals_padded_on_device(encoder, monkeypatch):
         model.cpu()
     real = batch["attention_mask"].bool()
     assert (unpadded[real] - padded[real]).abs().max().item() < 1e-4
+
+
+def test_packed_rows_equal_padded_on_device(encoder):
+    """A server's packed pass on the device (`BertModel.packed_hidden`, several inputs a row, a block mask in
+    SDPA under the CUDA kernel choice) gives each input its padded hidden states."""
+    from miniberts.inference.packing import pack_rows, packed_arrays
+    model, tok, _ = encoder
+    batch = tok(TEXTS, max_length=128)
+    ids = [row[row != tok.pad_id].tolist() for row in batch["input_ids"]]
+    packed = packed_arrays(ids, [[0] * len(x) for x in ids], pack_rows([len(x) for x in ids], 128), 128)
+    arrays = [torch.from_numpy(a).to(DEVICE) for a in (packed.input_ids, packed.token_type_ids, packed.position_ids,
+                                                       packed.segment_ids)]
+    model.to(DEVICE)
+    try:
+        with torch.no_grad():
+            padded, _ = model(**on(batch, DEVICE))
+            flat = model.packed_hidden(*arrays).flatten(0, 1)
+    finally:
+        model.cpu()
+    for i, (start, n) in enumerate(zip(packed.starts.tolist(), packed.lengths.tolist())):
+        assert (flat[start:start + n] - padded[i, :n]).abs().max().item() < 1e-4, i
 
 
 def test_bf16_autocast_close_to_fp32(encoder):

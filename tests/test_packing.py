@@ -115,11 +115,34 @@ def test_openvino_packed_predictions_equal_its_padded_ones(classifier):
 
 
 def test_engines_without_a_packed_graph_refuse_it_in_one_line(classifier):
+    if backends.missing_module("onnxruntime") is not None:
+        pytest.skip("onnxruntime is not installed: " + backends.EXTRAS["onnxruntime"])
     model = miniberts.load(classifier, "cpu")
-    cfg = EmbedConfig(dtype="fp32", backend="torch")
+    cfg = EmbedConfig(dtype="fp32", backend="onnxruntime")
     assert not model.packs(cfg)
-    with pytest.raises(MinibertsError, match="packed rows need an engine"):
+    with pytest.raises(MinibertsError, match="packed rows need torch or an engine that runs them"):
         model.embed_packed([[2, 3]], [[0, 0]], cfg, [[0]], 16)
+
+
+@pytest.mark.parametrize("dtype, tolerance", [("fp32", 1e-5), ("bf16", 1e-2)])
+def test_torch_packed_passes_equal_its_padded_ones(classifier, dtype, tolerance):
+    """The torch backend packs too (eager `packed_hidden`, under the settings' autocast): embeddings with every
+    pooling and predictions as its padded forwards give them. Measured: fp32 ~1e-7; bf16 ~1.5e-3 (both paths
+    autocast, in other shapes: bf16 rounds differently)."""
+    model = miniberts.load(classifier, "cpu")
+    texts, _ = rotten_tomatoes(24)
+    ids, types = model.tokenizer.encode(texts, texts[::-1], 128)
+    rows = pack_rows([len(x) for x in ids], 256)
+    for pooling in ("mean", "cls", "pooler"):
+        cfg = EmbedConfig(pooling=pooling, normalize=True, dtype=dtype, backend="torch")
+        assert model.packs(cfg)
+        packed = model.embed_packed(ids, types, cfg, rows, 256)
+        padded = model.embed_tokens(ids, types, cfg)
+        assert packed.shape == padded.shape == (24, 32) and np.abs(packed - padded).max() < tolerance, pooling
+    cfg = PredictConfig(dtype=dtype, backend="torch")
+    packed = model.predict_packed(ids, types, cfg, rows, 256)
+    padded = model.predict_tokens(ids, types, cfg)
+    assert packed.shape == (24, len(LABELS)) and (packed - padded).abs().max() < tolerance
 
 
 def test_the_plan_packs_short_inputs_when_that_is_cheaper_and_splits_otherwise():

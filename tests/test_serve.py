@@ -303,7 +303,7 @@ def test_a_pass_runs_in_the_planned_forwards(tiny, monkeypatch):
         return out
 
     monkeypatch.setattr(WordPieceTokenizer, "pad_batch", recorded)
-    service = started(tiny)
+    service = started(tiny, pack=False)  # padded forwards only (packed passes: tests/test_packing.py)
     service.forward_cost = cost = ForwardCost(64.0, 1.0, 0.0)  # as if measured: a forward costs 64 padded tokens
     ids, types = service.model.embedding_tokens(texts, 512)
     with TestClient(create_app(service)) as client:

@@ -8,6 +8,8 @@ directory says how it pools. Settings are the CLI's: `Model.embed` and `Model.pr
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +19,7 @@ from torch import nn
 
 from ..checkpoint import load_classifier, load_encoder, resolve, save_hf
 from ..config import BertConfig, check_length
-from ..device import pick_device, resolve_dtype
+from ..device import autocast, pick_device, resolve_dtype
 from ..errors import MinibertsError
 from ..hub import local_path
 from ..model import BertForSequenceClassification, BertModel
@@ -27,6 +29,7 @@ from ..tokenizer import WordPieceTokenizer
 from . import backends
 from .backends.auto import BATCH_ONE
 from .backends.base import EngineClassifier, EngineEncoder
+from .backends.pytorch import MaskFreeTrace
 from .batching import check_finite, embed_step, run_encoded
 from .config import EmbedConfig, PredictConfig, settings_of
 from .packing import packed_arrays, pool_packed
@@ -113,7 +116,7 @@ class Model:
     def embed_packed(self, ids: list[list[int]], type_ids: list[list[int]], cfg: EmbedConfig,
                      rows: list[list[int]], width: int) -> np.ndarray:
         """`embed_tokens` in one forward of packed rows: `rows` (packing.pack_rows of these inputs' lengths) of at
-        most `width` tokens, on cfg's backend, an engine whose `packs()` is true (a server's pass of short inputs)."""
+        most `width` tokens, on cfg's backend where it runs them (`packs`: a server's pass of short inputs)."""
         pooling, normalize, _ = self.embedding_settings(cfg)
         packed, hidden = self._run_packed(ids, type_ids, cfg, rows, width)
         with torch.no_grad():
@@ -121,7 +124,7 @@ class Model:
                 vectors = self._pooler(pool_packed(hidden, packed, "cls"))
             else:
                 vectors = torch.from_numpy(pool_packed(hidden, packed, pooling))
-            vectors = (F.normalize(vectors, dim=-1) if normalize else vectors).numpy()
+            vectors = (F.normalize(vectors, dim=-1) if normalize else vectors).cpu().numpy()
         check_finite(vectors, self.source)
         return vectors
 
@@ -132,29 +135,44 @@ class Model:
             raise no_head(self.source)
         packed, hidden = self._run_packed(ids, type_ids, cfg, rows, width)
         with torch.no_grad():
-            logits = self.module.classifier(self._pooler(pool_packed(hidden, packed, "cls"))).float()
+            logits = self.module.classifier(self._pooler(pool_packed(hidden, packed, "cls"))).float().cpu()
         check_finite(logits, self.source)
         return logits
 
     def packs(self, cfg: EmbedConfig | PredictConfig) -> bool:
-        """Whether `embed_packed` / `predict_packed` run with these settings: their engine has a packed graph."""
-        return self._packing_engine(cfg) is not None
+        """Whether `embed_packed` / `predict_packed` run with these settings: on torch, or on an engine with a packed
+        graph (OpenVINO's; not ONNX Runtime's or CTranslate2's)."""
+        return self._packed_forward(cfg) is not None
 
-    def _packing_engine(self, cfg: EmbedConfig | PredictConfig) -> EngineEncoder | None:
-        runner, _ = self._runner(False, cfg.backend, resolve_dtype(cfg.dtype, self.device), cfg.int8, cfg.batch_size)
-        return runner if isinstance(runner, EngineEncoder) and runner.packs() else None
+    def _packed_forward(self, cfg: EmbedConfig | PredictConfig) -> Callable[..., np.ndarray] | None:
+        """What runs a forward of packed rows with these settings (`BertModel.packed_hidden`'s arguments, int64
+        numpy -> float32 numpy hidden states): the engine's packed graph, or the torch encoder itself under the
+        settings' autocast; None where neither runs them."""
+        runner, run_dtype = self._runner(False, cfg.backend, resolve_dtype(cfg.dtype, self.device), cfg.int8,
+                                         cfg.batch_size)
+        if isinstance(runner, EngineEncoder):
+            return runner.run_packed if runner.packs() else None
+        encoder = runner.model if isinstance(runner, MaskFreeTrace) else runner  # its trace is of padded batches
+        return functools.partial(self._torch_packed, encoder, run_dtype) if isinstance(encoder, BertModel) else None
+
+    def _torch_packed(self, encoder: BertModel, dtype: torch.dtype, *arrays: np.ndarray) -> np.ndarray:
+        """One eager forward of packed rows: a few dozen ops however many inputs the rows hold (the padded path
+        splits a pass into several forwards, each with its own host work), so fewer launches on a GPU."""
+        with torch.no_grad(), autocast(self.device, dtype):
+            hidden = encoder.packed_hidden(*(torch.from_numpy(a).to(self.device) for a in arrays))
+        return hidden.float().cpu().numpy()
 
     def _run_packed(self, ids, type_ids, cfg, rows, width):
-        runner = self._packing_engine(cfg)
-        if runner is None:
-            raise MinibertsError(f"packed rows need an engine that runs them (openvino), not {cfg.backend}")
+        forward = self._packed_forward(cfg)
+        if forward is None:
+            raise MinibertsError(f"packed rows need torch or an engine that runs them (openvino), not {cfg.backend}")
         packed = packed_arrays(ids, type_ids, rows, width)
-        return packed, runner.run_packed(packed.input_ids, packed.token_type_ids, packed.position_ids,
-                                         packed.segment_ids)
+        return packed, forward(packed.input_ids, packed.token_type_ids, packed.position_ids, packed.segment_ids)
 
     def _pooler(self, cls: np.ndarray) -> torch.Tensor:
-        """BERT's pooled output (tanh of the pooler on [CLS]) of float32 [N, H] [CLS] states, in fp32."""
-        return torch.tanh(self.encoder.pooler(torch.from_numpy(cls)))
+        """BERT's pooled output (tanh of the pooler on [CLS]) of float32 [N, H] [CLS] states, in fp32, on the
+        model's device."""
+        return torch.tanh(self.encoder.pooler(torch.from_numpy(cls).to(self.device)))
 
     def embedding_settings(self, cfg: EmbedConfig) -> tuple[str, bool, int]:
         """(pooling, normalize, max_length) that `cfg` means for this model: "auto" and the None defaults come from

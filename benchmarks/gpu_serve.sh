@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The serve goals on a lent GPU machine (docs/serving.md "On a GPU"): what a CPU cannot show. How much the GIL costs
 # the model thread's passes on CUDA (benchmarks/model_thread_contention.py), then the goal cells (one sentence at c=1
-# and c=64) of benchmarks/serve_load.py on Tiny and on a model of MiniLM-L6's shape (random weights: the real
-# checkpoint is larger than a device call carries; the work per token is the same). miniberts only: the peers are not
-# installed there. Finishes within 9 minutes (the timeouts below), writes Markdown and JSON to OUT_DIR.
+# and c=64) of benchmarks/serve_load.py on a model of MiniLM-L6's shape (random weights: the real checkpoint is
+# larger than a device call carries; the work per token is the same), also without packed passes, and on Tiny.
+# miniberts only: the peers are not installed there. Finishes within 9 minutes (the timeouts below), writes Markdown and JSON to OUT_DIR.
 #
 #   benchmarks/gpu_serve.sh OUT_DIR               # on the GPU machine, from the repository root
 #   benchmarks/gpu_serve.sh OUT_DIR --cpu-smoke   # here, on a CPU: checks the script in ~2 minutes, not the GPU
@@ -50,7 +50,7 @@ print("torch", torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_
 PY
 timeout 150 "$PY" benchmarks/model_thread_contention.py --model "$SHAPE" --device $DEVICE --backends torch \
   --cap-seconds $CAP --out "$OUT/model_thread_contention.md" 2>&1 | grep -v -i warn | tail -6
-timeout 360 "$PY" benchmarks/serve_load.py --models tiny,"$SHAPE" --servers miniberts --cells 1x1,1x64 --variants '' \
+timeout 360 "$PY" benchmarks/serve_load.py --models "$SHAPE",tiny --servers miniberts --cells 1x1,1x64 --variants nopack \
   --rss-model '' --seconds $SECONDS_PER_CELL --json "$OUT/serve_load_gpu.json" --out "$OUT/serve_load_gpu.md" 2>&1 \
   | grep -v -i warn | tail -30
 status=${PIPESTATUS[0]}

@@ -501,9 +501,11 @@ def miniberts_server(model_dir: str, predict: bool, flags: tuple[str, ...] = ())
 # Settings of `miniberts serve` tried beside its defaults (--variants), on the first model's one-sentence cells: is
 # the engine's second intra-op thread worth more than the core it takes from the event loop? And does ONNX Runtime,
 # which pays nothing for a batch shape it has not seen (OpenVINO does: docs/inference.md), shorten the tail? And what
-# are packed passes worth (--no-pack: padded forwards only)? --variants-on all runs them on every model.
+# are packed passes worth (--no-pack: padded forwards only), on the default engine and on torch (the GPU's)?
+# --variants-on all runs them on every model.
 VARIANTS = {"threads1": ("--threads", "1"), "2x1": ("--workers", "2", "--threads", "1"),
-            "ort": ("--backend", "onnxruntime"), "nopack": ("--no-pack",)}
+            "ort": ("--backend", "onnxruntime"), "nopack": ("--no-pack",), "torch": ("--backend", "torch"),
+            "torch-nopack": ("--backend", "torch", "--no-pack")}
 
 
 def servers(name: str, model_dir: str, predict: bool, args, tmp: Path) -> list[Server]:
@@ -687,8 +689,8 @@ def main() -> None:
     parser.add_argument("--servers", default="miniberts,st,infinity", help="miniberts, st, infinity")
     parser.add_argument("--variants", default="threads1,2x1",
                         help="miniberts settings tried on the first model's one-sentence cells: threads1 (--threads 1), "
-                             "2x1 (--workers 2 --threads 1), ort (--backend onnxruntime), nopack (--no-pack); '' for "
-                             "none")
+                             "2x1 (--workers 2 --threads 1), ort (--backend onnxruntime), nopack (--no-pack), torch "
+                             "(--backend torch), torch-nopack (--backend torch --no-pack); '' for none")
     parser.add_argument("--variants-on", choices=("first", "all"), default="first",
                         help="the models the variants run on: the first of --models, or all")
     parser.add_argument("--infinity-python", help="the python of a virtual environment with infinity-emb "

@@ -41,6 +41,7 @@ class SentenceLayout:
     max_length: int | None  # max_seq_length, when the directory states one
     lowercase: bool = False  # do_lower_case: sentence-transformers lower-cases the texts before its tokenizer
     prompts: dict[str, str] = field(default_factory=dict)  # name -> the text put before an input given that name
+    default_prompt_name: str | None = None  # the prompt sentence-transformers puts before every input unless told
 
 
 def read_layout(directory: str | Path) -> SentenceLayout | None:
@@ -64,7 +65,7 @@ def read_layout(directory: str | Path) -> SentenceLayout | None:
     max_length, lowercase = _transformer_settings(model_dir / "sentence_bert_config.json")
     return SentenceLayout(model_dir, _pooling_mode(directory / modules[1].get("path", "") / "config.json"),
                           normalize=len(kinds) > 2, max_length=max_length, lowercase=lowercase,
-                          prompts=_prompts(directory / "config_sentence_transformers.json"))
+                          **_prompts(directory / "config_sentence_transformers.json"))
 
 
 def write_layout(layout: SentenceLayout, out_dir: str | Path, hidden_size: int) -> None:
@@ -117,17 +118,18 @@ def _transformer_settings(path: Path) -> tuple[int | None, bool]:
     return value, lowercase
 
 
-def _prompts(path: Path) -> dict[str, str]:
-    """The named prompts of config_sentence_transformers.json (optional file and key)."""
-    if not path.is_file():
-        return {}
-    raw = _read_json(path)
-    prompts = raw.get("prompts") if isinstance(raw, dict) else None
-    if prompts is None:
-        return {}
+def _prompts(path: Path) -> dict:
+    """The named prompts of config_sentence_transformers.json and the default one's name (optional file and keys),
+    as SentenceLayout's fields."""
+    raw = _read_json(path) if path.is_file() else {}
+    raw = raw if isinstance(raw, dict) else {}
+    prompts, default = raw.get("prompts") or {}, raw.get("default_prompt_name")
     if not isinstance(prompts, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in prompts.items()):
         raise CheckpointError(f"{path}: \"prompts\" must be an object of names to texts, got {prompts!r}")
-    return prompts
+    if default is not None and default not in prompts:
+        raise CheckpointError(f"{path}: default_prompt_name {default!r} is not one of its prompts "
+                              f"({', '.join(map(repr, prompts)) or 'none'})")
+    return {"prompts": prompts, "default_prompt_name": default}
 
 
 def _read_json(path: Path):

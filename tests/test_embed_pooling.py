@@ -188,6 +188,13 @@ def test_unsupported_modules_and_bad_max_seq_length(tmp_path, tiny):
     (root / "sentence_bert_config.json").write_text('{"max_seq_length": 0}')
     with pytest.raises(CheckpointError, match="sentence_bert_config.json: max_seq_length must be a positive whole number, got 0"):
         miniberts.load(root)
+    (root / "sentence_bert_config.json").unlink()
+    (root / "config_sentence_transformers.json").write_text('{"prompts": {"query": 3}}')
+    with pytest.raises(CheckpointError, match='config_sentence_transformers.json: "prompts" must be an object of names'):
+        miniberts.load(root)
+    (root / "config_sentence_transformers.json").write_text('{"prompts": {"query": "q: "}, "default_prompt_name": "x"}')
+    with pytest.raises(CheckpointError, match="default_prompt_name 'x' is not one of its prompts \\('query'\\)"):
+        miniberts.load(root)
 
 
 @pytest.mark.parametrize("flags, message", [

@@ -187,7 +187,8 @@ ERRORS = [  # (route, body, status, error_type, words of the message)
     ("/v1/embeddings", b'{"input": "a", "encoding_format": "hex"}', 422, "validation", "float, base64"),
     ("/embed", b'{"inputs": "a", "truncation_direction": "Middle"}', 422, "validation", "must be Right or Left"),
     ("/embed", b'{"inputs": "a", "prompt_name": "query"}', 422, "validation",
-     "'prompt_name' 'query' is not one of the model's prompts: none"),
+     "prompt 'query' is not one of"),
+    ("/tokenize", b'{"inputs": "a", "prompt_name": "query"}', 422, "validation", "prompts: none"),
     ("/tokenize", b'{"inputs": "a", "prompt_name": 3}', 422, "validation", "'prompt_name' must be a string or null"),
     ("/nowhere", b"{}", 404, "not_found", "Not Found"),
 ]
@@ -220,25 +221,36 @@ def test_truncation_direction_left_cuts_the_beginning(tiny_client):
     assert np.abs(left[0] - left[1]).max() < 1e-6 and np.abs(right[0] - right[1]).max() > 1e-3
 
 
-def test_a_named_prompt_goes_before_each_input(tiny, tmp_path):
-    """prompt_name: a sentence-transformers directory's prompt (config_sentence_transformers.json), put before each
-    input as SentenceTransformer.encode(prompt_name=...) does; kept by a new export."""
+def test_prompts_go_before_each_input_as_sentence_transformers_puts_them(tiny, tmp_path):
+    """A sentence-transformers directory's prompts (config_sentence_transformers.json): `prompt_name` puts one
+    before each input, and without it the default one (default_prompt_name) goes there, as
+    SentenceTransformer.encode does (1e-5 against it); a new export keeps both."""
+    st = pytest.importorskip("sentence_transformers")
     from miniberts.inference.st_export import export_sentence_transformers
     from miniberts.sbert import read_layout
     st_dir = export_sentence_transformers(tiny, tmp_path / "st")
     config = st_dir / "config_sentence_transformers.json"
-    config.write_text(json.dumps({**json.loads(config.read_text()), "prompts": {"query": "query: "}}))
+    prompts = {"query": "query: ", "passage": "passage: "}
+    config.write_text(json.dumps({**json.loads(config.read_text()), "prompts": prompts,
+                                  "default_prompt_name": "passage"}))
+    texts = ["a cat", "Dogs!"]
+    reference = st.SentenceTransformer(str(st_dir), device="cpu")
     with TestClient(create_app(started(str(st_dir)))) as client:
-        prompted = client.post("/embed", json={"inputs": ["a cat", "dogs"], "prompt_name": "query"}).json()
-        written = client.post("/embed", json={"inputs": ["query: a cat", "query: dogs"]}).json()
-        plain = client.post("/embed", json={"inputs": ["a cat", "dogs"], "prompt_name": None}).json()
+        named = np.array(client.post("/embed", json={"inputs": texts, "prompt_name": "query"}).json())
+        default = np.array(client.post("/embed", json={"inputs": texts}).json())
         tokens = client.post("/tokenize", json={"inputs": "a cat", "prompt_name": "query"}).json()
-        other = client.post("/embed", json={"inputs": "a cat", "prompt_name": "passage"})
-    assert np.abs(np.array(prompted) - np.array(written)).max() < 1e-6
-    assert np.abs(np.array(prompted) - np.array(plain)).max() > 1e-3
+        other = client.post("/embed", json={"inputs": "a cat", "prompt_name": "title"})
+    assert np.abs(named - reference.encode(texts, prompt_name="query", normalize_embeddings=True)).max() < 1e-5
+    assert np.abs(default - reference.encode(texts, normalize_embeddings=True)).max() < 1e-5
+    assert np.abs(default - reference.encode(["passage: a cat", "passage: Dogs!"], prompt="",
+                                             normalize_embeddings=True)).max() < 1e-5
+    assert np.abs(named - default).max() > 1e-3
     assert [t["text"] for t in tokens[0]][1:3] == ["query", ":"]
-    assert other.status_code == 422 and "not one of the model's prompts: 'query'" in other.json()["error"]
-    assert read_layout(export_sentence_transformers(st_dir, tmp_path / "again")).prompts == {"query": "query: "}
+    assert other.status_code == 422 and "prompts: 'query', 'passage'" in other.json()["error"]
+    assert np.abs(miniberts.load(str(st_dir), "cpu").embed(texts, dtype="fp32", backend="torch", normalize=True)
+                  - default).max() < 1e-5  # Model.embed puts the default prompt there too
+    again = read_layout(export_sentence_transformers(st_dir, tmp_path / "again"))
+    assert again.prompts == prompts and again.default_prompt_name == "passage"
 
 
 def test_api_key(tiny):

@@ -88,13 +88,28 @@ class Model:
         vectors = self.embed_tokens(*self.embedding_tokens(texts, length), cfg, progress)
         return vectors[0] if one else vectors
 
-    def embedding_tokens(self, texts: list[str], max_length: int, direction: str = "right"
-                         ) -> tuple[list[list[int]], list[list[int]]]:
-        """(token ids, token type ids) per text as `embed` runs them, truncated to `max_length` (at the end, or at
-        the beginning with `direction` "left")."""
+    def embedding_tokens(self, texts: list[str], max_length: int, direction: str = "right",
+                         prompt_name: str | None = None) -> tuple[list[list[int]], list[list[int]]]:
+        """(token ids, token type ids) per text as `embed` runs them: after `prompt(prompt_name)`, truncated to
+        `max_length` (at the end, or at the beginning with `direction` "left")."""
+        prompt = self.prompt(prompt_name)
+        if prompt:
+            texts = [prompt + t for t in texts]
         if self.layout and self.layout.lowercase:  # as sentence-transformers does before tokenizing
             texts = [t.lower() for t in texts]
         return self.tokenizer.encode(texts, None, max_length, direction=direction)
+
+    def prompt(self, name: str | None = None) -> str:
+        """The text put before each input to embed, as `SentenceTransformer.encode(prompt_name=name)` puts it: the
+        sentence-transformers directory's prompt `name`, or without a name its default prompt (none unless
+        config_sentence_transformers.json names one)."""
+        prompts = self.layout.prompts if self.layout else {}
+        if name is None:
+            return prompts[self.layout.default_prompt_name] if self.layout and self.layout.default_prompt_name else ""
+        if name not in prompts:
+            raise MinibertsError(f"prompt {name!r} is not one of {self.source}'s prompts: "
+                                 f"{', '.join(map(repr, prompts)) or 'none (config_sentence_transformers.json names none)'}")
+        return prompts[name]
 
     def embed_tokens(self, ids: list[list[int]], type_ids: list[list[int]], cfg: EmbedConfig,
                      progress: bool = False, forwards: list[tuple[list[int], int]] | None = None) -> np.ndarray:

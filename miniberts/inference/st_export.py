@@ -31,13 +31,15 @@ def export_sentence_transformers(source: str | Path, out: str | Path) -> Path:
     if pooling not in MODES.values():
         raise MinibertsError(f"{source}: pools with {pooling!r}, which sentence-transformers has no module for")
     layout = SentenceLayout(out, pooling, normalize, length, model.layout.lowercase if model.layout else False,
-                            model.layout.prompts if model.layout else {})
+                            model.layout.prompts if model.layout else {},
+                            model.layout.default_prompt_name if model.layout else None)
 
     def write(folder: Path) -> None:
         save_hf(model.encoder, model.tokenizer, folder)
         write_layout(layout, folder, model.config.hidden_size)
         atomic_write_text(folder / "config_sentence_transformers.json", json.dumps(
-            {"prompts": layout.prompts, "default_prompt_name": None, "similarity_fn_name": "cosine"}, indent=2))
+            {"prompts": layout.prompts, "default_prompt_name": layout.default_prompt_name,
+             "similarity_fn_name": "cosine"}, indent=2))
 
     if out.exists():
         out.rmdir()

@@ -108,11 +108,10 @@ def create_app(service: Service) -> Starlette:
         return Route(path, endpoint, methods=[method])
 
     async def embed(body, request):
-        inputs = service.prompted(bodies.texts(body, "inputs", cfg.max_client_batch_size),
-                                  bodies.optional_name(body, "prompt_name"))
+        inputs = bodies.texts(body, "inputs", cfg.max_client_batch_size)
         kind = ("embed", bodies.flag(body, "normalize", True))
         rows, _ = await service.run(inputs, kind, bodies.flag(body, "truncate", True), request,
-                                    bodies.truncation_direction(body))
+                                    bodies.truncation_direction(body), bodies.optional_name(body, "prompt_name"))
         return [row.tolist() for row in rows]
 
     async def predict(body, request):
@@ -125,13 +124,12 @@ def create_app(service: Service) -> Starlette:
         return answers[0] if inputs.one else answers
 
     async def tokenize(body, request):
-        inputs = service.prompted(bodies.texts(body, "inputs", cfg.max_client_batch_size),
-                                  bodies.optional_name(body, "prompt_name"))
+        inputs = bodies.texts(body, "inputs", cfg.max_client_batch_size)
         special = bodies.flag(body, "add_special_tokens", True)
         return [[{"id": i, "text": token, "special": is_special, "start": start if not is_special else None,
                   "stop": stop if not is_special else None}
                  for i, token, is_special, start, stop in tokens if special or not is_special]
-                for tokens in await service.token_lists(inputs)]
+                for tokens in await service.token_lists(inputs, bodies.optional_name(body, "prompt_name"))]
 
     async def openai_embeddings(body, request):
         inputs = bodies.texts(body, "input", cfg.max_client_batch_size)

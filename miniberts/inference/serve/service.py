@@ -171,32 +171,36 @@ class Service:
         self.model.embed_tokens(ids, [[0] * width] * rows, settings, forwards=[(list(range(rows)), width)])
 
     # --- requests -------------------------------------------------------------------------------------------
-    def tokens(self, inputs: Inputs, predict: bool, truncate: bool, direction: str = "right"
-               ) -> tuple[list[list[int]], list[list[int]]]:
-        """Token ids as the model runs them, a too-long input cut at its end (`direction` "right") or its beginning
-        ("left"); 422 naming the first input over the length when not `truncate`."""
+    def tokens(self, inputs: Inputs, predict: bool, truncate: bool, direction: str = "right",
+               prompt_name: str | None = None) -> tuple[list[list[int]], list[list[int]]]:
+        """Token ids as the model runs them (embeddings after their prompt: `Model.embedding_tokens`), a too-long
+        input cut at its end (`direction` "right") or its beginning ("left"); 422 naming the first input over the
+        length when not `truncate`."""
         length = self.predict_length if predict else self.embed_length
         width = length if truncate else length + 1  # one token more shows which inputs are too long
         with self._tokenizer_lock:
             if predict:
                 ids, types = self.model.tokenizer.encode(inputs.texts, inputs.pairs, width, direction=direction)
             else:
-                ids, types = self.model.embedding_tokens(inputs.texts, width, direction)
+                ids, types = self.model.embedding_tokens(inputs.texts, width, direction, prompt_name)
         long = next((i for i, x in enumerate(ids) if len(x) > length), None)
         if long is not None:
             raise ApiError(422, "validation", f"input {long} is longer than the model's {length} tokens; "
                                               "send \"truncate\": true to cut it")
         return ids, types
 
-    async def run(self, inputs: Inputs, kind: tuple, truncate: bool, request: Request, direction: str = "right"
-                  ) -> tuple[list, int]:
-        """Admit, tokenize (a too-long input cut at the `direction` end), queue and await `inputs` as `kind` (a
-        `Job`'s): (one result per input in order, the number of tokens they ran as)."""
+    async def run(self, inputs: Inputs, kind: tuple, truncate: bool, request: Request, direction: str = "right",
+                  prompt_name: str | None = None) -> tuple[list, int]:
+        """Admit, tokenize (after the prompt `prompt_name` or the model's default one, a too-long input cut at the
+        `direction` end), queue and await `inputs` as `kind` (a `Job`'s): (one result per input in order, the number
+        of tokens they ran as)."""
         self.check_ready()
         predict = kind[0] == "predict"
         if predict and not self.predict_length:
             raise ApiError(422, "validation", f"{self.source} has no classification/regression head: /predict needs "
                                               "a fine-tuned classifier (`miniberts finetune`); /embed works")
+        if not predict:
+            self.prompt(prompt_name)  # a prompt it does not have: 422 before admission
         count = len(inputs.texts)
         if not self.batcher.admit(count):
             raise ApiError(429, "overloaded", f"more than --max-concurrent-requests "
@@ -204,10 +208,10 @@ class Service:
         loop = asyncio.get_running_loop()
         try:
             if inputs.characters <= INLINE_CHARACTERS:
-                ids, types = self.tokens(inputs, predict, truncate, direction)
+                ids, types = self.tokens(inputs, predict, truncate, direction, prompt_name)
             else:
                 ids, types = await loop.run_in_executor(self._tokenizer_thread, self.tokens, inputs, predict, truncate,
-                                                        direction)
+                                                        direction, prompt_name)
         except BaseException:
             self.batcher.release(count)
             raise
@@ -224,26 +228,25 @@ class Service:
             raise ClientGone()
         return job.future.result(), sum(len(x) for x in ids)
 
-    async def token_lists(self, inputs: Inputs) -> list[list[tuple[int, str, bool, int, int]]]:
-        """Per input, its tokens as embeddings run it: (id, token, special, start, stop) each."""
+    async def token_lists(self, inputs: Inputs, prompt_name: str | None = None
+                          ) -> list[list[tuple[int, str, bool, int, int]]]:
+        """Per input, its tokens as embeddings run it (after the prompt, as `tokens`): (id, token, special, start,
+        stop) each, offsets into the prompted text."""
         self.check_ready()
+        prompt = self.prompt(prompt_name)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._tokenizer_thread, self._pieces, inputs.texts)
+        return await loop.run_in_executor(self._tokenizer_thread, self._pieces, [prompt + t for t in inputs.texts])
 
     def _pieces(self, texts: list[str]) -> list[list[tuple[int, str, bool, int, int]]]:
         with self._tokenizer_lock:
             return self.model.tokenizer.pieces(texts, self.embed_length)
 
-    def prompted(self, inputs: Inputs, name: str | None) -> Inputs:
-        """`inputs` with the prompt `name` of the sentence-transformers directory put before each text, as
-        `SentenceTransformer.encode(prompt_name=name)` does; unchanged for None; 422 for a name it does not have."""
-        if name is None:
-            return inputs
-        prompts = self.model.layout.prompts if self.model.layout else {}
-        if name not in prompts:
-            known = ", ".join(map(repr, prompts)) or "none (config_sentence_transformers.json names none)"
-            raise ApiError(422, "validation", f"'prompt_name' {name!r} is not one of the model's prompts: {known}")
-        return dataclasses.replace(inputs, texts=[prompts[name] + text for text in inputs.texts])
+    def prompt(self, name: str | None) -> str:
+        """The model's prompt `name` (its default without one: `Model.prompt`); 422 for a name it does not have."""
+        try:
+            return self.model.prompt(name)
+        except MinibertsError as e:
+            raise ApiError(422, "validation", f"'prompt_name': {e}") from None
 
     def check_ready(self) -> None:
         if self.state != "ready":

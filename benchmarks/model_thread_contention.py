@@ -1,7 +1,7 @@
 """How much a server's model thread slows when an event loop runs beside it in the same process (the GIL).
 
-    python benchmarks/model_thread_contention.py [--model tiny] [--device cpu|cuda] [--backends torch,openvino,onnxruntime]
-        [--work-us 50,1000] [--cap-seconds 5] [--out FILE]
+    python benchmarks/model_thread_contention.py [--model tiny] [--device cpu|cuda]
+        [--backends torch,openvino,onnxruntime] [--work-us 50,1000] [--cap-seconds 5] [--out FILE]
 
 `miniberts serve` runs its passes on one model thread while the event loop answers HTTP on another. An event loop
 under load runs Python between short system calls (send, recv, epoll), and each call drops the GIL and takes it back
@@ -107,7 +107,8 @@ def main() -> None:
         for work in args.work_us.split(","):
             with LoopLike(float(work), args.cap_seconds):
                 beside = ms_per_pass(service, passes, args.cap_seconds)
-            cells.append(f"> {args.cap_seconds * 1e3:.0f} (over {args.cap_seconds * 1e3 / alone:.0f}x)" if beside is None
+            cap_ms = args.cap_seconds * 1e3
+            cells.append(f"> {cap_ms:.0f} (over {cap_ms / alone:.0f}x)" if beside is None
                          else f"{beside:.1f} ({beside / alone:.1f}x)")
         service.stop()
         lines.append(f"| {backend} | " + " | ".join(cells) + " |")

@@ -107,8 +107,8 @@ class Model:
         if name is None:
             return prompts[self.layout.default_prompt_name] if self.layout and self.layout.default_prompt_name else ""
         if name not in prompts:
-            raise MinibertsError(f"prompt {name!r} is not one of {self.source}'s prompts: "
-                                 f"{', '.join(map(repr, prompts)) or 'none (config_sentence_transformers.json names none)'}")
+            known = ", ".join(map(repr, prompts)) or "none (config_sentence_transformers.json names none)"
+            raise MinibertsError(f"prompt {name!r} is not one of {self.source}'s prompts: {known}")
         return prompts[name]
 
     def embed_tokens(self, ids: list[list[int]], type_ids: list[list[int]], cfg: EmbedConfig,

@@ -1,8 +1,8 @@
 """Teacher soft targets for Pre-trained Distillation (Turc et al., 2019, section 3), and the distillation losses.
 
 The teacher labels the unlabeled transfer text once; its logits are cached on disk under a key made of the
-teacher's weights, config and tokenizer files, the texts and the max length, so a sweep of students never recomputes them and any
-change to teacher or data invalidates the cache. Losses are computed in float32 (as torchtune does) whatever the
+teacher's weights, config and tokenizer files, the texts and the max length, so a sweep of students never recomputes
+them and any change to teacher or data invalidates the cache. Losses are computed in float32 (as torchtune does) whatever the
 autocast precision of the forward pass.
 """
 
@@ -34,8 +34,8 @@ TEACHER_FILES = ("config.json", "bert_config.json", "model.safetensors", "pytorc
 
 
 def teacher_fingerprint(teacher_dir: Path) -> str:
-    """sha256 over the teacher's config, weight and tokenizer files (TF shards included). Kept per (file, size, mtime): a sweep
-    of students over one teacher reads its weights once while they stay unchanged."""
+    """sha256 over the teacher's config, weight and tokenizer files (TF shards included). Kept per (file, size,
+    mtime): a sweep of students over one teacher reads its weights once while they stay unchanged."""
     files = [p for p in sorted(Path(teacher_dir).iterdir()) if p.name in TEACHER_FILES or ".ckpt" in p.name]
     return _hash_files(tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files))
 

@@ -59,10 +59,7 @@ def choice(body: dict, key: str, default: str, allowed: tuple[str, ...]) -> str:
 def truncation_direction(body: dict) -> str:
     """text-embeddings-inference's "truncation_direction": which end of a too-long input is cut, "Right" (the
     default: the end) or "Left" (the beginning); the lower-case spellings too. As tokenizers names it."""
-    value = body.get("truncation_direction", "Right")
-    if value not in ("Right", "Left", "right", "left"):
-        raise ApiError(422, "validation", f"'truncation_direction' must be Right or Left, got {value!r}")
-    return value.lower()
+    return choice(body, "truncation_direction", "Right", ("Right", "Left", "right", "left")).lower()
 
 
 def optional_name(body: dict, key: str) -> str | None:
